@@ -1,0 +1,258 @@
+"""Embed a whole catalog with one encoder, cached on disk under a key that says exactly what made the vectors."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lens.cache import FORMAT_VERSION, atomic_write, bytes_sha256, cache_key, read_json, resolve_cache_dir, write_json
+from lens.catalog import Catalog
+from lens.encoders.base import Encoder, ProgressCallback
+from lens.errors import CacheError, LensError
+from lens.images import try_open_image
+
+
+@dataclass
+class EmbeddingSet:
+    """Vectors of a catalog, described well enough to be trusted later.
+
+    Attributes:
+        vectors: ``(N, dim)`` float32, rows L2-normalised; row ``i`` belongs to ``ids[i]``.
+        ids: item ids in row order (the catalog's order, minus the items that failed).
+        encoder: encoder name.
+        failed: ``(id, reason)`` for every catalog item whose image could not be read.
+        key: cache key (encoder identity + catalog fingerprint + format version).
+        identity: what the key was computed from.
+        catalog: catalog name.
+        seconds: time it took to compute (0 when loaded from the cache).
+        from_cache: whether this came from the disk cache.
+    """
+
+    vectors: np.ndarray
+    ids: list[str]
+    encoder: str
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    key: str = ""
+    identity: dict[str, Any] = field(default_factory=dict)
+    catalog: str = ""
+    seconds: float = 0.0
+    from_cache: bool = False
+
+    def __post_init__(self) -> None:
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.ids):
+            raise LensError(
+                f"EmbeddingSet needs one vector row per id: got {self.vectors.shape} vectors for {len(self.ids)} ids."
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def position(self, item_id: str) -> int:
+        """Row of ``item_id``; raises ``LensError`` if it has no vector (not in the catalog, or its image failed)."""
+        if not hasattr(self, "_positions"):
+            self._positions = {item_id: i for i, item_id in enumerate(self.ids)}
+        try:
+            return self._positions[item_id]
+        except KeyError:
+            failed = dict(self.failed)
+            if item_id in failed:
+                raise LensError(f"Item '{item_id}' has no vector: its image failed ({failed[item_id]}).") from None
+            raise LensError(f"Item '{item_id}' is not in the embeddings of catalog '{self.catalog}'.") from None
+
+
+def embedding_identity(catalog: Catalog, encoder: Encoder) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "kind": "embeddings",
+        **encoder.identity(),
+        "catalog": catalog.fingerprint(),
+    }
+
+
+def embedding_paths(cache_dir: Path, encoder_name: str, key: str) -> tuple[Path, Path]:
+    folder = cache_dir / "embeddings" / encoder_name
+    return folder / f"{key}.npy", folder / f"{key}.json"
+
+
+def embed_catalog(
+    catalog: Catalog,
+    encoder: Encoder,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    batch_size: int = 32,
+    progress: ProgressCallback | None = None,
+) -> EmbeddingSet:
+    """Embed every image of ``catalog`` with ``encoder``, reusing the disk cache when its key matches.
+
+    Unreadable images are skipped and listed in ``failed``, never fatal. A cache entry that fails verification (hash,
+    shape, ids) is recomputed and overwritten.
+
+    Args:
+        catalog: the catalog to embed.
+        encoder: any registered encoder.
+        cache_dir: cache root (default ``$LENS_CACHE_DIR`` or ``~/.cache/lens``).
+        use_cache: read and write the cache; ``False`` computes and writes nothing.
+        batch_size: images per forward pass.
+        progress: ``progress(done, total)`` after each batch.
+
+    Returns:
+        The embeddings, ``vectors`` of shape ``(len(ids), encoder.dim)``, float32, rows L2-normalised.
+    """
+    identity = embedding_identity(catalog, encoder)
+    key = cache_key(identity)
+    root = resolve_cache_dir(cache_dir)
+    if use_cache:
+        try:
+            cached = load_embeddings(root, encoder.name, key)
+        except CacheError:
+            cached = None  # corrupt or stale entry: recompute and overwrite it
+        if cached is not None:
+            if progress is not None:
+                progress(len(catalog), len(catalog))
+            return cached
+
+    started = time.perf_counter()
+    vectors, kept, failed = _embed_files(catalog, encoder, batch_size=batch_size, progress=progress)
+    result = EmbeddingSet(
+        vectors=vectors,
+        ids=kept,
+        encoder=encoder.name,
+        failed=failed,
+        key=key,
+        identity=identity,
+        catalog=catalog.name,
+        seconds=time.perf_counter() - started,
+    )
+    if use_cache:
+        save_embeddings(result, root)
+    return result
+
+
+def _embed_files(
+    catalog: Catalog, encoder: Encoder, *, batch_size: int, progress: ProgressCallback | None
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    ids = catalog.ids
+    paths = catalog.image_paths()
+    total = len(ids)
+    chunks = [range(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
+
+    def decode(chunk: range) -> list[tuple[int, Any, str | None]]:
+        return [(i, *try_open_image(paths[i], name=f"{ids[i]} ({paths[i]})")) for i in chunk]
+
+    out = np.empty((total, encoder.dim), dtype=np.float32)
+    kept_rows: list[int] = []
+    failed: list[tuple[str, str]] = []
+    done = 0
+    # Decoding the next batch in a thread overlaps JPEG work (which releases the GIL) with the forward pass.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(decode, chunks[0]) if chunks else None
+        for n, _chunk in enumerate(chunks):
+            assert pending is not None
+            decoded = pending.result()
+            pending = pool.submit(decode, chunks[n + 1]) if n + 1 < len(chunks) else None
+            good = [(i, image) for i, image, _ in decoded if image is not None]
+            failed.extend((ids[i], reason or "unreadable") for i, image, reason in decoded if image is None)
+            if good:
+                rows = [i for i, _ in good]
+                out[rows] = encoder.embed_images([image for _, image in good], batch_size=len(good))
+                kept_rows.extend(rows)
+            done += len(decoded)
+            if progress is not None:
+                progress(done, total)
+    kept_rows.sort()
+    return out[kept_rows], [ids[i] for i in kept_rows], failed
+
+
+def save_embeddings(embeddings: EmbeddingSet, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Write ``.npy`` + json sidecar atomically (vectors first, sidecar last: a sidecar always has its vectors)."""
+    root = resolve_cache_dir(cache_dir)
+    npy_path, json_path = embedding_paths(root, embeddings.encoder, embeddings.key)
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(embeddings.vectors, dtype=np.float32), allow_pickle=False)
+    data = buffer.getvalue()
+    atomic_write(npy_path, lambda tmp: tmp.write_bytes(data))
+    write_json(
+        json_path,
+        {
+            "format": FORMAT_VERSION,
+            "key": embeddings.key,
+            "identity": embeddings.identity,
+            "encoder": embeddings.encoder,
+            "catalog": embeddings.catalog,
+            "shape": list(embeddings.vectors.shape),
+            "dtype": "float32",
+            "sha256": bytes_sha256(data),
+            "ids": embeddings.ids,
+            "failed": [list(pair) for pair in embeddings.failed],
+            "seconds": round(embeddings.seconds, 3),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    return npy_path
+
+
+def load_embeddings(cache_dir: str | os.PathLike | None, encoder_name: str, key: str) -> EmbeddingSet | None:
+    """The cached embeddings for ``key``, ``None`` on a miss.
+
+    Raises:
+        CacheError: an entry exists but does not verify (hash, shape, dtype, ids, key); callers recompute.
+    """
+    root = resolve_cache_dir(cache_dir)
+    npy_path, json_path = embedding_paths(root, encoder_name, key)
+    meta = read_json(json_path)
+    if meta is None or not npy_path.exists():
+        return None
+    try:
+        data = npy_path.read_bytes()
+    except OSError as exc:
+        raise CacheError(f"cannot read {npy_path}: {exc}") from exc
+    if meta.get("key") != key or meta.get("format") != FORMAT_VERSION:
+        raise CacheError(f"{json_path} belongs to another key or format; it will be rebuilt.")
+    if bytes_sha256(data) != meta.get("sha256"):
+        raise CacheError(f"{npy_path} does not match the checksum in its sidecar; it will be rebuilt.")
+    try:
+        vectors = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        raise CacheError(f"{npy_path} is not a valid .npy file: {exc}") from exc
+    ids = meta.get("ids")
+    if (
+        vectors.dtype != np.float32
+        or vectors.ndim != 2
+        or not isinstance(ids, list)
+        or list(vectors.shape) != meta.get("shape")
+        or vectors.shape[0] != len(ids)
+    ):
+        raise CacheError(f"{npy_path} has shape {vectors.shape}, sidecar says {meta.get('shape')}; it will be rebuilt.")
+    return EmbeddingSet(
+        vectors=vectors,
+        ids=[str(i) for i in ids],
+        encoder=encoder_name,
+        failed=[(str(a), str(b)) for a, b in meta.get("failed", [])],
+        key=key,
+        identity=meta.get("identity", {}),
+        catalog=str(meta.get("catalog", "")),
+        seconds=0.0,
+        from_cache=True,
+    )
+
+
+def embed_images(encoder: Encoder, images: Sequence[Any], *, batch_size: int = 32) -> np.ndarray:
+    """Embed query images (PIL images, paths or bytes) with the safe loader; raises ``ImageLoadError`` on a bad one."""
+    from lens.images import open_image
+
+    loaded = [image if hasattr(image, "mode") else open_image(image) for image in images]
+    return encoder.embed_images(loaded, batch_size=batch_size)

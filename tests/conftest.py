@@ -1,0 +1,89 @@
+"""Shared pytest fixtures: generated odd images and catalogs, and the real sample catalog when present."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+# `import lens` from a checkout without installing it, and `from fixtures import ...` from test modules.
+for _p in (str(REPO_ROOT), str(TESTS_DIR)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from fixtures import make_catalog, make_fashion_mnist_idx, make_folder_catalog, make_odd_images  # noqa: E402
+
+#: The real product-photo catalog, beside the repository (read-only; never copied into the repo).
+SAMPLE_CATALOG_DIR = REPO_ROOT.parent / "shared" / "data" / "fashion-products"
+#: Debian's dataset-fashion-mnist package puts the IDX files here.
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def odd_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``{name: path}`` of odd image files (see ``fixtures.ODD_IMAGE_SIZES`` / ``ODD_IMAGE_FAILURES``). Read-only."""
+    return make_odd_images(tmp_path_factory.mktemp("odd_images"))
+
+
+@pytest.fixture(scope="session")
+def small_catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic lens CSV catalog: 4 classes x 6 items, 64x64 JPEGs, metadata columns. Do not modify it;
+    use ``small_catalog_copy`` for tests that change files."""
+    return make_catalog(tmp_path_factory.mktemp("small_catalog"))
+
+
+@pytest.fixture()
+def small_catalog_copy(small_catalog_dir: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of ``small_catalog_dir``."""
+    return Path(shutil.copytree(small_catalog_dir, tmp_path / "catalog"))
+
+
+@pytest.fixture(scope="session")
+def folder_catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A class-subfolder catalog: 3 classes x 4 images (jpg and png) plus files a loader must ignore."""
+    return make_folder_catalog(tmp_path_factory.mktemp("folder_catalog"))
+
+
+@pytest.fixture()
+def fashion_mnist_idx_dir(tmp_path: Path) -> Path:
+    """A folder with 20 gzipped Fashion-MNIST-format t10k IDX images and labels (label = index % 10)."""
+    folder, _ = make_fashion_mnist_idx(tmp_path / "fmnist_idx", n=20)
+    return folder
+
+
+@pytest.fixture()
+def lens_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point ``LENS_CACHE_DIR`` at an empty temporary folder for one test."""
+    cache = tmp_path / "lens-cache"
+    cache.mkdir()
+    monkeypatch.setenv("LENS_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def sample_catalog_dir() -> Path:
+    """The real fashion-products catalog (8,010 photos), or skip when it is not beside the repository."""
+    if not (SAMPLE_CATALOG_DIR / "catalog.csv").is_file():
+        pytest.skip(
+            f"real sample catalog not found at {SAMPLE_CATALOG_DIR} "
+            "(expected ../shared/data/fashion-products beside the repository)"
+        )
+    return SAMPLE_CATALOG_DIR
+
+
+@pytest.fixture(scope="session")
+def sample_catalog(sample_catalog_dir: Path):  # -> lens.catalog.Catalog
+    """The real catalog, loaded once per session."""
+    from lens.catalog import load_catalog
+
+    return load_catalog(sample_catalog_dir)
+
+
+@pytest.fixture(scope="session")
+def sample_slice(sample_catalog):  # -> lens.catalog.Catalog
+    """A deterministic 80-item slice of the real catalog: 8 articleTypes x 10 items (seed 0)."""
+    return sample_catalog.sample(80, per_label=10, seed=0)
