@@ -53,6 +53,9 @@ def _load_state(model: nn.Module, weights_path: Path | None) -> str:
         weights="ImageNet-1k (torchvision IMAGENET1K_V1, mobilenet_v2-b0353104.pth)",
         license="BSD-3-Clause (torchvision)",
         description="MobileNetV2 ImageNet, global average pooled, 224px",
+        # fp32 with BatchNorm folded: 82 img/s vs 113 img/s in bf16 autocast, but bf16 moved vectors more here
+        # (min cosine 0.993 to fp32, top-5 neighbours 92% identical) than on EfficientNet-Lite; see README.
+        precision="fp32",
     ),
     weights=WeightsFile(
         filename="mobilenet_v2-b0353104.pth",

@@ -1,0 +1,334 @@
+"""``python -m lens <command>``: a thin command line over the library.
+
+Every command maps onto library functions; bad input ends with a one-line ``error: ...`` on stderr and exit status 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lens.errors import LensError
+
+EXIT_USAGE = 2
+
+
+@dataclass
+class CatalogOptions:
+    """Which catalog to use and how to read it."""
+
+    path: str | None = None
+    label: str = "articleType"
+    id_column: str = "id"
+    image_column: str = "image"
+    skip_missing: bool = False
+
+    def load(self):  # noqa: ANN201 - returns lens.catalog.Catalog (imported lazily for a fast --help)
+        from lens.catalog import default_catalog_path, load_catalog
+
+        path = self.path or str(default_catalog_path())
+        return load_catalog(
+            path,
+            label_column=self.label,
+            id_column=self.id_column,
+            image_column=self.image_column,
+            on_missing="skip" if self.skip_missing else "error",
+        )
+
+
+@dataclass
+class RunOptions:
+    """Where caches and weights live and how inference runs."""
+
+    cache_dir: str | None = None
+    weights_dir: str | None = None
+    batch_size: int = 32
+    precision: str | None = None
+
+
+def _catalog_options(args: argparse.Namespace) -> CatalogOptions:
+    return CatalogOptions(args.catalog, args.label, args.id_column, args.image_column, args.skip_missing)
+
+
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(args.cache_dir, args.weights_dir, args.batch_size, args.precision)
+
+
+def _progress(desc: str, quiet: bool) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+    """A tqdm bar driven through lens's plain ``progress(done, total)`` callback."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _parse_models(value: str | None, run: RunOptions) -> list[str]:
+    """``a,b`` -> names; ``all`` or nothing -> every available pretrained encoder."""
+    from lens.encoders import list_encoders
+
+    if value and value != "all":
+        return [name.strip() for name in value.split(",") if name.strip()]
+    names = [info.name for info in list_encoders(available_only=True, include_test=False, weights_dir=run.weights_dir)]
+    if not names:
+        raise LensError("No pretrained encoder has its weights on this machine; `python -m lens encoders` says why.")
+    return names
+
+
+def _parse_ks(value: str) -> list[int]:
+    try:
+        ks = [int(k) for k in value.split(",") if k.strip()]
+    except ValueError:
+        raise LensError(f"--k takes comma-separated positive integers such as 1,5,10, got '{value}'.") from None
+    if not ks or min(ks) < 1:
+        raise LensError(f"--k takes comma-separated positive integers such as 1,5,10, got '{value}'.")
+    return ks
+
+
+def _parse_filters(values: Sequence[str] | None) -> dict[str, list[str]]:
+    filters: dict[str, list[str]] = {}
+    for value in values or []:
+        column, sep, allowed = value.partition("=")
+        if not sep or not column or not allowed:
+            raise LensError(f"--filter takes COLUMN=VALUE[,VALUE...], e.g. gender=Women, got '{value}'.")
+        filters.setdefault(column.strip(), []).extend(v.strip() for v in allowed.split(","))
+    return filters
+
+
+def _embed(catalog, model: str, run: RunOptions, quiet: bool):  # noqa: ANN001, ANN202
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+
+    encoder = create_encoder(model, precision=run.precision, weights_dir=run.weights_dir)
+    progress, close = _progress(f"embed {model}", quiet)
+    try:
+        return encoder, embed_catalog(catalog, encoder, cache_dir=run.cache_dir, batch_size=run.batch_size, progress=progress)
+    finally:
+        close()
+
+
+def _write_table(table: pd.DataFrame, csv: str | None) -> None:
+    if csv == "-":
+        table.to_csv(sys.stdout, index=False)
+    elif csv:
+        Path(csv).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(csv, index=False)
+        print(f"wrote {csv} ({len(table)} rows)", file=sys.stderr)
+    else:
+        with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 48):
+            print(table.to_string(index=False))
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+
+
+def cmd_encoders(args: argparse.Namespace) -> int:
+    from lens.encoders import list_encoders
+
+    rows = []
+    for info in list_encoders(weights_dir=args.weights_dir):
+        spec = info.spec
+        rows.append(
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "dim": spec.dim,
+                "input": spec.preprocess.input_size,
+                "text": "yes" if spec.supports_text else "no",
+                "precision": spec.precision,
+                "available": "yes" if info.available else "no",
+                "weights": info.status.where if info.available else f"unavailable: {info.status.remedy}",
+            }
+        )
+    _write_table(pd.DataFrame(rows), args.csv)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    catalog = _catalog_options(args).load()
+    run = _run_options(args)
+    for model in _parse_models(args.models, run):
+        _, embeddings = _embed(catalog, model, run, args.quiet)
+        how = "from cache" if embeddings.from_cache else f"in {embeddings.seconds:.1f}s ({len(catalog) / max(embeddings.seconds, 1e-9):.1f} img/s)"
+        print(f"{model}: {len(embeddings)} vectors of {embeddings.dim}-d for catalog '{catalog.name}' {how}; "
+              f"{len(embeddings.failed)} unreadable images")
+        for item_id, reason in embeddings.failed[:20]:
+            print(f"  skipped {item_id}: {reason}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from lens.index import DEFAULT_N_TREES, DEFAULT_SEARCH_K, build_index
+
+    catalog = _catalog_options(args).load()
+    run = _run_options(args)
+    trees = args.trees or DEFAULT_N_TREES
+    for model in _parse_models(args.models, run):
+        _, embeddings = _embed(catalog, model, run, args.quiet)
+        started = time.perf_counter()
+        index = build_index(
+            embeddings, cache_dir=run.cache_dir, n_trees=trees, search_k=args.search_k or DEFAULT_SEARCH_K,
+            rebuild=args.rebuild,
+        )
+        size = Path(index.path).stat().st_size / 2**20 if getattr(index, "path", None) else 0.0
+        print(f"{model}: annoy index of {len(index)} items, {trees} trees, {size:.1f} MiB, "
+              f"ready in {time.perf_counter() - started:.1f}s at {getattr(index, 'path', '')}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from lens.embed import embed_images
+    from lens.index import build_index
+    from lens.search import filter_mask, results_table, search_vector
+
+    if not args.image and not args.id:
+        raise LensError("search needs a query: --image PATH or --id ITEM_ID.")
+    catalog = _catalog_options(args).load()
+    run = _run_options(args)
+    encoder, embeddings = _embed(catalog, args.model, run, args.quiet)
+    index = build_index(embeddings, kind="exact" if args.exact else "annoy", cache_dir=run.cache_dir)
+    exclude: list[str] = []
+    if args.image:
+        if not Path(args.image).is_file():
+            raise LensError(f"Query image {args.image} does not exist.")
+        vector = embed_images(encoder, [args.image])[0]
+    else:
+        vector = embeddings.vectors[embeddings.position(args.id)]
+        exclude = [args.id]
+    allowed = filter_mask(catalog, _parse_filters(args.filter))
+    hits = search_vector(index, vector, args.k, exclude=exclude, allowed=allowed)
+    columns = [c for c in catalog.table.columns if c != "image"] if not args.csv else None
+    _write_table(results_table(hits, catalog, columns=columns), args.csv)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from lens.evaluate import evaluate_embeddings, summary_table
+
+    catalog = _catalog_options(args).load()
+    run = _run_options(args)
+    ks = _parse_ks(args.k)
+    query_ids = None
+    if args.queries:
+        query_ids = catalog.sample(min(args.queries, len(catalog)), seed=args.seed).ids
+    reports = {}
+    for model in _parse_models(args.models, run):
+        _, embeddings = _embed(catalog, model, run, args.quiet)
+        usable = None if query_ids is None else [i for i in query_ids if i not in dict(embeddings.failed)]
+        reports[model] = evaluate_embeddings(embeddings, catalog, label_column=args.label, ks=ks, query_ids=usable)
+    table = summary_table(reports, macro=args.macro)
+    _write_table(table, args.csv)
+    if args.per_category:
+        frames = [report.per_category.assign(model=model) for model, report in reports.items()]
+        _write_table(pd.concat(frames, ignore_index=True), args.per_category)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from lens.catalog import validate_images
+
+    catalog = _catalog_options(args).load()
+    progress, close = _progress("decode", args.quiet)
+    try:
+        problems = validate_images(catalog, progress=progress)
+    finally:
+        close()
+    print(f"catalog '{catalog.name}': {len(catalog)} items, {len(problems)} unreadable images")
+    for problem in problems:
+        print(f"  {problem.item_id}: {problem.problem}")
+    return 1 if problems else 0
+
+
+# ---------------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lens", description="lens: visual product search workbench.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--weights-dir", default=None, help="folder with encoder checkpoints (or $LENS_WEIGHTS_DIR)")
+    common.add_argument("--cache-dir", default=None, help="cache folder (or $LENS_CACHE_DIR; default ~/.cache/lens)")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    cat = argparse.ArgumentParser(add_help=False)
+    cat.add_argument("--catalog", default=None, help="catalog folder, catalog.csv, class folders or Fashion-MNIST IDX folder "
+                     "(or $LENS_CATALOG; default ../shared/data/fashion-products, else Debian's Fashion-MNIST)")
+    cat.add_argument("--label", default="articleType", help="label column: relevance = same label (default articleType)")
+    cat.add_argument("--id-column", default="id", help="id column of catalog.csv")
+    cat.add_argument("--image-column", default="image", help="image path column of catalog.csv")
+    cat.add_argument("--skip-missing", action="store_true", help="drop rows whose image file is missing instead of failing")
+    cat.add_argument("--batch-size", type=int, default=32)
+    cat.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="override the encoder's default precision")
+
+    p = sub.add_parser("encoders", parents=[common], help="list encoders and whether their weights are available")
+    p.add_argument("--csv", default=None, help="write CSV to this file ('-' for stdout)")
+    p.set_defaults(func=cmd_encoders)
+
+    p = sub.add_parser("embed", parents=[common, cat], help="embed the catalog (cached)")
+    p.add_argument("--models", default=None, help="comma-separated encoder names, or 'all' available (default)")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("index", parents=[common, cat], help="embed and build Annoy indexes (cached)")
+    p.add_argument("--models", default=None, help="comma-separated encoder names, or 'all' available (default)")
+    p.add_argument("--trees", type=int, default=None, help="Annoy n_trees (default: lens.index.DEFAULT_N_TREES)")
+    p.add_argument("--search-k", type=int, default=None, help="Annoy search_k (default: lens.index.DEFAULT_SEARCH_K)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even if a matching index is cached")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", parents=[common, cat], help="most similar catalog items to an image or item")
+    p.add_argument("--image", default=None, help="query image file")
+    p.add_argument("--id", default=None, help="query by a catalog item id (the item itself is excluded)")
+    p.add_argument("--model", default="efficientnet-lite0", help="encoder name (default efficientnet-lite0)")
+    p.add_argument("--k", type=int, default=10, help="number of results")
+    p.add_argument("--filter", action="append", help="COLUMN=VALUE[,VALUE] metadata filter; repeatable")
+    p.add_argument("--exact", action="store_true", help="exact search instead of Annoy")
+    p.add_argument("--csv", default=None, help="write CSV to this file ('-' for stdout)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("evaluate", parents=[common, cat], help="retrieval metrics per model (exact search)")
+    p.add_argument("--models", default=None, help="comma-separated encoder names, or 'all' available (default)")
+    p.add_argument("--k", default="1,5,10", help="cut-offs, e.g. 1,5,10")
+    p.add_argument("--queries", type=int, default=None, help="evaluate a seeded random sample of N queries")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--macro", action="store_true", help="per-category macro averages instead of micro")
+    p.add_argument("--csv", default=None, help="write the summary CSV to this file ('-' for stdout)")
+    p.add_argument("--per-category", default=None, help="write per-category metrics CSV to this file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("validate", parents=[common, cat], help="decode every image and list unreadable ones")
+    p.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "batch_size", 1) < 1:
+        parser.error("--batch-size must be a positive integer")
+    try:
+        return int(args.func(args) or 0)
+    except LensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `python -m lens search ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -1,0 +1,43 @@
+"""Retrieval quality of encoders on a catalog: embeddings + labels -> metrics tables (see lens.metrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from lens.catalog import Catalog
+from lens.embed import EmbeddingSet
+from lens.metrics import RetrievalReport, evaluate_retrieval
+
+
+def evaluate_embeddings(
+    embeddings: EmbeddingSet,
+    catalog: Catalog,
+    *,
+    label_column: str | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+    query_ids: Sequence[str] | None = None,
+) -> RetrievalReport:
+    """Exact retrieval metrics of ``embeddings``: each query against the rest of the catalog, relevant = same label.
+
+    Items whose image failed have no vector and take part neither as queries nor in the gallery.
+    """
+    column = label_column or catalog.label_column
+    all_labels = catalog.labels(column)
+    labels = [all_labels[catalog.index_of(item_id)] for item_id in embeddings.ids]
+    query_indices = None
+    if query_ids is not None:
+        query_indices = [embeddings.position(item_id) for item_id in query_ids]
+    return evaluate_retrieval(
+        embeddings.vectors, labels, embeddings.ids, ks=ks, query_indices=query_indices, label_column=column
+    )
+
+
+def summary_table(reports: dict[str, RetrievalReport], *, macro: bool = False) -> pd.DataFrame:
+    """One row per model: ``model`` then the stable metric keys (micro averages, or per-category macro)."""
+    rows = []
+    for model, report in reports.items():
+        values = report.macro if macro else report.summary
+        rows.append({"model": model, "average": "macro" if macro else "micro", "label": report.label_column, **values})
+    return pd.DataFrame(rows)
