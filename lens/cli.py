@@ -254,6 +254,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lens.bench import run_from_cli
+
+    catalog = _catalog_options(args).load()
+    run = _run_options(args)
+    path = run_from_cli(catalog, _parse_models(args.models, run), args.out, quick=args.quick, cache_dir=run.cache_dir)
+    print(f"wrote {path}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- parser
 
 
@@ -310,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="write the summary CSV to this file ('-' for stdout)")
     p.add_argument("--per-category", default=None, help="write per-category metrics CSV to this file")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", parents=[common, cat], help="benchmark quality, throughput and index settings")
+    p.add_argument("--models", default=None, help="comma-separated encoder names, or 'all' available (default)")
+    p.add_argument("--quick", action="store_true", help="small samples: a few minutes on 2 cores")
+    p.add_argument("--out", default="bench-out", help="output folder for benchmark.md and CSVs")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("validate", parents=[common, cat], help="decode every image and list unreadable ones")
     p.set_defaults(func=cmd_validate)

@@ -33,7 +33,7 @@ class EmbeddingSet:
         key: cache key (encoder identity + catalog fingerprint + format version).
         identity: what the key was computed from.
         catalog: catalog name.
-        seconds: time it took to compute (0 when loaded from the cache).
+        seconds: time it took to compute, as recorded when computed (also when loaded from the cache).
         from_cache: whether this came from the disk cache.
     """
 
@@ -118,6 +118,8 @@ def embed_catalog(
     if use_cache:
         try:
             cached = load_embeddings(root, encoder.name, key)
+            if cached is not None:
+                _check_rows_match_catalog(cached, catalog)
         except CacheError:
             cached = None  # corrupt or stale entry: recompute and overwrite it
         if cached is not None:
@@ -140,6 +142,20 @@ def embed_catalog(
     if use_cache:
         save_embeddings(result, root)
     return result
+
+
+def _check_rows_match_catalog(cached: EmbeddingSet, catalog: Catalog) -> None:
+    """The checksum covers the vectors only; the sidecar's ids must still be the catalog's, in catalog order.
+
+    Raises:
+        CacheError: the ids (kept + failed) are not exactly the catalog's ids, or the kept ones are out of order.
+    """
+    failed = {item_id for item_id, _ in cached.failed}
+    expected = [item_id for item_id in catalog.ids if item_id not in failed]
+    if cached.ids != expected or len(failed) + len(cached.ids) != len(catalog):
+        raise CacheError(
+            f"cached embeddings {cached.key} list other ids than catalog '{catalog.name}'; they will be rebuilt."
+        )
 
 
 def _embed_files(
@@ -237,15 +253,19 @@ def load_embeddings(cache_dir: str | os.PathLike | None, encoder_name: str, key:
         or vectors.shape[0] != len(ids)
     ):
         raise CacheError(f"{npy_path} has shape {vectors.shape}, sidecar says {meta.get('shape')}; it will be rebuilt.")
+    try:
+        failed = [(str(a), str(b)) for a, b in meta.get("failed", [])]
+    except (TypeError, ValueError) as exc:
+        raise CacheError(f"{json_path} has a malformed 'failed' list ({exc}); it will be rebuilt.") from exc
     return EmbeddingSet(
         vectors=vectors,
         ids=[str(i) for i in ids],
         encoder=encoder_name,
-        failed=[(str(a), str(b)) for a, b in meta.get("failed", [])],
+        failed=failed,
         key=key,
         identity=meta.get("identity", {}),
         catalog=str(meta.get("catalog", "")),
-        seconds=0.0,
+        seconds=float(meta.get("seconds", 0.0) or 0.0),
         from_cache=True,
     )
 

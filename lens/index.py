@@ -95,7 +95,7 @@ class VectorIndex:
 
 
 class ExactIndex(VectorIndex):
-    """Brute-force cosine search over an in-memory ``(N, dim)`` matrix."""
+    """Brute-force cosine search over an in-memory ``(N, dim)`` matrix (rows L2-normalised here if they are not)."""
 
     kind = "exact"
 
@@ -103,6 +103,11 @@ class ExactIndex(VectorIndex):
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(ids):
             raise IndexMismatchError(f"ExactIndex needs (N, dim) vectors for N ids: got {vectors.shape}, {len(ids)} ids.")
+        norms = np.linalg.norm(vectors, axis=1)
+        if norms.size and not np.allclose(norms, 1.0, atol=1e-4):
+            # Scores must be cosines, as Annoy's are: rows that are not unit-norm (zero rows stay zero) would
+            # otherwise rank by dot product, and the exact oracle would disagree with the approximate index.
+            vectors = vectors / np.maximum(norms, 1e-12)[:, None]
         self.vectors = vectors
         self.ids = list(ids)
         self.dim = int(vectors.shape[1])

@@ -1,0 +1,1 @@
+"""Streamlit helpers for lens: cached loaders (resources.py) and rendering (components.py)."""

