@@ -68,7 +68,8 @@ def _progress(desc: str, quiet: bool) -> tuple[Callable[[int, int], None] | None
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(total=0, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
+    # disable=None: a bar on a terminal, silence when stderr is a log file (no thousand-line progress spam)
+    bar = tqdm(total=0, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False, disable=None)
 
     def update(done: int, total: int) -> None:
         bar.total = total
@@ -83,7 +84,10 @@ def _parse_models(value: str | None, run: RunOptions) -> list[str]:
     from lens.encoders import list_encoders
 
     if value and value != "all":
-        return [name.strip() for name in value.split(",") if name.strip()]
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        if not names:
+            raise LensError(f"--models takes comma-separated encoder names or 'all', got '{value}'.")
+        return names
     names = [info.name for info in list_encoders(available_only=True, include_test=False, weights_dir=run.weights_dir)]
     if not names:
         raise LensError("No pretrained encoder has its weights on this machine; `python -m lens encoders` says why.")
@@ -120,6 +124,14 @@ def _embed(catalog, model: str, run: RunOptions, quiet: bool):  # noqa: ANN001, 
         return encoder, embed_catalog(catalog, encoder, cache_dir=run.cache_dir, batch_size=run.batch_size, progress=progress)
     finally:
         close()
+
+
+def _positive(value: int | None, flag: str, default: int) -> int:
+    if value is None:
+        return default
+    if value < 1:
+        raise LensError(f"{flag} must be a positive integer, got {value}.")
+    return value
 
 
 def _write_table(table: pd.DataFrame, csv: str | None) -> None:
@@ -177,12 +189,13 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     catalog = _catalog_options(args).load()
     run = _run_options(args)
-    trees = args.trees or DEFAULT_N_TREES
+    trees = _positive(args.trees, "--trees", DEFAULT_N_TREES)
+    search_k = args.search_k if args.search_k is not None else DEFAULT_SEARCH_K
     for model in _parse_models(args.models, run):
         _, embeddings = _embed(catalog, model, run, args.quiet)
         started = time.perf_counter()
         index = build_index(
-            embeddings, cache_dir=run.cache_dir, n_trees=trees, search_k=args.search_k or DEFAULT_SEARCH_K,
+            embeddings, cache_dir=run.cache_dir, n_trees=trees, search_k=search_k,
             rebuild=args.rebuild,
         )
         size = Path(index.path).stat().st_size / 2**20 if getattr(index, "path", None) else 0.0
@@ -193,25 +206,31 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from lens.embed import embed_images
-    from lens.index import build_index
+    from lens.images import open_image
+    from lens.index import DEFAULT_N_TREES, build_index
     from lens.search import filter_mask, results_table, search_vector
 
-    if not args.image and not args.id:
-        raise LensError("search needs a query: --image PATH or --id ITEM_ID.")
+    # Check everything cheap before embedding the catalog, so a typo costs no minutes.
+    if bool(args.image) == bool(args.id):
+        raise LensError("search needs exactly one query: --image PATH or --id ITEM_ID.")
+    k = _positive(args.k, "--k", 10)
+    trees = _positive(args.trees, "--trees", DEFAULT_N_TREES)
+    filters = _parse_filters(args.filter)
+    query_image = open_image(args.image) if args.image else None
     catalog = _catalog_options(args).load()
+    allowed = filter_mask(catalog, filters)
+    if args.id:
+        catalog.index_of(args.id)
     run = _run_options(args)
     encoder, embeddings = _embed(catalog, args.model, run, args.quiet)
-    index = build_index(embeddings, kind="exact" if args.exact else "annoy", cache_dir=run.cache_dir)
+    index = build_index(embeddings, kind="exact" if args.exact else "annoy", cache_dir=run.cache_dir, n_trees=trees)
     exclude: list[str] = []
-    if args.image:
-        if not Path(args.image).is_file():
-            raise LensError(f"Query image {args.image} does not exist.")
-        vector = embed_images(encoder, [args.image])[0]
+    if query_image is not None:
+        vector = embed_images(encoder, [query_image])[0]
     else:
         vector = embeddings.vectors[embeddings.position(args.id)]
         exclude = [args.id]
-    allowed = filter_mask(catalog, _parse_filters(args.filter))
-    hits = search_vector(index, vector, args.k, exclude=exclude, allowed=allowed)
+    hits = search_vector(index, vector, k, exclude=exclude, allowed=allowed)
     columns = [c for c in catalog.table.columns if c != "image"] if not args.csv else None
     _write_table(results_table(hits, catalog, columns=columns), args.csv)
     return 0
@@ -224,7 +243,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = _run_options(args)
     ks = _parse_ks(args.k)
     query_ids = None
-    if args.queries:
+    if args.queries is not None:
+        _positive(args.queries, "--queries", 1)
         query_ids = catalog.sample(min(args.queries, len(catalog)), seed=args.seed).ids
     reports = {}
     for model in _parse_models(args.models, run):
@@ -308,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="number of results")
     p.add_argument("--filter", action="append", help="COLUMN=VALUE[,VALUE] metadata filter; repeatable")
     p.add_argument("--exact", action="store_true", help="exact search instead of Annoy")
+    p.add_argument("--trees", type=int, default=None, help="use the Annoy index with this many trees (built if missing)")
     p.add_argument("--csv", default=None, help="write CSV to this file ('-' for stdout)")
     p.set_defaults(func=cmd_search)
 
@@ -348,3 +369,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `python -m lens search ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # e.g. --csv pointing at a folder or an unwritable place
+        print(f"error: {exc.strerror or exc} ({exc.filename or ''})", file=sys.stderr)
+        return EXIT_USAGE

@@ -236,9 +236,10 @@ def load_annoy(
         index.load(str(path), prefault=False)  # mmap: pages load on demand, several processes share them
     except OSError as exc:
         raise IndexMismatchError(f"annoy could not load {path}: {exc}. Rebuild it.") from exc
-    if index.get_n_items() != len(meta["ids"]):
-        index.unload()
-        raise IndexMismatchError(f"{path} holds {index.get_n_items()} items but its sidecar lists {len(meta['ids'])}.")
+    n_items = index.get_n_items()
+    if n_items != len(meta["ids"]):
+        index.unload()  # after this annoy reports 0 items, so the count is taken before
+        raise IndexMismatchError(f"{path} holds {n_items} items but its sidecar lists {len(meta['ids'])}: rebuild it.")
     return AnnoyIndex(index, meta, path)
 
 

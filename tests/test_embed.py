@@ -41,7 +41,9 @@ def _tree(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
 
 
-def test_embed_catalog_vectors_in_catalog_order(small_catalog_dir: Path, lens_cache_dir: Path, tiny) -> None:  # noqa: ANN001
+def test_embed_catalog_vectors_in_catalog_order(
+    small_catalog_dir: Path, lens_cache_dir: Path, tiny: CountingEncoder
+) -> None:
     catalog = load_catalog(small_catalog_dir)
     result = embed_catalog(catalog, tiny, batch_size=5)
     assert result.ids == catalog.ids and len(result) == 24
@@ -60,7 +62,9 @@ def test_embed_catalog_vectors_in_catalog_order(small_catalog_dir: Path, lens_ca
         result.position("no-such-id")
 
 
-def test_second_call_comes_from_cache_without_forward(small_catalog_dir: Path, lens_cache_dir: Path, tiny) -> None:  # noqa: ANN001
+def test_second_call_comes_from_cache_without_forward(
+    small_catalog_dir: Path, lens_cache_dir: Path, tiny: CountingEncoder
+) -> None:
     catalog = load_catalog(small_catalog_dir)
     first = embed_catalog(catalog, tiny)
     assert tiny.calls > 0 and tiny.images == 24
@@ -74,19 +78,21 @@ def test_second_call_comes_from_cache_without_forward(small_catalog_dir: Path, l
     assert progress[-1] == (24, 24)
 
 
-def test_use_cache_false_writes_nothing(small_catalog_dir: Path, lens_cache_dir: Path, tiny) -> None:  # noqa: ANN001
+def test_use_cache_false_writes_nothing(small_catalog_dir: Path, lens_cache_dir: Path, tiny: CountingEncoder) -> None:
     result = embed_catalog(load_catalog(small_catalog_dir), tiny, use_cache=False)
     assert len(result) == 24
     assert list(lens_cache_dir.rglob("*")) == []
 
 
-def test_progress_ends_at_n_of_n(small_catalog_dir: Path, lens_cache_dir: Path, tiny) -> None:  # noqa: ANN001
+def test_progress_ends_at_n_of_n(small_catalog_dir: Path, lens_cache_dir: Path, tiny: CountingEncoder) -> None:
     calls: list[tuple[int, int]] = []
     embed_catalog(load_catalog(small_catalog_dir), tiny, batch_size=10, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(10, 24), (20, 24), (24, 24)]
 
 
-def test_mtime_change_changes_key_and_recomputes(small_catalog_copy: Path, lens_cache_dir: Path, tiny) -> None:  # noqa: ANN001
+def test_mtime_change_changes_key_and_recomputes(
+    small_catalog_copy: Path, lens_cache_dir: Path, tiny: CountingEncoder
+) -> None:
     first = embed_catalog(load_catalog(small_catalog_copy), tiny)
     images_before = tiny.images
     image = small_catalog_copy / "images" / "000105.jpg"
@@ -107,8 +113,13 @@ def _flip_bytes(path: Path, offset: int, n: int = 8) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("where", ["npy-data", "npy-header", "npy-truncated", "sidecar-garbage", "sidecar-ids", "sidecar-shape", "sidecar-failed"])
-def test_corrupt_cache_entry_is_recomputed(small_catalog_dir: Path, lens_cache_dir: Path, tiny, where: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    "where",
+    ["npy-data", "npy-header", "npy-truncated", "sidecar-garbage", "sidecar-ids", "sidecar-shape", "sidecar-failed"],
+)
+def test_corrupt_cache_entry_is_recomputed(
+    small_catalog_dir: Path, lens_cache_dir: Path, tiny: CountingEncoder, where: str
+) -> None:
     catalog = load_catalog(small_catalog_dir)
     first = embed_catalog(catalog, tiny)
     npy_path, json_path = embedding_paths(lens_cache_dir, "tiny", first.key)
@@ -140,7 +151,9 @@ def test_corrupt_cache_entry_is_recomputed(small_catalog_dir: Path, lens_cache_d
     assert third.from_cache and third.ids == catalog.ids
 
 
-def test_unreadable_images_are_skipped_and_listed(small_catalog_copy: Path, lens_cache_dir: Path, tiny) -> None:  # noqa: ANN001
+def test_unreadable_images_are_skipped_and_listed(
+    small_catalog_copy: Path, lens_cache_dir: Path, tiny: CountingEncoder
+) -> None:
     images = small_catalog_copy / "images"
     (images / "000103.jpg").write_text("not a jpeg at all\n")
     data = (images / "000110.jpg").read_bytes()
@@ -165,7 +178,9 @@ def test_unreadable_images_are_skipped_and_listed(small_catalog_copy: Path, lens
     assert cached.from_cache and cached.failed == result.failed and cached.ids == expected_ids
 
 
-def test_cache_format_no_pickle_sidecar_in_row_order(small_catalog_dir: Path, lens_cache_dir: Path, tiny) -> None:  # noqa: ANN001
+def test_cache_format_no_pickle_sidecar_in_row_order(
+    small_catalog_dir: Path, lens_cache_dir: Path, tiny: CountingEncoder
+) -> None:
     catalog = load_catalog(small_catalog_dir)
     catalog_files = _tree(small_catalog_dir)
     result = embed_catalog(catalog, tiny)
@@ -183,7 +198,9 @@ def test_cache_format_no_pickle_sidecar_in_row_order(small_catalog_dir: Path, le
     assert _tree(small_catalog_dir) == catalog_files
 
 
-def test_explicit_cache_dir_wins_over_env(small_catalog_dir: Path, lens_cache_dir: Path, tmp_path: Path, tiny) -> None:  # noqa: ANN001
+def test_explicit_cache_dir_wins_over_env(
+    small_catalog_dir: Path, lens_cache_dir: Path, tmp_path: Path, tiny: CountingEncoder
+) -> None:
     other = tmp_path / "explicit-cache"
     embed_catalog(load_catalog(small_catalog_dir), tiny, cache_dir=other)
     assert list(other.rglob("*.npy")) and not list(lens_cache_dir.rglob("*.npy"))

@@ -83,7 +83,12 @@ def _n_batchnorms(module: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize(
     ("name", "dim", "input_size"),
-    [("tiny", 64, 32), ("mobilenet-v2", 1280, 224), ("efficientnet-lite0", 1280, 224), ("efficientnet-lite2", 1280, 260)],
+    [
+        ("tiny", 64, 32),
+        ("mobilenet-v2", 1280, 224),
+        ("efficientnet-lite0", 1280, 224),
+        ("efficientnet-lite2", 1280, 260),
+    ],
 )
 def test_registry_specs(name: str, dim: int, input_size: int) -> None:
     spec = get_spec(name)
@@ -162,7 +167,9 @@ def test_embed_images_progress_and_bad_batch_size() -> None:
         encoder.embed_images(_colour_images(), batch_size=0)
 
 
-@pytest.mark.parametrize("name", ["rgba", "cmyk_jpeg", "tiny_1x1", "wide_300x20", "palette", "i16_png", "la", "float_tiff"])
+@pytest.mark.parametrize(
+    "name", ["rgba", "cmyk_jpeg", "tiny_1x1", "wide_300x20", "palette", "i16_png", "la", "float_tiff"]
+)
 def test_tiny_embeds_odd_images_raw(odd_images: dict[str, Path], name: str) -> None:
     """Images handed in straight from Pillow, in their own mode (the encoder converts to RGB itself)."""
     with Image.open(odd_images[name]) as image:
@@ -314,7 +321,7 @@ def test_fold_conv_bn_matches_unfolded_mobilenet_v2() -> None:
     torch.manual_seed(0)
     features = mobilenet_v2(weights=None).features.eval()
     _randomise_batchnorms(features)
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = features(x)
     assert _n_batchnorms(features) == 52
@@ -345,10 +352,16 @@ def test_family_fold_functions_match_unfolded() -> None:
     from lens.encoders import efficientnet_lite, torchvision_cnn
 
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     models = {
-        "torchvision": (torchvision_cnn._PooledFeatures(mobilenet_v2(weights=None).features), torchvision_cnn._fold_batchnorms),
-        "efficientnet": (efficientnet_lite._PooledEfficientNet(EfficientNet.from_name("efficientnet-lite0")), efficientnet_lite._fold_batchnorms),
+        "torchvision": (
+            torchvision_cnn._PooledFeatures(mobilenet_v2(weights=None).features),
+            torchvision_cnn._fold_batchnorms,
+        ),
+        "efficientnet": (
+            efficientnet_lite._PooledEfficientNet(EfficientNet.from_name("efficientnet-lite0")),
+            efficientnet_lite._fold_batchnorms,
+        ),
     }
     for family, (model, fold) in models.items():
         model.eval()
