@@ -23,9 +23,10 @@ from lens.embed import EmbeddingSet
 from lens.errors import IndexMismatchError, LensError
 
 DEFAULT_N_TREES = 50
-DEFAULT_SEARCH_K = 20_000
-"""Chosen from a sweep on the 8,010-item sample catalog (README, "Index"): recall@10 vs exact >= 0.95 for the
-pretrained encoders at these settings."""
+DEFAULT_SEARCH_K = 5_000
+"""Chosen from the sweep in docs/benchmark-foundation.md (8,010 items, 1280-d): recall@10 vs exact 0.983-0.991 for
+the three pretrained encoders at p50 0.60-0.68 ms per query (exact numpy: 1.0-1.2 ms); annoy's own default search_k
+(n_trees x k) gave only 0.96-0.98."""
 
 
 @dataclass(frozen=True)
