@@ -326,3 +326,116 @@ def default_models() -> list[str]:
 
 def run_from_cli(catalog: Catalog, models: Sequence[str], out_dir: str, *, quick: bool, cache_dir: str | None) -> Path:
     return run_benchmark(catalog, BenchConfig(models=list(models), out_dir=Path(out_dir), cache_dir=cache_dir, quick=quick))
+
+
+# ---------------------------------------------------------------------------------------------------- scale
+
+
+def clustered_vectors(n: int, dim: int = 512, *, n_clusters: int = 1000, noise: float = 0.6, seed: int = 0) -> np.ndarray:
+    """``(n, dim)`` float32 unit vectors around ``n_clusters`` random centres: a stand-in for a large catalog's
+    embeddings (neighbourhoods exist, as in real embedding spaces, unlike uniform random vectors)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    out = np.empty((n, dim), dtype=np.float32)
+    step = 100_000
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        assign = rng.integers(0, n_clusters, size=stop - start)
+        block = centres[assign] + (noise / np.sqrt(dim)) * rng.standard_normal((stop - start, dim)).astype(np.float32)
+        out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def _exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, exclude_rows: np.ndarray) -> np.ndarray:
+    """Exact top-k rows by cosine, chunked over the gallery so 1M x 512 fits in memory."""
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_rows = np.full((len(queries), k), -1, dtype=np.int64)
+    for start in range(0, len(vectors), 200_000):
+        scores = queries @ vectors[start : start + 200_000].T
+        rows = np.arange(start, start + scores.shape[1])
+        scores[rows[None, :] == exclude_rows[:, None]] = -np.inf
+        merged_scores = np.concatenate([best_scores, scores], axis=1)
+        merged_rows = np.concatenate([best_rows, np.broadcast_to(rows, scores.shape)], axis=1)
+        top = np.argpartition(-merged_scores, k - 1, axis=1)[:, :k]
+        best_scores = np.take_along_axis(merged_scores, top, axis=1)
+        best_rows = np.take_along_axis(merged_rows, top, axis=1)
+    return best_rows
+
+
+def _scale_worker(n: int, dim: int, n_trees: int, search_ks: Sequence[int], n_queries: int, path: str, queue) -> None:  # noqa: ANN001
+    """Runs in a fresh process so that ru_maxrss is this size's peak memory alone."""
+    import resource
+
+    from annoy import AnnoyIndex as _Annoy
+
+    vectors = clustered_vectors(n, dim)
+    rng = np.random.default_rng(1)
+    rows_q = np.sort(rng.choice(n, size=n_queries, replace=False))
+    queries = vectors[rows_q]
+    started = time.perf_counter()
+    truth = _exact_topk(vectors, queries, 10, rows_q)
+    exact_ms = (time.perf_counter() - started) / n_queries * 1000.0
+    index = _Annoy(dim, "angular")
+    index.set_seed(0)
+    started = time.perf_counter()
+    for row, vector in enumerate(vectors):
+        index.add_item(row, vector)
+    index.build(n_trees, n_jobs=-1)
+    build_s = time.perf_counter() - started
+    index.save(path)
+    size_mib = Path(path).stat().st_size / 2**20
+    del vectors
+    index.unload()
+    index = _Annoy(dim, "angular")
+    index.load(path)
+    rows = []
+    for search_k in search_ks:
+        lat = []
+        found = []
+        for vector, skip in zip(queries, rows_q):
+            t = time.perf_counter()
+            got = index.get_nns_by_vector(vector, 11, search_k=search_k)
+            lat.append(time.perf_counter() - t)
+            found.append([r for r in got if r != skip][:10])
+        recall = float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)]))
+        rows.append(
+            {
+                "items": n,
+                "dim": dim,
+                "n_trees": n_trees,
+                "search_k": search_k,
+                "build_s": build_s,
+                "size_mib": size_mib,
+                "p50_ms": float(np.percentile(np.array(lat) * 1000, 50)),
+                "p95_ms": float(np.percentile(np.array(lat) * 1000, 95)),
+                "recall@10": recall,
+                "exact_ms_per_query": exact_ms,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    index.unload()
+    queue.put(rows)
+
+
+def bench_scale(
+    sizes: Sequence[int], work_dir: Path, *, dim: int = 512, n_trees: int = 50,
+    search_ks: Sequence[int] = (5000, 20000), n_queries: int = 200, log: Log = print,
+) -> pd.DataFrame:
+    """Annoy at catalog sizes beyond the sample: build time, peak memory, file size, latency, recall vs exact."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    rows: list[dict] = []
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for n in sizes:
+        path = work_dir / f"scale-{n}.ann"
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_scale_worker, args=(n, dim, n_trees, list(search_ks), n_queries, str(path), queue))
+        proc.start()
+        result = queue.get()
+        proc.join()
+        path.unlink(missing_ok=True)
+        rows.extend(result)
+        log(f"scale {n}: build {result[0]['build_s']:.0f}s, {result[0]['size_mib']:.0f} MiB, recall {result[-1]['recall@10']:.3f}")
+    return pd.DataFrame(rows)
