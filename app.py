@@ -1,11 +1,25 @@
 """lens dashboard entry: ``streamlit run app.py`` (or ``./run.sh``).
 
-Navigation is ``st.navigation`` over the files in ``pages/``; pages only call lens through ``dashboard``.
+Navigation is ``st.navigation`` over the files in ``pages/`` (the only navigation mechanism: there is no automatic
+``pages/`` discovery once ``st.navigation`` is called). The sidebar (catalog, label column) is drawn here, so it is
+the same on every page; pages only call lens through ``dashboard``.
 """
 
 import streamlit as st
 
+from dashboard import components
+
 st.set_page_config(page_title="lens", page_icon=":mag:", layout="wide")
 
-navigation = st.navigation([st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True)])
+PAGES = [
+    st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    st.Page("pages/search.py", title="Search", icon=":material/image_search:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("pages/projections.py", title="Projections", icon=":material/scatter_plot:"),
+    st.Page("pages/metrics.py", title="Metrics", icon=":material/leaderboard:"),
+    st.Page("pages/failures.py", title="Failures", icon=":material/report:"),
+]
+
+navigation = st.navigation(PAGES)
+components.sidebar()
 navigation.run()

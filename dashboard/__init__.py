@@ -1,1 +1,7 @@
-"""Streamlit helpers for lens: cached loaders (resources.py) and rendering (components.py)."""
+"""Streamlit helpers for lens, used by app.py and pages/.
+
+resources.py   every st.cache_resource / st.cache_data loader, and the calls into lens
+components.py  catalog context, sidebar, model pickers, build buttons, result cards, image strips, CSV exports
+query.py       upload checks, crops, image + text vectors, product look-up (no Streamlit: unit-testable)
+config.py      environment variables, limits, colour bands (no Streamlit)
+"""

@@ -1,16 +1,66 @@
 """Every Streamlit cache of the dashboard lives here; pages call these, never lens's heavy modules directly.
 
-``st.cache_resource`` for objects shared read-only across sessions (catalogs, encoders); ``st.cache_data`` for tables.
-Arguments are strings and ints so that cache keys stay cheap and explicit.
+Caching by kind:
+
+* ``st.cache_resource`` for objects shared read-only across sessions: catalogs, encoders, embedding sets (their
+  vectors are marked read-only: ``st.cache_data`` would copy 40 MB per model on every rerun), indexes (Annoy is
+  mmapped) and filter id sets.
+* ``st.cache_data`` for tables and small arrays: encoder list, model states, metric reports, neighbours,
+  projections, thumbnails (JPEG bytes), query vectors.
+
+Arguments are strings, ints and tuples. Every loader that depends on the catalog takes its path, the label column it
+was loaded with, its fingerprint (files, sizes, mtimes) and the cache folder, so a changed catalog or another
+``LENS_CACHE_DIR`` never hits a stale entry. Slow work that reports progress (embedding a catalog) is not cached
+here: :func:`build_model` writes to lens's disk cache, then the cached loaders read it back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image, ImageDraw
 
+from dashboard import config
+from lens.analysis import (  # noqa: F401  (compare_summary, per_category_matrix, worst_queries: used by pages)
+    NearDuplicates,
+    compare_grid,
+    compare_summary,
+    confused_pairs,
+    confusion_examples,
+    near_duplicate_pairs,
+    per_category_matrix,
+    precision_table,
+    sample_queries_per_category,
+    top_neighbors,
+    worst_queries,
+)
+from lens.cache import cache_key, read_json, resolve_cache_dir
 from lens.catalog import Catalog, default_catalog_path, load_catalog
-from lens.encoders import list_encoders
+from lens.embed import EmbeddingSet, embed_catalog, embedding_identity, embedding_paths
+from lens.encoders import Encoder, create_encoder, list_encoders
+from lens.errors import CatalogError
+from lens.evaluate import evaluate_embeddings
+from lens.images import open_image, try_open_image
+from lens.index import DEFAULT_N_TREES, ExactIndex, VectorIndex, build_index, index_path
+from lens.metrics import RetrievalReport
+from lens.projection import Projection, ProjectionParams, cached_projection, project_embeddings
+
+ProgressCallback = Callable[[int, int], None]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Catalog
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading catalog…")
@@ -19,22 +69,514 @@ def get_catalog(path: str, label_column: str = "articleType") -> Catalog:
 
 
 def default_catalog() -> str:
+    """``$LENS_CATALOG`` or the default catalog (raises ``CatalogError`` with the remedy when there is none)."""
     return str(default_catalog_path())
 
 
+def load_dashboard_catalog(path: str, label_column: str) -> tuple[Catalog, str, str | None]:
+    """The catalog, the label column it was loaded with, and a warning when that is not the one asked for.
+
+    A CSV catalog without the requested label column still opens (loaded with ``id`` as a stand-in label) so
+    that search works and the sidebar can offer its real columns; the warning says what to do.
+    """
+    try:
+        return get_catalog(path, label_column), label_column, None
+    except CatalogError as exc:
+        if "no label column" not in str(exc):
+            raise
+    catalog = get_catalog(path, "id")
+    columns = ", ".join(c for c in catalog.columns if c not in ("id", "image"))
+    warning = (
+        f"Catalog '{catalog.name}' has no '{label_column}' column, which the metrics use as the label by default. "
+        f"Pick the label column in the sidebar (one of: {columns}), or restart with {config.LABEL_ENV}=<column>."
+    )
+    return catalog, "id", warning
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def catalog_columns(path: str, load_label: str, fingerprint: str) -> dict[str, Any]:
+    """Column roles of a catalog: ``categorical`` (filters, colours, labels) and ``title``."""
+    from dashboard.query import categorical_columns, title_column
+
+    table = get_catalog(path, load_label).table
+    return {"categorical": categorical_columns(table), "title": title_column(list(table.columns))}
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def column_values(path: str, load_label: str, fingerprint: str, column: str) -> list[str]:
+    """Distinct values of ``column``, most frequent first (blank cells left out)."""
+    table = get_catalog(path, load_label).table
+    if column not in table.columns:
+        raise CatalogError(f"Catalog has no column '{column}'. Columns: {', '.join(table.columns)}.")
+    counts = table[column].astype(str).value_counts()
+    return [str(v) for v in counts.index if str(v).strip()]
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def allowed_ids(path: str, load_label: str, fingerprint: str, filters: tuple[tuple[str, tuple[str, ...]], ...]) -> frozenset[str] | None:
+    """Ids passing every ``(column, values)`` filter (``None`` when no filter has values)."""
+    from lens.search import filter_mask
+
+    active = {column: list(values) for column, values in filters if values}
+    mask = filter_mask(get_catalog(path, load_label), active)
+    return None if mask is None else frozenset(mask)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Encoders and embeddings
+
+
 @st.cache_data(ttl=60, show_spinner=False)
-def encoder_table() -> pd.DataFrame:
+def encoder_rows(show_test: bool, weights_dir: str = "") -> list[dict[str, Any]]:
+    """The registry as plain rows: name, family, dim, input px, text, precision, available, where, remedy."""
     rows = []
-    for info in list_encoders():
+    for info in list_encoders(include_test=show_test, weights_dir=weights_dir or None):
+        spec = info.spec
         rows.append(
             {
-                "encoder": info.name,
-                "family": info.spec.family,
-                "dim": info.spec.dim,
-                "input px": info.spec.preprocess.input_size,
-                "precision": info.spec.precision,
+                "name": info.name,
+                "family": spec.family,
+                "dim": spec.dim,
+                "input_px": spec.preprocess.input_size,
+                "text": spec.supports_text,
+                "precision": spec.precision,
                 "available": info.available,
-                "weights": info.status.where if info.available else f"unavailable — {info.status.remedy}",
+                "where": info.status.where,
+                "remedy": info.status.remedy,
+                "description": spec.description,
+            }
+        )
+    return rows
+
+
+def encoders() -> list[dict[str, Any]]:
+    """:func:`encoder_rows` for the current environment."""
+    return encoder_rows(config.show_test_encoders(), os.environ.get("LENS_WEIGHTS_DIR", ""))
+
+
+def encoder_table() -> pd.DataFrame:
+    """The registry as a table (kept for callers of the first dashboard version)."""
+    rows = encoders()
+    return pd.DataFrame(
+        [
+            {
+                "encoder": r["name"],
+                "family": r["family"],
+                "dim": r["dim"],
+                "input px": r["input_px"],
+                "precision": r["precision"],
+                "available": r["available"],
+                "weights": r["where"] if r["available"] else f"unavailable — {r['remedy']}",
+            }
+            for r in rows
+        ]
+    )
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading model weights…")
+def get_encoder(name: str) -> Encoder:
+    """A built encoder (eval mode); raises ``WeightsUnavailableError``/``UnknownEncoderError`` (not cached).
+
+    One throw-away forward pass warms it up: a model's first pass is slow (1.7 s for EfficientNet-Lite0 against
+    tens of ms after), and that belongs to loading, not to the user's first query.
+    """
+    encoder = create_encoder(name)
+    with one_torch_thread():
+        encoder.embed_images([Image.new("RGB", (64, 64), (255, 255, 255))])
+    return encoder
+
+
+def _cache_root(cache_dir: str) -> Path:
+    return resolve_cache_dir(cache_dir or None)
+
+
+def embeddings_key(path: str, load_label: str, model: str) -> str:
+    """The exact cache key of ``model``'s embeddings of the catalog (loads the encoder, once per server)."""
+    catalog = get_catalog(path, load_label)
+    return cache_key(embedding_identity(catalog, get_encoder(model)))
+
+
+def embeddings_cached(path: str, load_label: str, model: str, cache_dir: str) -> bool:
+    """Whether ``model``'s embeddings of the catalog are in the disk cache (no embedding is computed)."""
+    npy, sidecar = embedding_paths(_cache_root(cache_dir), model, embeddings_key(path, load_label, model))
+    return npy.is_file() and sidecar.is_file()
+
+
+@st.cache_resource(max_entries=12, show_spinner="Loading embeddings…")
+def get_embeddings(path: str, load_label: str, model: str, fingerprint: str, cache_dir: str) -> EmbeddingSet:
+    """``model``'s embeddings of the catalog, from lens's disk cache (computed without progress on a miss:
+    pages call :func:`build_model` first for anything but small catalogs). Vectors are read-only."""
+    embeddings = embed_catalog(get_catalog(path, load_label), get_encoder(model), cache_dir=cache_dir or None)
+    embeddings.vectors.setflags(write=False)
+    return embeddings
+
+
+def build_model(
+    path: str, load_label: str, model: str, cache_dir: str, *, progress: ProgressCallback | None = None
+) -> EmbeddingSet:
+    """Embed the catalog with ``model`` into lens's disk cache, reporting ``progress(done, total)``.
+
+    Not cached by Streamlit (it reports progress while it runs); afterwards :func:`get_embeddings` finds the vectors
+    on disk. Clears :func:`model_states` so the Overview shows the new state.
+    """
+    catalog = get_catalog(path, load_label)
+    embeddings = embed_catalog(catalog, get_encoder(model), cache_dir=cache_dir or None, progress=progress)
+    model_states.clear()
+    return embeddings
+
+
+def build_annoy(path: str, load_label: str, model: str, fingerprint: str, cache_dir: str) -> None:
+    """Build (or verify and keep) ``model``'s Annoy index in lens's cache, as ``python -m lens index`` does."""
+    build_index(get_embeddings(path, load_label, model, fingerprint, cache_dir), cache_dir=cache_dir or None)
+    model_states.clear()
+
+
+def _annoy_path(cache_dir: str, model: str, key: str) -> Path:
+    # lens.index.index_path needs only the encoder name and the embeddings' key.
+    return index_path(_cache_root(cache_dir), SimpleNamespace(encoder=model, key=key), DEFAULT_N_TREES)  # type: ignore[arg-type]
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def model_states(path: str, load_label: str, fingerprint: str, cache_dir: str, show_test: bool) -> pd.DataFrame:
+    """One row per registered encoder: weights available? embeddings cached? index built? — without loading any
+    model: embedding sidecars are matched on the catalog fingerprint and the encoder's default precision, so a
+    change of weights files shows up only when the model is next loaded."""
+    root = _cache_root(cache_dir)
+    rows = []
+    for row in encoder_rows(show_test, os.environ.get("LENS_WEIGHTS_DIR", "")):
+        name = row["name"]
+        found = _find_embedding_sidecar(root, name, fingerprint, row["precision"])
+        index_built = False
+        if found is not None:
+            ann = _annoy_path(cache_dir, name, found["key"])
+            index_built = ann.is_file() and ann.with_suffix(".json").is_file()
+        rows.append(
+            {
+                "encoder": name,
+                "family": row["family"],
+                "dim": row["dim"],
+                "text": "yes" if row["text"] else "no",
+                "weights": "available" if row["available"] else "missing",
+                "embeddings": "cached" if found else "not built",
+                "vectors": int(found["n"]) if found else 0,
+                "unreadable": int(found["failed"]) if found else 0,
+                "index": "built" if index_built else ("not built" if found else "—"),
+                "remedy": "" if row["available"] else row["remedy"],
             }
         )
     return pd.DataFrame(rows)
+
+
+def _find_embedding_sidecar(root: Path, model: str, fingerprint: str, precision: str) -> dict[str, Any] | None:
+    folder = root / "embeddings" / model
+    if not folder.is_dir():
+        return None
+    best: dict[str, Any] | None = None
+    for sidecar in sorted(folder.glob("*.json")):
+        meta = read_json(sidecar)
+        if not meta or not sidecar.with_suffix(".npy").is_file():
+            continue
+        identity = meta.get("identity") or {}
+        if identity.get("catalog") != fingerprint or identity.get("precision", precision) != precision:
+            continue
+        candidate = {
+            "key": str(meta.get("key", sidecar.stem)),
+            "n": len(meta.get("ids") or []),
+            "failed": len(meta.get("failed") or []),
+            "created": str(meta.get("created", "")),
+        }
+        if best is None or candidate["created"] > best["created"]:
+            best = candidate
+    return best
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Index and search
+
+
+def index_kind(path: str, load_label: str, model: str, cache_dir: str, n_items: int) -> str:
+    """``"annoy"`` when an Annoy index is on disk or the catalog is large, else ``"exact"``."""
+    if n_items > config.EXACT_INDEX_MAX_ITEMS:
+        return "annoy"
+    return "annoy" if _annoy_path(cache_dir, model, embeddings_key(path, load_label, model)).is_file() else "exact"
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading index…")
+def get_index(path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, kind: str) -> VectorIndex:
+    """The search index of ``model``: Annoy (mmapped from the cache, built there if missing) or exact numpy."""
+    embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
+    if kind == "exact":
+        return ExactIndex.from_embeddings(embeddings)
+    return build_index(embeddings, cache_dir=cache_dir or None)
+
+
+_TORCH_THREADS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run a single-query forward pass on one intra-op thread.
+
+    One image is too little work to split: on a busy 2-core machine, two OpenMP threads waiting for each other made
+    one EfficientNet-Lite0 query take 1.9 s instead of 16 ms (measured). The lock keeps concurrent sessions from
+    restoring each other's setting; a catalog being embedded meanwhile runs single-threaded for those milliseconds.
+    """
+    import torch  # lazy: only query embedding needs it here
+
+    with _TORCH_THREADS_LOCK:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def image_query_vector(model: str, digest: str, _image: Image.Image) -> np.ndarray:
+    """``(dim,)`` float32 vector of a query image; ``digest`` identifies the image (bytes hash + crop)."""
+    encoder = get_encoder(model)
+    with one_torch_thread():
+        return encoder.embed_images([_image])[0]
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def text_query_vector(model: str, text: str) -> np.ndarray:
+    """``(dim,)`` float32 vector of a text query (raises ``LensError`` for image-only encoders)."""
+    encoder = get_encoder(model)
+    with one_torch_thread():
+        return np.asarray(encoder.embed_texts([text]), dtype=np.float32)[0]
+
+
+def digest(*parts: object) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, (bytes, bytearray)) else repr(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Thumbnails
+
+
+def _placeholder(px: int, text: str = "no image") -> bytes:
+    image = Image.new("RGB", (px, px), (238, 238, 238))
+    ImageDraw.Draw(image).text((px // 2 - 24, px // 2 - 6), text, fill=(120, 120, 120))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
+@st.cache_data(max_entries=20_000, show_spinner=False)
+def thumbnail(path: str, fingerprint: str, px: int = config.THUMBNAIL_PX) -> bytes:
+    """JPEG bytes of the image at ``path``, longer side ``px``, loaded with lens's safe loader (a grey
+    placeholder when it cannot be read). ``fingerprint`` (the catalog's) invalidates it when files change."""
+    image, _ = try_open_image(path)
+    if image is None:
+        return _placeholder(px)
+    image.thumbnail((px, px), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def load_image(path: str) -> Image.Image:
+    """A catalog image through lens's safe loader (raises ``ImageLoadError`` with the reason)."""
+    return open_image(path)
+
+
+def image_bytes(image: Image.Image, px: int = 2 * config.THUMBNAIL_PX) -> bytes:
+    """A downscaled JPEG of an in-memory image (query previews)."""
+    copy = image.copy()
+    copy.thumbnail((px, px), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    copy.save(buffer, format="JPEG", quality=88)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metrics, failures, comparisons, projections
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def get_report(
+    path: str,
+    load_label: str,
+    model: str,
+    fingerprint: str,
+    cache_dir: str,
+    label_column: str,
+    ks: tuple[int, ...],
+    max_queries: int | None = None,
+    seed: int = 0,
+) -> RetrievalReport:
+    """Exact leave-one-out retrieval metrics; all items as queries, or a seeded sample of ``max_queries``."""
+    catalog = get_catalog(path, load_label)
+    embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
+    query_ids = None
+    if max_queries is not None and max_queries < len(embeddings):
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(len(embeddings), size=max_queries, replace=False))
+        query_ids = [embeddings.ids[i] for i in rows]
+    return evaluate_embeddings(embeddings, catalog, label_column=label_column, ks=ks, query_ids=query_ids)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def get_neighbors(
+    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` neighbours of every item (itself excluded): ``(N, k)`` rows and cosines."""
+    embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
+    return top_neighbors(embeddings.vectors, k)
+
+
+def row_labels(path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, label_column: str) -> list[str]:
+    """Label of every embedding row (items whose image failed have no row)."""
+    catalog = get_catalog(path, load_label)
+    labels = catalog.labels(label_column)
+    embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
+    return [str(labels[catalog.index_of(i)]) for i in embeddings.ids]
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def get_precision_table(
+    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, label_column: str, k: int
+) -> pd.DataFrame:
+    """``precision@k``/``hit@k`` of every item as a query (from the exact top-k neighbours)."""
+    embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
+    neighbors, _ = get_neighbors(path, load_label, model, fingerprint, cache_dir, k)
+    labels = row_labels(path, load_label, model, fingerprint, cache_dir, label_column)
+    return precision_table(neighbors, labels, embeddings.ids, k)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def get_confused_pairs(
+    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, label_column: str, k: int, top: int = 20
+) -> pd.DataFrame:
+    neighbors, _ = get_neighbors(path, load_label, model, fingerprint, cache_dir, k)
+    labels = row_labels(path, load_label, model, fingerprint, cache_dir, label_column)
+    return confused_pairs(neighbors, labels, top=top)
+
+
+def get_confusion_examples(
+    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, label_column: str, k: int,
+    label_a: str, label_b: str, limit: int = 8,
+) -> pd.DataFrame:
+    embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
+    neighbors, sims = get_neighbors(path, load_label, model, fingerprint, cache_dir, k)
+    labels = row_labels(path, load_label, model, fingerprint, cache_dir, label_column)
+    return confusion_examples(neighbors, labels, embeddings.ids, label_a, label_b, sims=sims, limit=limit)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def sample_queries(path: str, load_label: str, fingerprint: str, label_column: str, n_categories: int, seed: int) -> list[str]:
+    """One random query from each of ``n_categories`` random labels (Compare page)."""
+    catalog = get_catalog(path, load_label)
+    return sample_queries_per_category(catalog.ids, catalog.labels(label_column).tolist(), n_categories, seed=seed)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def get_near_duplicates(
+    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, threshold: float, label_column: str,
+    max_pairs: int = 1000,
+) -> NearDuplicates:
+    catalog = get_catalog(path, load_label)
+    embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
+    labels = catalog.labels(label_column)
+    row_labels = [labels[catalog.index_of(i)] for i in embeddings.ids]
+    return near_duplicate_pairs(embeddings.vectors, embeddings.ids, threshold, labels=row_labels, max_pairs=max_pairs)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def get_compare_grid(
+    path: str,
+    load_label: str,
+    fingerprint: str,
+    cache_dir: str,
+    models: tuple[str, ...],
+    query_ids: tuple[str, ...],
+    label_column: str,
+    k: int,
+) -> pd.DataFrame:
+    """:func:`lens.analysis.compare_grid` over the cached embeddings of ``models``."""
+    catalog = get_catalog(path, load_label)
+    labels = dict(zip(catalog.ids, catalog.labels(label_column).tolist()))
+    sets = {}
+    for model in models:
+        embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
+        sets[model] = (embeddings.vectors, embeddings.ids)
+    return compare_grid(list(query_ids), sets, labels, k)
+
+
+def projection_params(method: str, n_neighbors: int, min_dist: float, max_points: int | None, seed: int) -> ProjectionParams:
+    return ProjectionParams(
+        method=method, n_neighbors=n_neighbors, min_dist=min_dist, max_points=max_points, seed=seed  # type: ignore[arg-type]
+    )
+
+
+def projection_on_disk(
+    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, params: ProjectionParams
+) -> bool:
+    """Whether the projection is already computed (in lens's disk cache)."""
+    embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
+    return cached_projection(embeddings, params, cache_dir=cache_dir or None) is not None
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def get_projection(
+    path: str,
+    load_label: str,
+    model: str,
+    fingerprint: str,
+    cache_dir: str,
+    method: str,
+    n_neighbors: int,
+    min_dist: float,
+    max_points: int | None,
+    seed: int,
+) -> Projection:
+    """2-D coordinates (disk-cached by lens.projection: computed once per embeddings and parameters)."""
+    embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
+    params = projection_params(method, n_neighbors, min_dist, max_points, seed)
+    return project_embeddings(embeddings, params, cache_dir=cache_dir or None)
+
+
+def sample_ids(ids: Sequence[str], n: int, seed: int) -> list[str]:
+    """A seeded sample of ``n`` ids, in catalog order."""
+    if n >= len(ids):
+        return list(ids)
+    rng = np.random.default_rng(seed)
+    return [ids[i] for i in np.sort(rng.choice(len(ids), size=n, replace=False))]
+
+
+def clear_caches() -> None:
+    """Forget every cached table and resource (after files change on disk)."""
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+
+def search(
+    path: str,
+    load_label: str,
+    model: str,
+    fingerprint: str,
+    cache_dir: str,
+    vector: np.ndarray,
+    k: int,
+    *,
+    exclude: Sequence[str] = (),
+    allowed: frozenset[str] | None = None,
+) -> pd.DataFrame:
+    """Top ``k`` catalog items for ``vector``: ``rank, id, similarity`` (cosine) then the catalog's columns.
+
+    Uses the model's Annoy index when one is on disk or the catalog is large, else an exact in-memory index.
+    """
+    from lens.search import results_table, search_vector
+
+    catalog = get_catalog(path, load_label)
+    kind = index_kind(path, load_label, model, cache_dir, len(catalog))
+    index = get_index(path, load_label, model, fingerprint, cache_dir, kind)
+    hits = search_vector(index, vector, k, exclude=exclude, allowed=allowed)  # type: ignore[arg-type]  # frozenset: only `in` is used
+    return results_table(hits, catalog)

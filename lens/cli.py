@@ -167,7 +167,18 @@ def cmd_encoders(args: argparse.Namespace) -> int:
                 "weights": info.status.where if info.available else f"unavailable: {info.status.remedy}",
             }
         )
-    _write_table(pd.DataFrame(rows), args.csv)
+    table = pd.DataFrame(rows)
+    if args.csv:
+        _write_table(table, args.csv)
+        return 0
+    # On a terminal the remedies are long: show them below the table, one per unavailable encoder.
+    short = table.assign(weights=[w if not w.startswith("unavailable") else "unavailable (see below)" for w in table["weights"]])
+    _write_table(short, None)
+    missing = table[table["available"] == "no"]
+    if len(missing):
+        print("\nTo make an unavailable encoder usable:")
+        for name, weights in zip(missing["name"], missing["weights"]):
+            print(f"  {name}: {weights.removeprefix('unavailable: ')}")
     return 0
 
 
@@ -243,9 +254,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = _run_options(args)
     ks = _parse_ks(args.k)
     query_ids = None
+    if args.queries is not None and getattr(args, "split", None):
+        raise LensError("evaluate takes --queries N or --split PATH, not both.")
     if args.queries is not None:
         _positive(args.queries, "--queries", 1)
         query_ids = catalog.sample(min(args.queries, len(catalog)), seed=args.seed).ids
+    if getattr(args, "split", None):
+        from lens.train.split import load_split
+
+        query_ids = load_split(args.split, catalog).query  # the held-out queries no trained model has seen
     reports = {}
     for model in _parse_models(args.models, run):
         _, embeddings = _embed(catalog, model, run, args.quiet)
@@ -256,6 +273,51 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.per_category:
         frames = [report.per_category.assign(model=model) for model, report in reports.items()]
         _write_table(pd.concat(frames, ignore_index=True), args.per_category)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from lens.cache import resolve_cache_dir
+    from lens.train import RunContext, default_config, get_split, train_recipe
+    from lens.train import default_name as _default_name
+
+    for flag in ("epochs", "batch", "steps_per_epoch", "embedding_dim", "input_size", "head_epochs"):
+        _positive(getattr(args, flag), "--" + flag.replace("_", "-"), 1)
+    if args.trainable_blocks is not None and args.trainable_blocks < 0:
+        raise LensError(f"--trainable-blocks must be 0 (head only) or more, got {args.trainable_blocks}.")
+    config = default_config(
+        args.recipe, args.backbone, epochs=args.epochs, seed=args.seed, lr=args.lr, batch_size=args.batch,
+        steps_per_epoch=args.steps_per_epoch, trainable_blocks=args.trainable_blocks, embedding_dim=args.embedding_dim,
+        input_size=args.input_size, head_epochs=args.head_epochs, variant=args.variant,
+    )
+    catalog = CatalogOptions(args.catalog, args.label, args.id_column, args.image_column, args.skip_missing).load()
+    split, split_path = get_split(catalog, args.split, seed=args.seed, label_column=args.label, cache_dir=args.cache_dir)
+    name = args.name or _default_name(config)
+    out = Path(args.out) if args.out else resolve_cache_dir(args.cache_dir) / "runs" / name
+
+    def bar(desc: str):  # noqa: ANN202
+        return _progress(desc, args.quiet)
+
+    ctx = RunContext(
+        out_dir=out, models_dir=Path(args.models_dir) if args.models_dir else None,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None, name=name, resume=args.resume,
+        split_path=split_path, progress=bar, log=lambda msg: print(msg, file=sys.stderr), publish=not args.no_publish,
+    )
+    print(f"train {name}: recipe {config.recipe}, backbone {config.backbone}, catalog '{catalog.name}' "
+          f"({len(split.train)} train / {len(split.val)} val / {len(split.query)} held-out queries, split {split_path})",
+          file=sys.stderr)
+    result = train_recipe(catalog, config, ctx, split)
+    for row in result.history:
+        extras = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "loss", "seconds", "stage"))
+        print(f"epoch {int(row['epoch'])}: loss {row['loss']:.4f}, {row['seconds']:.1f}s{', ' + extras if extras else ''}")
+    shown = {k: v for k, v in result.metrics.items() if k.split("@")[0] in
+             ("precision", "hit", "map", "text_r", "classifier_accuracy") or k in ("classifier_accuracy", "map@r")}
+    print(f"held-out queries ({len(split.query)}): " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    print(f"saved encoder '{result.name}' in {result.model_dir} ({result.seconds:.0f}s); history {out / 'history.csv'}")
+    (out / "metrics.json").write_text(json.dumps({"name": result.name, "seconds": result.seconds, **result.metrics},
+                                                 indent=1, default=float))
     return 0
 
 
@@ -340,7 +402,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--macro", action="store_true", help="per-category macro averages instead of micro")
     p.add_argument("--csv", default=None, help="write the summary CSV to this file ('-' for stdout)")
     p.add_argument("--per-category", default=None, help="write per-category metrics CSV to this file")
+    p.add_argument("--split", default=None, help="split JSON from `train`: queries = its held-out query ids")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", parents=[common], help="train a model on the catalog (saved as an encoder by name)")
+    p.add_argument("recipe", help="autoencoder, triplet-<backbone>, simclr-<backbone>, mobilenet-small, text-align")
+    p.add_argument("--catalog", default=None, help="catalog folder (or $LENS_CATALOG; default as for other commands)")
+    p.add_argument("--label", default="articleType", help="label column (classes for triplet / classifier)")
+    p.add_argument("--id-column", default="id", help="id column of catalog.csv")
+    p.add_argument("--image-column", default="image", help="image path column of catalog.csv")
+    p.add_argument("--skip-missing", action="store_true", help="drop rows whose image file is missing")
+    p.add_argument("--backbone", default=None, help="pretrained backbone (mobilenet-v2, efficientnet-lite0/lite2)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
+    p.add_argument("--out", default=None, help="run folder: history.csv, checkpoints (default <cache>/runs/<name>)")
+    p.add_argument("--name", default=None, help="encoder name to save the model as (default: the recipe name)")
+    p.add_argument("--models-dir", default=None, help="where models are saved ($LENS_MODELS_DIR; default <cache>/models)")
+    p.add_argument("--split", default=None, help="split JSON: used if it exists, else created there "
+                   "(default <cache>/splits/<catalog>-<fingerprint>-seed<seed>.json)")
+    p.add_argument("--seed", type=int, default=0, help="one seed for the split, the data order and the weights")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
+    p.add_argument("--batch", type=int, default=None, help="training batch size (default: the recipe's)")
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="cap batches per epoch")
+    p.add_argument("--trainable-blocks", type=int, default=None, help="top backbone blocks that train (0 = all frozen, head only)")
+    p.add_argument("--embedding-dim", type=int, default=None, help="output dimension")
+    p.add_argument("--input-size", type=int, default=None, help="image size for from-scratch recipes")
+    p.add_argument("--head-epochs", type=int, default=None, help="mobilenet-small: epochs of the triplet head")
+    p.add_argument("--variant", choices=["ae", "vae"], default=None, help="autoencoder: plain or variational")
+    p.add_argument("--no-publish", action="store_true", help="do not store the catalog's embeddings in the cache")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", parents=[common, cat], help="benchmark quality, throughput and index settings")
     p.add_argument("--models", default=None, help="comma-separated encoder names, or 'all' available (default)")

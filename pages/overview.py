@@ -1,26 +1,94 @@
-"""Overview: the catalog and the encoders (placeholder until the dashboard issue lands the other pages)."""
+"""Overview: the catalog (size, counts per category, a sample of products) and the models' state on it (weights,
+embeddings, index), with a button that builds what is missing."""
 
+from __future__ import annotations
+
+import plotly.express as px
 import streamlit as st
 
-from dashboard import resources
-from lens.errors import LensError
+from dashboard import components, config, resources
+
+components.run_through_app()
 
 st.title("lens — visual product search")
-try:
-    catalog = resources.get_catalog(resources.default_catalog())
-except LensError as exc:
-    st.error(str(exc))
-    st.stop()
+ctx = components.require_context()
+catalog = ctx.catalog
+label = ctx.label_column if ctx.label_column in catalog.columns else ctx.load_label
 
 st.subheader(f"Catalog: {catalog.name}")
-c1, c2, c3 = st.columns(3)
+c1, c2, c3, c4 = st.columns(4)
 c1.metric("Items", f"{len(catalog):,}")
-c2.metric(f"{catalog.label_column} values", catalog.table[catalog.label_column].nunique())
+c2.metric(f"{label} values", f"{catalog.table[label].nunique():,}")
 c3.metric("Source", catalog.source)
-counts = catalog.table[catalog.label_column].value_counts().rename_axis(catalog.label_column).reset_index(name="items")
-st.bar_chart(counts.head(30), x=catalog.label_column, y="items")
+c4.metric("Rows dropped", f"{len(catalog.problems):,}", help="Rows whose image file is missing (skipped when loading).")
+st.caption(f"Folder: `{catalog.root}`")
 
-st.subheader("Encoders")
-st.dataframe(resources.encoder_table(), hide_index=True, use_container_width=True)
-st.caption("Build embeddings and indexes with `python -m lens index --models all`; search from the command line "
-           "with `python -m lens search --image PATH`.")
+counts = catalog.table[label].astype(str).value_counts().rename_axis(label).reset_index(name="items")
+left, right = st.columns([1, 1], gap="large")
+with left:
+    shown = counts.head(25)
+    fig = px.bar(
+        shown.iloc[::-1], x="items", y=label, orientation="h", text="items",
+        title=f"Items per {label}" + (f" (top 25 of {len(counts)})" if len(counts) > 25 else ""),
+    )
+    fig.update_layout(height=max(260, 22 * len(shown) + 80), margin=dict(l=10, r=10, t=40, b=10), yaxis_title=None)
+    st.plotly_chart(fig, key="overview_counts")
+    with st.expander(f"All {len(counts)} values of {label}"):
+        st.dataframe(counts, hide_index=True, height=240)
+with right:
+    seed = st.session_state.setdefault("overview_seed", 0)
+    head = st.columns([3, 1], vertical_alignment="bottom")
+    head[0].markdown("**A sample of products**")
+    if head[1].button("Shuffle", key="overview_shuffle", icon=":material/shuffle:"):
+        st.session_state["overview_seed"] = seed = seed + 1
+    sample = resources.sample_ids(catalog.ids, 12, seed)
+    components.product_grid(ctx, sample, n_cols=4, caption_columns=[label])
+
+st.subheader("Models")
+states = resources.model_states(ctx.path, ctx.load_label, ctx.fingerprint, ctx.cache_dir, config.show_test_encoders())
+states = states.sort_values("weights", kind="stable").reset_index(drop=True)  # "available" before "missing"
+
+
+def grey_unavailable(row):  # noqa: ANN001, ANN202 - pandas Styler callback
+    colour = "color: #9ca3af" if row["weights"] == "missing" else ""
+    return [colour] * len(row)
+
+
+st.dataframe(
+    states.style.apply(grey_unavailable, axis=1),
+    hide_index=True,
+    height=36 * (len(states) + 1) + 3,  # every model visible without scrolling
+    column_config={
+        "encoder": st.column_config.TextColumn("encoder", width="medium"),
+        "remedy": st.column_config.TextColumn("how to get the weights", width="large"),
+        "vectors": st.column_config.NumberColumn("vectors", format="%d"),
+    },
+)
+st.caption(
+    "**weights**: whether the model's weights are on this machine (greyed rows: missing, with the remedy). "
+    "**embeddings**: whether this catalog's vectors are cached for the model. **index**: whether its Annoy index "
+    "is built. Search works without an index on small catalogs (exact search)."
+)
+
+built_message = st.session_state.pop("overview_built", None)
+if built_message:
+    st.success(built_message)
+todo = states.loc[
+    (states["weights"] == "available") & ((states["embeddings"] != "cached") | (states["index"] != "built")), "encoder"
+].tolist()
+if todo:
+    st.markdown("**Build what is missing**")
+    chosen = st.multiselect(
+        "Models to build", todo, default=todo, key="overview_build_models",
+        help="Embedding takes about 4 minutes per model for 8,000 photos on 2 CPU cores; it is cached on disk.",
+    )
+    if st.button("Build embeddings and indexes", key="overview_build", type="primary", disabled=not chosen,
+                 icon=":material/build:"):
+        if components.build_models(ctx, chosen, index=True):
+            st.session_state["overview_built"] = f"Built embeddings and indexes for {', '.join(chosen)}."
+            st.rerun()
+else:
+    st.success("Every available model has its embeddings and index for this catalog.")
+st.caption(
+    "The same from a terminal: `python -m lens index --models all`; search with `python -m lens search --image PATH`."
+)

@@ -87,3 +87,13 @@ def sample_catalog(sample_catalog_dir: Path):  # -> lens.catalog.Catalog
 def sample_slice(sample_catalog):  # -> lens.catalog.Catalog
     """A deterministic 80-item slice of the real catalog: 8 articleTypes x 10 items (seed 0)."""
     return sample_catalog.sample(80, per_label=10, seed=0)
+
+
+@pytest.fixture()
+def dashboard_env(small_catalog_dir: Path, lens_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Point the dashboard at the small generated catalog, an empty cache and the ``tiny`` encoder (no weights)."""
+    monkeypatch.setenv("LENS_CATALOG", str(small_catalog_dir))
+    monkeypatch.setenv("LENS_DEFAULT_MODEL", "tiny")
+    monkeypatch.setenv("LENS_OFFLINE", "1")
+    monkeypatch.delenv("LENS_LABEL", raising=False)
+    return {"catalog": small_catalog_dir, "cache": lens_cache_dir}

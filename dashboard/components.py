@@ -1,0 +1,414 @@
+"""Rendering helpers shared by the pages: the catalog context, model pickers, build buttons, result cards, image
+strips and CSV exports. Errors from lens arrive here as ``LensError`` and leave as ``st.error``/``st.warning``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import config, resources
+from lens.cache import resolve_cache_dir
+from lens.catalog import Catalog
+from lens.embed import EmbeddingSet
+from lens.errors import LensError
+
+LABEL_KEY = "label_column"
+"""Session key of the sidebar's label-column select (shared by Compare, Metrics, Failures and Projections)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Context:
+    """The catalog every page works on, with what the pages need to call the cached loaders."""
+
+    path: str
+    cache_dir: str
+    catalog: Catalog
+    load_label: str
+    fingerprint: str
+    label_column: str
+    categorical: tuple[str, ...]
+    title_column: str | None
+    warning: str | None = None
+
+    def emb(self, model: str) -> tuple[str, str, str, str, str]:
+        """Arguments of the per-model loaders: ``(path, load_label, model, fingerprint, cache_dir)``."""
+        return (self.path, self.load_label, model, self.fingerprint, self.cache_dir)
+
+    def title(self, item_id: str) -> str:
+        if self.title_column:
+            value = str(self.catalog.table[self.title_column].iat[self.catalog.index_of(item_id)]).strip()
+            if value:
+                return value
+        return str(item_id)
+
+    def thumb(self, item_id: str, px: int = config.THUMBNAIL_PX) -> bytes:
+        path = self.catalog.image_path(self.catalog.index_of(item_id))
+        return resources.thumbnail(str(path), self.fingerprint, px)
+
+
+APP_SCRIPT = Path(__file__).resolve().parents[1] / "app.py"
+
+
+def run_through_app() -> None:
+    """Make sure a page runs inside app.py (its ``st.navigation``, layout and sidebar); call it first on every page.
+
+    Streamlit decides at server start that an app with a ``pages/`` folder is a v1 multipage app, and only the first
+    ``st.navigation`` call switches that off. So until some session has run app.py, opening a URL such as ``/search``
+    runs ``pages/search.py`` alone: narrow layout, no sidebar, the folder's file names as navigation (AppTest starts
+    every run that way). When that happens, switch the v1 mode off and run app.py here, in this same run (a rerun
+    would drop a button click): its ``st.navigation`` runs this page again, properly; then this outer run stops.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if not PagesManager.uses_pages_directory:
+        return
+    PagesManager.uses_pages_directory = False
+    code = compile(APP_SCRIPT.read_text(encoding="utf-8"), str(APP_SCRIPT), "exec")
+    exec(code, {"__name__": "__main__", "__file__": str(APP_SCRIPT)})  # noqa: S102 - our own entry script
+    st.stop()
+
+
+def load_context() -> Context:
+    """The current catalog context (raises ``LensError`` when there is no usable catalog)."""
+    path = resources.default_catalog()
+    catalog, load_label, warning = resources.load_dashboard_catalog(path, config.label_column())
+    fingerprint = catalog.fingerprint()
+    roles = resources.catalog_columns(path, load_label, fingerprint)
+    categorical = tuple(roles["categorical"])
+    default_label = load_label if load_label != "id" else (categorical[0] if categorical else "id")
+    label = st.session_state.get(LABEL_KEY) or default_label
+    return Context(
+        path=path,
+        cache_dir=str(resolve_cache_dir(None)),
+        catalog=catalog,
+        load_label=load_label,
+        fingerprint=fingerprint,
+        label_column=str(label),
+        categorical=categorical,
+        title_column=roles["title"],
+        warning=warning,
+    )
+
+
+def require_context() -> Context:
+    """The context, or an ``st.error`` saying how to point lens at a catalog, and the page stops."""
+    try:
+        ctx = load_context()
+    except LensError as exc:
+        st.error(str(exc))
+        st.stop()
+    if ctx.warning:
+        st.warning(ctx.warning)
+    return ctx
+
+
+def require_label(ctx: Context) -> str:
+    """The label column, or an ``st.error`` when the catalog lacks it (the page stops)."""
+    if ctx.label_column not in ctx.catalog.columns:
+        options = ", ".join(ctx.categorical) or "(none)"
+        st.error(
+            f"Catalog '{ctx.catalog.name}' has no column '{ctx.label_column}'. Pick a label column in the sidebar "
+            f"(one of: {options})."
+        )
+        st.stop()
+    return ctx.label_column
+
+
+def sidebar() -> None:
+    """Catalog summary and the label-column select, on every page (called by app.py)."""
+    try:
+        ctx = load_context()
+    except LensError:
+        st.sidebar.caption("No catalog loaded.")
+        return
+    options = list(ctx.categorical)
+    if ctx.load_label != "id" and ctx.load_label not in options:
+        options.insert(0, ctx.load_label)
+    if not options:
+        options = [ctx.load_label]
+    default = ctx.load_label if ctx.load_label in options else options[0]
+    with st.sidebar:
+        st.caption(f"Catalog **{ctx.catalog.name}** · {len(ctx.catalog):,} items")
+        st.selectbox(
+            "Label column",
+            options,
+            index=options.index(default),
+            key=LABEL_KEY,
+            help="Two products are a correct match when they share this column's value (Compare, Metrics, "
+            "Failures), and Projections colour by it first.",
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def _format_model(row: dict[str, Any]) -> str:
+    tags = []
+    if row["text"]:
+        tags.append("image + text")
+    if not row["available"]:
+        tags.append("weights missing")
+    return f"{row['name']} ({', '.join(tags)})" if tags else row["name"]
+
+
+def cached_models(ctx: Context) -> list[str]:
+    states = resources.model_states(ctx.path, ctx.load_label, ctx.fingerprint, ctx.cache_dir, config.show_test_encoders())
+    if states.empty:
+        return []
+    return states.loc[(states["embeddings"] == "cached") & (states["weights"] == "available"), "encoder"].tolist()
+
+
+def model_select(ctx: Context, label: str, key: str, *, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """A select box over every registered encoder (unavailable ones marked); returns the chosen encoder's row."""
+    rows = resources.encoders()
+    if not rows:
+        st.error("No encoder is registered; reinstall lens (`./run.sh setup`).")
+        st.stop()
+    by_name = {r["name"]: r for r in rows}
+    names = sorted(by_name, key=lambda n: not by_name[n]["available"])  # usable ones first, registry order kept
+    usable = [n for n in names if by_name[n]["available"]]
+    cached = cached_models(ctx)
+    default = (
+        config.pick_default_model([n for n in usable if n not in exclude], cached)
+        or config.pick_default_model(usable, cached)
+        or names[0]
+    )
+    name = st.selectbox(label, names, index=names.index(default), key=key, format_func=lambda n: _format_model(by_name[n]))
+    return by_name[name]
+
+
+def models_multiselect(ctx: Context, label: str, key: str, *, max_default: int = 3) -> list[str]:
+    """A multiselect over the available encoders (defaults: cached ones); unavailable ones listed below, greyed."""
+    rows = resources.encoders()
+    available = [r["name"] for r in rows if r["available"]]
+    cached = [m for m in cached_models(ctx) if m in available]
+    first = config.pick_default_model(available, cached)
+    default = cached[:max_default] if cached else ([first] if first else [])
+    if first and first in available and first not in default:
+        default = [first, *default][:max_default]
+    chosen = st.multiselect(label, available, default=default, key=key)
+    missing = [r for r in rows if not r["available"]]
+    if missing:
+        with st.expander(f"{len(missing)} more model(s) unavailable here: weights missing"):
+            for r in missing:
+                st.caption(f"~~{r['name']}~~ — {escape_md(r['remedy'])}")
+    return chosen
+
+
+def require_available(row: dict[str, Any]) -> bool:
+    """``st.error`` with the remedy when the encoder's weights are missing; ``True`` when it can run."""
+    if row["available"]:
+        return True
+    st.error(
+        f"Model '{row['name']}' cannot run on this machine: its weights are missing. To use it, "
+        f"{row['remedy']}. Meanwhile pick another model."
+    )
+    return False
+
+
+def build_models(ctx: Context, models: Sequence[str], *, index: bool = True) -> bool:
+    """Embed the catalog with each model (``st.progress`` per model) and build its Annoy index; ``False`` on error."""
+    for model in models:
+        bar = st.progress(0.0, text=f"{model}: loading the model…")
+
+        def update(done: int, total: int, bar: Any = bar, model: str = model) -> None:
+            bar.progress(min(1.0, done / max(1, total)), text=f"Embedding with {model}: {done:,} / {total:,} images")
+
+        try:
+            resources.build_model(ctx.path, ctx.load_label, model, ctx.cache_dir, progress=update)
+            if index:
+                with st.spinner(f"Building the Annoy index of {model}…"):
+                    resources.build_annoy(*ctx.emb(model))
+        except LensError as exc:
+            bar.empty()
+            st.error(f"{model}: {exc}")
+            return False
+        bar.empty()
+    return True
+
+
+def ensure_embeddings(ctx: Context, model: str, *, key: str) -> EmbeddingSet | None:
+    """``model``'s embeddings of the catalog; small catalogs are embedded on the spot (with a progress bar), big
+    ones ask first. Errors (missing weights, unreadable cache) become ``st.error`` and ``None``."""
+    try:
+        cached = resources.embeddings_cached(ctx.path, ctx.load_label, model, ctx.cache_dir)
+    except LensError as exc:
+        st.error(f"{model}: {exc}")
+        return None
+    if not cached:
+        n = len(ctx.catalog)
+        if n > config.auto_build_items():
+            st.warning(
+                f"**{model}** has not embedded catalog '{ctx.catalog.name}' yet ({n:,} images, a few minutes on a "
+                f"CPU). Build it here or on the Overview page, or run `python -m lens index --models {model}`."
+            )
+            if not st.button(f"Embed the catalog with {model}", key=f"{key}_build_{model}", icon=":material/build:"):
+                return None
+        if not build_models(ctx, [model], index=False):
+            return None
+    try:
+        return resources.get_embeddings(*ctx.emb(model))
+    except LensError as exc:
+        st.error(f"{model}: {exc}")
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rendering
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|:~$])")
+
+
+def escape_md(text: str) -> str:
+    """Text shown literally inside Streamlit markdown (no emphasis, links, emoji shortcodes or LaTeX)."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text))
+
+
+def similarity_badge(score: float) -> str:
+    """Markdown badge of a cosine similarity as a percentage: green >= 70, amber 40-69, red < 40."""
+    percent = int(round(float(score) * 100))
+    return f":{config.similarity_color(percent)}-badge[{percent} %]"
+
+
+def meta_line(row: pd.Series | dict[str, Any], columns: Sequence[str]) -> str:
+    values = [str(row.get(c, "")).strip() for c in columns]
+    return " · ".join(v for v in values if v)
+
+
+def result_cards(ctx: Context, results: pd.DataFrame, *, meta_columns: Sequence[str], n_cols: int = 5) -> None:
+    """Search results as a grid of cards: thumbnail, similarity badge and rank, title, metadata."""
+    records = results.to_dict("records")
+    for start in range(0, len(records), n_cols):
+        columns = st.columns(n_cols)
+        for column, row in zip(columns, records[start : start + n_cols]):
+            with column.container(border=True):
+                st.image(ctx.thumb(row["id"]), width="stretch")
+                st.markdown(f"{similarity_badge(row['similarity'])} &nbsp; #{int(row['rank'])} · `{row['id']}`")
+                st.markdown(f"**{escape_md(ctx.title(row['id']))}**")
+                meta = meta_line(row, meta_columns)
+                if meta:
+                    st.caption(escape_md(meta))
+
+
+def strip_width(n_images: int, room_px: int) -> int:
+    """Thumbnail width that fits ``n_images`` in a row of ``room_px`` pixels (between 48 and 96 px)."""
+    return int(max(48, min(96, room_px // max(1, n_images) - 12)))
+
+
+def image_strip(ctx: Context, ids: Sequence[str], captions: Sequence[str], *, width: int = 84) -> None:
+    """A row of thumbnails with captions (Compare and Failures cells)."""
+    if ids:
+        st.image([ctx.thumb(i) for i in ids], caption=list(captions), width=width)
+
+
+def product_grid(ctx: Context, ids: Sequence[str], *, n_cols: int = 6, caption_columns: Sequence[str] = ()) -> None:
+    """Catalog products as a grid of thumbnails with title and metadata."""
+    for start in range(0, len(ids), n_cols):
+        columns = st.columns(n_cols)
+        for column, item_id in zip(columns, ids[start : start + n_cols]):
+            with column:
+                row = ctx.catalog.row(item_id)
+                st.image(ctx.thumb(item_id), width="stretch")
+                meta = meta_line(row, caption_columns)
+                st.caption(escape_md(f"{ctx.title(item_id)} — {meta}" if meta else ctx.title(item_id)))
+
+
+def download_csv(table: pd.DataFrame, label: str, file_name: str, *, key: str) -> None:
+    """A download button for ``table`` as UTF-8 CSV (no index column); downloading does not rerun the page."""
+    st.download_button(
+        label,
+        table.to_csv(index=False).encode("utf-8"),
+        file_name=file_name,
+        mime="text/csv",
+        key=key,
+        on_click="ignore",
+        icon=":material/download:",
+        disabled=table.empty,
+    )
+
+
+def pct(value: float) -> str:
+    return "—" if pd.isna(value) else f"{100 * float(value):.0f} %"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Projections
+
+MAX_COLOURS = 12
+"""Colour the 12 most frequent values; the rest share one grey "other" (a legend of 140 categories helps no one)."""
+
+
+def projection_frame(ctx: Context, ids: Sequence[str], coords: Any, colour_column: str) -> pd.DataFrame:
+    """Plot data of a projection: ``x, y, id, title, colour`` and the colour column's raw value."""
+    positions = [ctx.catalog.index_of(i) for i in ids]
+    raw = ctx.catalog.table[colour_column].astype(str).to_numpy()[positions]
+    top = pd.Series(raw).value_counts().index[:MAX_COLOURS]
+    colour = [v if v in set(top) else "other" for v in raw]
+    return pd.DataFrame(
+        {
+            "x": coords[:, 0],
+            "y": coords[:, 1],
+            "id": list(ids),
+            "title": [ctx.title(i) for i in ids],
+            colour_column: raw,
+            "colour": colour,
+        }
+    )
+
+
+def projection_figure(frame: pd.DataFrame, colour_column: str, *, title: str) -> Any:
+    """Plotly scatter of a projection frame; hover shows the title, id and colour value; ``customdata`` = id."""
+    import plotly.express as px
+
+    order = [v for v in frame["colour"].value_counts().index if v != "other"]
+    if (frame["colour"] == "other").any():
+        order.append("other")
+    palette = px.colors.qualitative.D3 + px.colors.qualitative.Pastel
+    colours = {value: palette[i % len(palette)] for i, value in enumerate(order)}
+    colours["other"] = "#c7c7c7"
+    fig = px.scatter(
+        frame,
+        x="x",
+        y="y",
+        color="colour",
+        category_orders={"colour": order},
+        color_discrete_map=colours,
+        hover_name="title",
+        hover_data={"id": True, colour_column: True, "x": False, "y": False, "colour": False},
+        custom_data=["id"],
+        render_mode="svg" if len(frame) <= 5000 else "webgl",
+        title=title,
+    )
+    fig.update_traces(marker=dict(size=5, opacity=0.8))
+    fig.update_layout(
+        height=620,
+        margin=dict(l=10, r=10, t=40, b=10),
+        # Legend under the map, so that the map keeps the column's width.
+        legend=dict(title=colour_column, itemsizing="constant", font=dict(size=10), orientation="h", yanchor="top", y=-0.02),
+        xaxis=dict(showticklabels=False, title=None),
+        yaxis=dict(showticklabels=False, title=None),
+        dragmode="select",  # drag = box selection; lasso and zoom are in the toolbar
+    )
+    return fig
+
+
+def selected_ids(event: Any) -> list[str]:
+    """Catalog ids of the points selected in a ``st.plotly_chart(on_select=...)`` event (customdata[0] = id)."""
+    selection = getattr(event, "selection", None) or (event.get("selection") if isinstance(event, dict) else None)
+    points = (selection or {}).get("points", []) if isinstance(selection, dict) else getattr(selection, "points", [])
+    ids: list[str] = []
+    for point in points or []:
+        custom = point.get("customdata") if isinstance(point, dict) else None
+        if isinstance(custom, (list, tuple)) and custom:
+            custom = custom[0]
+        if custom is not None and str(custom) not in ids:
+            ids.append(str(custom))
+    return ids

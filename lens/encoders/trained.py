@@ -1,0 +1,386 @@
+"""Models trained on a catalog by ``lens.train``: saved as safetensors + json config, loaded back as encoders by name.
+
+Layout: ``<models dir>/<name>/model.safetensors`` and ``config.json`` (recipe, architecture, preprocessing, training
+settings, split, metrics). The models folder is ``$LENS_MODELS_DIR`` or ``<cache>/models``
+(``$LENS_CACHE_DIR/models``, default ``~/.cache/lens/models``). Every model found there is registered in the encoder
+registry (family ``"trained"``) when ``lens.encoders`` is imported and again after each save, so ``create_encoder``,
+``list_encoders`` and ``python -m lens evaluate --models <name>`` see it like any other encoder. Registration reads only
+the small json files; weights load in ``create_encoder``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lens.cache import atomic_write, default_cache_dir
+from lens.encoders import _registry
+from lens.encoders.base import Encoder, EncoderSpec, Precision, Preprocess, TorchImageEncoder, l2_normalize
+from lens.encoders.weights import file_sha256
+from lens.errors import LensError, UnknownEncoderError
+
+MODELS_DIR_ENV = "LENS_MODELS_DIR"
+FAMILY = "trained"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "lens-trained-v1"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def default_models_dir() -> Path:
+    """``$LENS_MODELS_DIR`` if set, else ``<lens cache>/models``."""
+    value = os.environ.get(MODELS_DIR_ENV)
+    return Path(value).expanduser() if value else default_cache_dir() / "models"
+
+
+def _models_dir(models_dir: str | os.PathLike | None) -> Path:
+    return Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
+
+
+def check_model_name(name: str) -> str:
+    """A trained model's name: lower-case letters, digits, ``.-_``; not the name of a built-in encoder."""
+    if not _NAME_RE.match(name):
+        raise LensError(f"model name {name!r} is not allowed: use lower-case letters, digits, '.', '-', '_' (max 64).")
+    entry = _registry._REGISTRY.get(name)
+    if entry is not None and entry.spec.family != FAMILY:
+        raise LensError(f"model name {name!r} is a built-in encoder; pick another --name.")
+    return name
+
+
+def save_trained_model(
+    name: str, state_dict: dict[str, Any], config: dict[str, Any], *, models_dir: str | os.PathLike | None = None
+) -> Path:
+    """Write ``<models dir>/<name>/model.safetensors`` and ``config.json`` atomically; register the model.
+
+    Args:
+        name: encoder name to register.
+        state_dict: tensors of the inference model (what ``config['arch']`` rebuilds).
+        config: json-serialisable; must hold ``kind`` (``"image"`` or ``"text-align"``), ``arch``, ``dim``,
+            ``preprocess`` (a :class:`Preprocess` as dict) and ``recipe``.
+
+    Returns:
+        The model's folder.
+    """
+    from safetensors.torch import save_file
+
+    check_model_name(name)
+    for key in ("kind", "arch", "dim", "preprocess", "recipe"):
+        if key not in config:
+            raise LensError(f"trained model config lacks {key!r}.")
+    folder = _models_dir(models_dir) / name
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
+    meta = {
+        "format": FORMAT,
+        "name": name,
+        **config,
+        "weights_sha256": file_sha256(folder / WEIGHTS_NAME),
+        "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    text = json.dumps(meta, indent=1, default=_json_default)
+    atomic_write(folder / CONFIG_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    refresh_trained_models(models_dir)
+    return folder
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def read_model_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a trained model folder.
+
+    Raises:
+        LensError: missing or malformed.
+    """
+    path = Path(folder) / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LensError(f"{path} not found: {folder} is not a trained lens model.") from None
+    except (OSError, ValueError) as exc:
+        raise LensError(f"cannot read {path}: {exc}") from None
+    if config.get("format") != FORMAT:
+        raise LensError(f"{path} has format {config.get('format')!r}, expected {FORMAT!r}.")
+    return config
+
+
+def find_trained_models(models_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """``{name: folder}`` of every model under the models folder (sorted by name; unreadable ones skipped)."""
+    root = _models_dir(models_dir)
+    found: dict[str, Path] = {}
+    if not root.is_dir():
+        return found
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
+            try:
+                config = read_model_config(folder)
+            except LensError:
+                continue
+            name = str(config.get("name", folder.name))
+            if _NAME_RE.match(name):
+                found[name] = folder
+    return found
+
+
+def _spec_from_config(name: str, folder: Path, config: dict[str, Any]) -> EncoderSpec:
+    pre = dict(config["preprocess"])
+    for key in ("mean", "std"):
+        pre[key] = tuple(float(v) for v in pre[key])
+    text = config["kind"] == "text-align"
+    return EncoderSpec(
+        name=name,
+        family=FAMILY,
+        dim=int(config["dim"]),
+        preprocess=Preprocess(**pre),
+        weights=f"trained by lens ({config['recipe']}) on catalog '{config.get('catalog', '?')}', {folder}",
+        license=str(config.get("license", "as the base weights")),
+        modalities=("image", "text") if text else ("image",),
+        pooling=str(config.get("pooling", "learned embedding head")),
+        description=str(config.get("description", f"{config['recipe']} trained on {config.get('catalog', '?')}")),
+        precision=str(config.get("precision", "fp32")),  # type: ignore[arg-type]
+        channels_last=False,
+    )
+
+
+def refresh_trained_models(models_dir: str | os.PathLike | None = None) -> list[str]:
+    """(Re-)register every trained model under the models folder; drop registrations of models no longer there.
+
+    Returns:
+        The registered names.
+    """
+    for name in [n for n, e in _registry._REGISTRY.items() if e.spec.family == FAMILY]:
+        del _registry._REGISTRY[name]
+    names = []
+    for name, folder in find_trained_models(models_dir).items():
+        if name in _registry._REGISTRY:
+            warnings.warn(f"trained model {folder} is named like the built-in encoder {name!r}; it is ignored.",
+                          stacklevel=2)
+            continue
+        try:
+            spec = _spec_from_config(name, folder, read_model_config(folder))
+        except (LensError, KeyError, TypeError, ValueError):
+            continue
+        _registry.register_encoder(spec)(_make_builder(folder))
+        names.append(name)
+    return names
+
+
+def _make_builder(folder: Path):  # noqa: ANN202
+    def build(spec: EncoderSpec, weights_path: Path | None, *, precision: Precision | None = None) -> Encoder:
+        return load_trained_encoder(folder, spec=spec, precision=precision)
+
+    return build
+
+
+def _fold_or_keep(model):  # noqa: ANN001, ANN202
+    """Fold BatchNorms into convolutions with torch.fx when the model traces (exact up to rounding), else keep it."""
+    try:
+        import torch.fx.experimental.optimization as fx_optimization
+
+        return fx_optimization.fuse(model.eval())
+    except Exception:  # noqa: BLE001 - an untraceable model simply runs unfolded
+        return model
+
+
+def build_image_model(arch: dict[str, Any]):  # noqa: ANN201 - torch.nn.Module
+    """Rebuild (random weights) the ``nn.Module`` that ``arch`` describes: images ``(N,3,S,S)`` -> ``(N, dim)``."""
+    kind = arch.get("type")
+    if kind == "embedder":
+        from lens.train.triplet import build_embedder
+
+        return build_embedder(arch, pretrained=False)
+    if kind == "autoencoder":
+        from lens.train.autoencoder import build_autoencoder
+
+        return build_autoencoder(arch).encoder_module()
+    if kind == "mobilenet-small":
+        from lens.train.mobilenet_small import build_embedding_model
+
+        return build_embedding_model(arch)
+    raise LensError(f"unknown trained architecture {kind!r}; this lens cannot load it.")
+
+
+def load_trained_encoder(
+    folder: str | os.PathLike, *, spec: EncoderSpec | None = None, precision: Precision | None = None
+) -> Encoder:
+    """Build the encoder saved in ``folder`` (eval mode, weights loaded)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config = read_model_config(folder)
+    spec = spec or _spec_from_config(str(config["name"]), folder, config)
+    weights = folder / WEIGHTS_NAME
+    state = load_file(str(weights))
+    weights_id = file_sha256(weights)
+    if config["kind"] == "text-align":
+        return TextAlignEncoder(spec, config, state, weights_id, precision=precision)
+    if config["kind"] == "head":
+        return HeadEncoder(spec, config, state, weights_id, precision=precision)
+    model = build_image_model(config["arch"])
+    model.load_state_dict(state, strict=True)
+    return TorchImageEncoder(spec, model.eval(), weights_id, precision=precision or "fp32", fold_batchnorm=_fold_or_keep)
+
+
+def _base_encoder(name: str, weights_id: str | None, precision: Precision | None, model: str) -> Encoder:
+    from lens.encoders import create_encoder
+
+    base = create_encoder(name, precision=precision)
+    if weights_id and base.weights_id != weights_id:
+        raise LensError(
+            f"trained model '{model}' was trained on {name} weights {weights_id}, but this machine has "
+            f"{base.weights_id}; retrain it."
+        )
+    return base
+
+
+class HeadEncoder(Encoder):
+    """A frozen pretrained encoder followed by a trained embedding head (``triplet-<backbone>`` with frozen layers)."""
+
+    def __init__(
+        self, spec: EncoderSpec, config: dict[str, Any], state: dict[str, Any], weights_id: str,
+        *, precision: Precision | None = None,
+    ) -> None:
+        from lens.train.triplet import build_head
+
+        arch = config["arch"]
+        self.base = _base_encoder(arch["base_encoder"], arch.get("base_weights_id"),
+                                  precision or arch.get("base_precision"), spec.name)
+        super().__init__(spec, f"{weights_id}+{self.base.weights_id}", precision=self.base.precision)
+        self.head = build_head(arch)
+        self.head.load_state_dict(state, strict=True)
+        self.head.eval()
+
+    def _embed_batch(self, images: Sequence[Any]) -> np.ndarray:
+        import torch
+
+        features = self.base.embed_images(images, batch_size=max(1, len(images)))
+        with torch.inference_mode():
+            out = self.head(torch.from_numpy(features))
+        return l2_normalize(out.numpy())
+
+
+class TextAlignEncoder(Encoder):
+    """Images and texts in one space: frozen image encoder + frozen all-MiniLM-L6-v2, each with a trained projection.
+
+    ``embed_images`` and ``embed_texts`` return ``(N, dim)`` float32 L2-normalised rows, like CLIP's two towers, so a
+    text query is compared with image vectors by cosine. :meth:`embed_query` combines an image and a text
+    ("like this, but in blue").
+    """
+
+    def __init__(
+        self, spec: EncoderSpec, config: dict[str, Any], state: dict[str, Any], weights_id: str,
+        *, precision: Precision | None = None,
+    ) -> None:
+        from lens.encoders import create_encoder
+        from lens.train.text_align import build_projections
+
+        arch = config["arch"]
+        self.image_encoder = create_encoder(arch["image_encoder"], precision=precision or arch.get("image_precision"))
+        if arch.get("image_weights_id") and self.image_encoder.weights_id != arch["image_weights_id"]:
+            raise LensError(
+                f"text-align model '{spec.name}' was trained on {arch['image_encoder']} weights "
+                f"{arch['image_weights_id']}, but this machine has {self.image_encoder.weights_id}; retrain it."
+            )
+        super().__init__(spec, f"{weights_id}+{self.image_encoder.weights_id}", precision=self.image_encoder.precision)
+        self.projections = build_projections(arch)
+        self.projections.load_state_dict(state, strict=True)
+        self.projections.eval()
+        self._text = None
+
+    def _text_model(self):  # noqa: ANN202
+        if self._text is None:
+            from lens.encoders.minilm import load_minilm
+
+            self._text = load_minilm()
+        return self._text
+
+    def project_image_features(self, features: np.ndarray) -> np.ndarray:
+        """Base image-encoder vectors ``(N, d_img)`` -> shared-space vectors ``(N, dim)``, L2-normalised."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.projections.image(torch.from_numpy(np.asarray(features, dtype=np.float32)))
+        return l2_normalize(out.numpy())
+
+    def project_text_features(self, features: np.ndarray) -> np.ndarray:
+        """MiniLM vectors ``(N, 384)`` -> shared-space vectors ``(N, dim)``, L2-normalised."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.projections.text(torch.from_numpy(np.asarray(features, dtype=np.float32)))
+        return l2_normalize(out.numpy())
+
+    def _embed_batch(self, images: Sequence[Any]) -> np.ndarray:
+        return self.project_image_features(self.image_encoder.embed_images(images, batch_size=max(1, len(images))))
+
+    def embed_texts(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        """Texts -> ``(N, dim)`` float32, L2-normalised, comparable with :meth:`embed_images` by cosine."""
+        texts = _check_texts(texts)
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.project_text_features(self._text_model().embed(list(texts), batch_size=batch_size))
+
+    def embed_query(self, image: Any = None, text: str | None = None, *, text_weight: float = 0.5) -> np.ndarray:
+        """One query vector ``(dim,)`` from an image, a text, or both ("like this, but in blue").
+
+        Both: ``normalize((1 - text_weight) * image_vector + text_weight * text_vector)``.
+        """
+        if image is None and not text:
+            raise LensError("a query needs an image, a text, or both.")
+        vectors = []
+        if image is not None:
+            vectors.append(self.embed_images([image])[0])
+        if text:
+            vectors.append(self.embed_texts([text])[0])
+        if len(vectors) == 1:
+            return vectors[0]
+        return combine_query_vectors(vectors[0], vectors[1], text_weight=text_weight)
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    try:
+        from lens.encoders.base import check_texts
+    except ImportError:  # pragma: no cover - older base without the shared check
+        if isinstance(texts, str):
+            raise LensError("embed_texts takes a list of texts, not a single string.") from None
+        return list(texts)
+    return check_texts(texts)
+
+
+def combine_query_vectors(image_vector: np.ndarray, text_vector: np.ndarray, *, text_weight: float = 0.5) -> np.ndarray:
+    """``normalize((1 - w) * image + w * text)``: an image+text query in a shared space; rows or single vectors."""
+    if not 0.0 <= text_weight <= 1.0:
+        raise LensError(f"text_weight must be within [0, 1], got {text_weight}.")
+    mixed = (1.0 - text_weight) * np.asarray(image_vector, np.float32) + text_weight * np.asarray(text_vector, np.float32)
+    return l2_normalize(mixed)
+
+
+def trained_model_folder(name: str, models_dir: str | os.PathLike | None = None) -> Path:
+    """Folder of trained model ``name``.
+
+    Raises:
+        UnknownEncoderError: no such model (the message lists the trained models present).
+    """
+    found = find_trained_models(models_dir)
+    if name not in found:
+        raise UnknownEncoderError(
+            f"No trained model '{name}' in {_models_dir(models_dir)}. Trained models there: "
+            f"{', '.join(found) or 'none'}. Train one with `python -m lens train <recipe>`."
+        )
+    return found[name]
+
+
+refresh_trained_models()

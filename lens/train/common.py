@@ -1,0 +1,176 @@
+"""Plumbing shared by the recipes: run folders, history CSV, validation P@k, final evaluation on the held-out split."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lens.catalog import Catalog
+from lens.errors import LensError
+from lens.metrics import evaluate_retrieval
+from lens.train.loop import StepProgress, TrainConfig
+from lens.train.split import Split
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunContext:
+    """Where a run reads and writes, and how it reports.
+
+    Attributes:
+        out_dir: run folder: ``history.csv``, ``checkpoint.pt``, ``metrics.json``.
+        models_dir: where the trained model is saved (``None`` = ``$LENS_MODELS_DIR`` or ``<cache>/models``).
+        cache_dir: lens cache (stem features, small images, embeddings).
+        name: encoder name of the trained model.
+        resume: continue from ``out_dir/checkpoint.pt``.
+        split_path: the split file used (recorded in the model's config).
+        progress: per-step callback factory: ``progress(description) -> (callback, close)``.
+        log: one-line messages.
+        publish: write the catalog's embeddings into the lens embedding cache after training (so ``evaluate`` is
+            instant); verified against the encoder's own image path first.
+    """
+
+    out_dir: Path
+    models_dir: Path | None = None
+    cache_dir: Path | None = None
+    name: str = ""
+    resume: bool = False
+    split_path: Path | None = None
+    progress: Callable[[str], tuple[StepProgress | None, Callable[[], None]]] | None = None
+    log: Log = lambda _msg: None  # noqa: E731
+    publish: bool = True
+
+    def bar(self, desc: str) -> tuple[StepProgress | None, Callable[[], None]]:
+        if self.progress is None:
+            return None, lambda: None
+        return self.progress(desc)
+
+
+@dataclass
+class TrainResult:
+    """What a recipe returns: the saved model and its figures."""
+
+    name: str
+    model_dir: Path
+    history: list[dict[str, float]]
+    seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def label_codes(labels: Sequence[Any]) -> np.ndarray:
+    """Integer codes of labels (sorted order), shape (N,), int64."""
+    _, codes = np.unique(np.asarray(labels).astype(str), return_inverse=True)
+    return codes.astype(np.int64)
+
+
+def precision_at(vectors: np.ndarray, labels: Sequence[Any], query_idx: Sequence[int], k: int = 5) -> float:
+    """Mean precision@k of ``query_idx`` against all other rows of ``vectors`` (relevant = same label)."""
+    report = evaluate_retrieval(vectors, list(labels), ks=(k,), query_indices=list(query_idx))
+    return float(report.summary[f"precision@{k}"])
+
+
+def write_history(history: list[dict[str, float]], path: Path) -> Path:
+    """One row per epoch: ``epoch, loss, seconds`` and whatever the recipe's epoch callback added (``val_p@5``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for row in history:
+        columns += [c for c in row if c not in columns]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: (int(v) if k == "epoch" else round(float(v), 6)) for k, v in row.items()})
+    return path
+
+
+def split_positions(ids: Sequence[str], split: Split) -> dict[str, np.ndarray]:
+    """Row positions in ``ids`` of the split's parts (ids missing from ``ids`` are left out)."""
+    pos = {item_id: i for i, item_id in enumerate(ids)}
+    return {
+        part: np.array([pos[i] for i in getattr(split, part) if i in pos], dtype=np.int64)
+        for part in ("train", "val", "query")
+    }
+
+
+def heldout_metrics(vectors: np.ndarray, ids: Sequence[str], catalog: Catalog, split: Split,
+                    ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Metrics with queries = the split's held-out ``query`` ids, gallery = every other catalog item."""
+    labels = catalog.labels(split.label_column)
+    row_labels = [labels[catalog.index_of(i)] for i in ids]
+    query_idx = split_positions(ids, split)["query"]
+    report = evaluate_retrieval(vectors, row_labels, list(ids), ks=ks, query_indices=query_idx.tolist())
+    return {k: float(v) for k, v in report.summary.items()}
+
+
+def publish_embeddings(
+    name: str, catalog: Catalog, ids: Sequence[str], vectors: np.ndarray, ctx: RunContext, *, check: int = 8,
+    check_tolerance: float = 2e-3,
+) -> float:
+    """Store ``vectors`` (one per catalog id in ``ids``) in the lens embedding cache under encoder ``name``'s key.
+
+    The vectors were computed from the cached stem features, not from images; before storing, ``check`` images are
+    embedded through the encoder's own path and compared. Returns the largest absolute difference seen.
+
+    Raises:
+        LensError: the two paths disagree by more than ``check_tolerance``.
+    """
+    from lens.cache import cache_key
+    from lens.embed import EmbeddingSet, embedding_identity, save_embeddings
+    from lens.encoders import create_encoder
+    from lens.images import open_image
+
+    encoder = create_encoder(name)
+    picks = np.linspace(0, len(ids) - 1, num=min(check, len(ids))).astype(int)
+    images = [open_image(catalog.image_path(catalog.index_of(ids[i]))) for i in picks]
+    direct = encoder.embed_images(images)
+    diff = float(np.abs(direct - vectors[picks]).max())
+    if diff > check_tolerance:
+        raise LensError(f"trained model '{name}': fast path and image path disagree by {diff:.2e}; not publishing.")
+    kept = set(ids)
+    failed = [(i, "unreadable image") for i in catalog.ids if i not in kept]
+    order = {item_id: n for n, item_id in enumerate(ids)}
+    rows = [order[i] for i in catalog.ids if i in kept]
+    identity = embedding_identity(catalog, encoder)
+    save_embeddings(
+        EmbeddingSet(
+            vectors=np.ascontiguousarray(vectors[rows], dtype=np.float32),
+            ids=[ids[r] for r in rows], encoder=name, failed=failed, key=cache_key(identity), identity=identity,
+            catalog=catalog.name,
+        ),
+        ctx.cache_dir,
+    )
+    return diff
+
+
+def timer() -> Callable[[], float]:
+    start = time.perf_counter()
+    return lambda: time.perf_counter() - start
+
+
+def checkpoint_path(ctx: RunContext) -> Path:
+    return ctx.out_dir / "checkpoint.pt"
+
+
+def base_config(config: TrainConfig, catalog: Catalog, split: Split, ctx: RunContext) -> dict[str, Any]:
+    return {
+        "catalog": catalog.name,
+        "catalog_fingerprint": catalog.fingerprint(),
+        "label_column": split.label_column,
+        "split": str(ctx.split_path) if ctx.split_path else None,
+        "split_counts": {"train": len(split.train), "val": len(split.val), "query": len(split.query)},
+        "train": config.to_dict(),
+    }
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    return p

@@ -1,0 +1,158 @@
+"""What the recipes train on, computed once per catalog and cached on disk: frozen-stem feature maps and small images.
+
+Cache entries live under ``<cache>/train-cache/`` as ``.npy`` + json sidecar (no pickle), keyed by what made them
+(catalog fingerprint, ids, backbone weights, cut point, preprocessing) and written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lens.cache import atomic_write, bytes_sha256, cache_key, resolve_cache_dir
+from lens.catalog import Catalog
+from lens.encoders.base import Preprocess, preprocess_images
+from lens.images import try_open_image
+
+Progress = Callable[[int, int], None]
+
+
+def _cache_paths(cache_dir: str | os.PathLike | None, kind: str, identity: dict[str, Any]) -> tuple[Path, Path]:
+    folder = resolve_cache_dir(cache_dir) / "train-cache" / kind
+    key = cache_key(identity)
+    return folder / f"{key}.npy", folder / f"{key}.json"
+
+
+def _load(npy: Path, meta_path: Path) -> tuple[np.ndarray, list[str]] | None:
+    try:
+        meta = json.loads(meta_path.read_text())
+        data = npy.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if bytes_sha256(data) != meta.get("sha256"):
+        return None
+    return np.load(io.BytesIO(data), allow_pickle=False), list(meta["kept"])
+
+
+def _save(npy: Path, meta_path: Path, array: np.ndarray, kept: list[str], identity: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    data = buffer.getvalue()
+    atomic_write(npy, lambda tmp: tmp.write_bytes(data))
+    text = json.dumps({"identity": identity, "sha256": bytes_sha256(data), "kept": kept, "shape": list(array.shape)})
+    atomic_write(meta_path, lambda tmp: tmp.write_text(text))
+
+
+def _decoded_batches(catalog: Catalog, ids: Sequence[str], batch_size: int, convert: Callable[[list], torch.Tensor]):
+    """Yield ``(kept_ids, tensor)`` per batch; JPEG decoding of the next batch overlaps the caller's work."""
+    chunks = [list(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
+
+    def decode(chunk: list[str]) -> tuple[list[str], torch.Tensor | None]:
+        kept, images = [], []
+        for item_id in chunk:
+            image, _reason = try_open_image(catalog.image_path(catalog.index_of(item_id)))
+            if image is not None:
+                kept.append(item_id)
+                images.append(image)
+        return kept, (convert(images) if images else None)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(decode, chunks[0]) if chunks else None
+        for n in range(len(chunks)):
+            kept, tensor = pending.result()
+            pending = pool.submit(decode, chunks[n + 1]) if n + 1 < len(chunks) else None
+            if tensor is not None:
+                yield kept, tensor
+
+
+def stem_features(
+    stem: nn.Module,
+    catalog: Catalog,
+    ids: Sequence[str],
+    preprocess: Preprocess,
+    identity: dict[str, Any],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Output of the frozen ``stem`` for every readable image of ``ids``: float32 ``(n, C, H, W)``, plus their ids.
+
+    ``identity`` must say which stem this is (backbone, weights, cut point); the catalog fingerprint, the ids and the
+    preprocessing are added to the cache key here. Unreadable images are left out (their ids are not in the result).
+    """
+    full_identity = {"kind": "stem", **identity, "catalog": catalog.fingerprint(), "ids": cache_key({"ids": list(ids)}),
+                     "preprocess": preprocess.key()}
+    npy, meta = _cache_paths(cache_dir, "stem", full_identity)
+    cached = _load(npy, meta)
+    if cached is not None:
+        return cached
+    stem = _folded(stem)
+    outputs: list[np.ndarray] = []
+    kept_all: list[str] = []
+    done = 0
+    with torch.inference_mode():
+        for kept, batch in _decoded_batches(catalog, ids, batch_size, lambda ims: preprocess_images(ims, preprocess)):
+            outputs.append(stem(batch).float().numpy())
+            kept_all.extend(kept)
+            done += len(kept)
+            if progress is not None:
+                progress(done, len(ids))
+    array = np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+    _save(npy, meta, array, kept_all, full_identity)
+    return array, kept_all
+
+
+def _folded(stem: nn.Module) -> nn.Module:
+    """A copy of the frozen ``stem`` with BatchNorm folded into the convolutions (torch.fx): same outputs up to
+    float rounding, up to 2x faster on the CPU. The trained encoder folds its whole model the same way."""
+    import copy
+
+    from lens.encoders.trained import _fold_or_keep
+
+    return _fold_or_keep(copy.deepcopy(stem).eval())
+
+
+def small_images(
+    catalog: Catalog,
+    ids: Sequence[str],
+    size: int,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Every readable image of ``ids`` as uint8 ``(n, 3, size, size)``: shorter side resized to ``size``, centre crop.
+
+    This is :func:`lens.encoders.base.preprocess_images` with ``crop_pct=1`` before normalisation, so an encoder with
+    ``Preprocess(input_size=size, crop_pct=1.0)`` sees the same pixels at inference.
+    """
+    identity = {"kind": "small-images", "size": size, "catalog": catalog.fingerprint(),
+                "ids": cache_key({"ids": list(ids)})}
+    npy, meta = _cache_paths(cache_dir, "images", identity)
+    cached = _load(npy, meta)
+    if cached is not None:
+        return cached
+    pre = Preprocess(input_size=size, crop_pct=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+    def to_uint8(images: list) -> torch.Tensor:
+        return preprocess_images(images, pre).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+    outputs, kept_all, done = [], [], 0
+    for kept, batch in _decoded_batches(catalog, ids, 64, to_uint8):
+        outputs.append(batch.numpy())
+        kept_all.extend(kept)
+        done += len(kept)
+        if progress is not None:
+            progress(done, len(ids))
+    array = np.concatenate(outputs) if outputs else np.zeros((0, 3, size, size), np.uint8)
+    _save(npy, meta, array, kept_all, identity)
+    return array, kept_all

@@ -1,0 +1,69 @@
+"""Losses as ``nn.Module(embeddings, labels)``, built on pytorch-metric-learning where it has them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BatchHardTripletLoss(nn.Module):
+    """Triplet loss on cosine similarity with batch-hard mining (hardest positive and negative per anchor).
+
+    pytorch-metric-learning's ``TripletMarginLoss(distance=CosineSimilarity())`` with its ``BatchHardMiner``.
+    A batch without any valid triplet (e.g. one label only, or only singletons) gives a zero loss that still
+    has a graph (pml returns ``0 * sum(embeddings)``), never NaN.
+    """
+
+    def __init__(self, margin: float = 0.2) -> None:
+        super().__init__()
+        from pytorch_metric_learning import distances, losses, miners
+
+        distance = distances.CosineSimilarity()
+        self.miner = miners.BatchHardMiner(distance=distance)
+        self.loss = losses.TripletMarginLoss(margin=margin, distance=distance)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        triplets = self.miner(embeddings, labels)
+        return self.loss(embeddings, labels, triplets)
+
+
+class NTXentPairLoss(nn.Module):
+    """SimCLR's NT-Xent on two views: pytorch-metric-learning's ``NTXentLoss``; view ``i`` of both halves is a pair."""
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        from pytorch_metric_learning import losses
+
+        self.loss = losses.NTXentLoss(temperature=temperature)
+
+    def forward(self, view_a: torch.Tensor, view_b: torch.Tensor) -> torch.Tensor:
+        n = view_a.shape[0]
+        labels = torch.arange(n, device=view_a.device)
+        return self.loss(torch.cat([view_a, view_b]), torch.cat([labels, labels]))
+
+
+class SymmetricInfoNCE(nn.Module):
+    """CLIP's loss: cross-entropy over image->text and text->image cosine logits, with a learnable temperature.
+
+    The temperature is stored as ``logit_scale = log(1 / T)`` (CLIP's parametrisation) and clamped to
+    ``T >= 0.01`` so the logits cannot blow up.
+    """
+
+    def __init__(self, temperature: float = 0.07) -> None:
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+
+    @property
+    def temperature(self) -> float:
+        return float(1.0 / self.logit_scale.detach().clamp(max=math.log(100.0)).exp())
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(image, dim=-1)
+        text = F.normalize(text, dim=-1)
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+        logits = scale * image @ text.t()
+        target = torch.arange(image.shape[0], device=image.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))

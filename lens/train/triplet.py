@@ -1,0 +1,257 @@
+"""``triplet-<backbone>``: fine-tune a pretrained CNN with a cosine triplet loss, batch-hard mining, m-per-class batches.
+
+The backbone is cut into a frozen stem and ``trainable_blocks`` top blocks; the stem's output is computed once for the
+catalog (cached), so each step runs only the top blocks plus a linear embedding head. BatchNorm statistics stay frozen.
+Label = the split's label column (``articleType`` by default).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lens.catalog import Catalog
+from lens.train.backbones import batchnorms_to_eval, build_split_backbone, freeze
+from lens.train.common import (
+    RunContext, TrainResult, base_config, checkpoint_path, heldout_metrics, label_codes, precision_at,
+    publish_embeddings, split_positions, timer, write_history,
+)
+from lens.train.data import stem_features
+from lens.train.loop import TrainConfig, epoch_seed, fit
+from lens.train.losses import BatchHardTripletLoss
+from lens.train.samplers import class_balanced_batches
+from lens.train.split import Split
+
+
+class Embedder(nn.Module):
+    """``head(top(stem(x)))``: images -> ``(N, dim)`` (un-normalised; encoders L2-normalise)."""
+
+    def __init__(self, stem: nn.Module, top: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.stem, self.top, self.head = stem, top, head
+
+    def embed_stem_output(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.top(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed_stem_output(self.stem(x))
+
+
+def build_embedder(arch: dict[str, Any], *, pretrained: bool = True) -> Embedder:
+    """``arch``: ``{"type": "embedder", "backbone", "trainable_blocks", "embedding_dim", "backbone_dim"}``."""
+    backbone = build_split_backbone(arch["backbone"], int(arch["trainable_blocks"]), pretrained=pretrained)
+    dim = int(arch.get("embedding_dim") or 0)
+    head: nn.Module = nn.Linear(backbone.dim, dim) if dim else nn.Identity()
+    return Embedder(backbone.stem, backbone.top, head)
+
+
+def stem_features_for(model: Embedder, arch: dict[str, Any], weights_id: str, catalog: Catalog, ctx: RunContext,
+                      preprocess, *, batch_size: int = 32):  # noqa: ANN001, ANN201
+    """Stem output for every catalog item (cached); returns ``(features, ids)``."""
+    bar, close = ctx.bar(f"{arch['backbone']} frozen stem")
+    try:
+        return stem_features(
+            model.stem, catalog, catalog.ids, preprocess,
+            {"backbone": arch["backbone"], "weights": weights_id, "trainable_blocks": arch["trainable_blocks"]},
+            cache_dir=ctx.cache_dir, batch_size=batch_size, progress=bar,
+        )
+    finally:
+        close()
+
+
+def embed_features(model: Embedder, features: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Stem features ``(N, C, H, W)`` -> L2-normalised float32 ``(N, dim)``."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(features), batch_size):
+            out.append(F.normalize(model.embed_stem_output(torch.from_numpy(features[start : start + batch_size])), dim=-1))
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+class ResidualHead(nn.Module):
+    """``x + Linear(ReLU(Linear(x)))`` with the last layer zero-initialised: training starts exactly at the
+    pretrained embedding (same neighbours, same P@5) and the triplet loss only has to improve on it. A randomly
+    initialised head first scrambles a good space: measured on the catalog, val P@5 fell from 0.811 to 0.75 and was
+    still below the pretrained backbone after 10 epochs."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(F.relu(self.fc1(x)))
+
+
+def build_head(arch: dict[str, Any]) -> nn.Module:
+    """Embedding head on a frozen encoder's vectors: residual (``dim`` 0 or = ``in_dim``), Linear-ReLU-Linear
+    (``hidden`` > 0) or Linear."""
+    in_dim, hidden, dim = int(arch["in_dim"]), int(arch.get("hidden") or 0), int(arch["dim"])
+    if dim in (0, in_dim) and hidden:
+        return ResidualHead(in_dim, hidden)
+    if hidden:
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+    return nn.Linear(in_dim, dim)
+
+
+def _embed_vectors(head: nn.Module, vectors: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode():
+        return F.normalize(head(vectors), dim=-1).numpy().astype(np.float32)
+
+
+def train_triplet_head(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunContext) -> TrainResult:
+    """``trainable_blocks=0``: every backbone layer frozen; a Linear-ReLU-Linear head trains on its pooled vectors.
+
+    The backbone's vectors come from the lens embedding cache (computed once per catalog by ``embed``/``evaluate``),
+    so training costs seconds per epoch; the saved encoder runs the pretrained encoder, then the head.
+    """
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+    from lens.encoders.trained import save_trained_model
+
+    elapsed = timer()
+    base_name = config.backbone or "mobilenet-v2"
+    base = create_encoder(base_name)
+    bar, close = ctx.bar(f"embed {base_name}")
+    try:
+        image_set = embed_catalog(catalog, base, cache_dir=ctx.cache_dir, progress=bar)
+    finally:
+        close()
+    ids = image_set.ids
+    vectors_t = torch.from_numpy(image_set.vectors)
+    parts = split_positions(ids, split)
+    all_labels = catalog.labels(split.label_column)
+    labels = np.array([all_labels[catalog.index_of(i)] for i in ids], dtype=object)
+    codes = torch.from_numpy(label_codes(labels))
+    train_idx, val_idx = parts["train"], parts["val"]
+    torch.manual_seed(config.seed)
+    arch = {"type": "head", "base_encoder": base_name, "base_weights_id": base.weights_id,
+            "base_precision": base.precision, "in_dim": base.dim, "hidden": int(config.extra.get("hidden", 1024)),
+            "dim": config.embedding_dim or base.dim}
+    head = build_head(arch)
+    loss_fn = BatchHardTripletLoss(margin=config.margin)
+    n_batches = config.steps_per_epoch or max(1, len(train_idx) // config.batch_size)
+    train_codes = codes[torch.from_numpy(train_idx)].numpy()
+
+    def batches(epoch: int):  # noqa: ANN202
+        local = class_balanced_batches(train_codes, m=config.m_per_class, batch_size=config.batch_size,
+                                       n_batches=n_batches, seed=epoch_seed(config.seed, epoch))
+        return [train_idx[b] for b in local]
+
+    def loss_step(batch: np.ndarray) -> torch.Tensor:
+        index = torch.from_numpy(batch)
+        return loss_fn(F.normalize(head(vectors_t[index]), dim=-1), codes[index])
+
+    gallery = np.concatenate([train_idx, val_idx])
+
+    def on_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
+        if not len(val_idx):
+            return {}
+        vecs = _embed_vectors(head, vectors_t[torch.from_numpy(gallery)])
+        return {"val_p@5": precision_at(vecs, labels[gallery], np.arange(len(train_idx), len(gallery)), 5)}
+
+    bar, close = ctx.bar(f"train {ctx.name}")
+    try:
+        history = fit(head, loss_step, batches, config, on_epoch=on_epoch, checkpoint=checkpoint_path(ctx),
+                      resume=ctx.resume, progress=bar)
+    finally:
+        close()
+    train_seconds = elapsed()
+    vectors = _embed_vectors(head, vectors_t)
+    metrics = heldout_metrics(vectors, ids, catalog, split)
+    config_json = {
+        "kind": "head", "recipe": config.recipe, "arch": arch, "dim": arch["dim"],
+        "preprocess": base.spec.preprocess.key(), "precision": base.precision, "pooling": "trained triplet head",
+        "description": f"{base_name} (frozen) + triplet head trained with batch-hard cosine triplet loss on {catalog.name}",
+        "base_encoder": base_name, "base_weights_id": base.weights_id, "license": "as the base weights",
+        **base_config(config, catalog, split, ctx), "history": history, "train_seconds": train_seconds,
+        "heldout": metrics,
+    }
+    folder = save_trained_model(ctx.name, head.state_dict(), config_json, models_dir=ctx.models_dir)
+    write_history(history, ctx.out_dir / "history.csv")
+    if ctx.publish:
+        metrics["publish_max_abs_diff"] = publish_embeddings(ctx.name, catalog, ids, vectors, ctx)
+    return TrainResult(ctx.name, folder, history, train_seconds, metrics)
+
+
+def train_triplet(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunContext) -> TrainResult:
+    """Fine-tune ``config.backbone`` with batch-hard triplet loss; save as ``ctx.name``; evaluate on the held-out split.
+
+    ``trainable_blocks=0`` trains only a head on the frozen backbone (:func:`train_triplet_head`); ``k >= 1`` also
+    trains the backbone's last ``k`` blocks on cached stem features.
+    """
+    from lens.encoders.trained import save_trained_model
+
+    if config.trainable_blocks == 0:
+        return train_triplet_head(catalog, split, config, ctx)
+    elapsed = timer()
+    torch.manual_seed(config.seed)
+    backbone = build_split_backbone(config.backbone or "mobilenet-v2", config.trainable_blocks, pretrained=True)
+    arch = {"type": "embedder", "backbone": backbone.name, "trainable_blocks": config.trainable_blocks,
+            "embedding_dim": config.embedding_dim, "backbone_dim": backbone.dim}
+    head = nn.Linear(backbone.dim, config.embedding_dim) if config.embedding_dim else nn.Identity()
+    model = Embedder(freeze(backbone.stem), backbone.top, head)
+
+    features, ids = stem_features_for(model, arch, backbone.weights_id, catalog, ctx, backbone.preprocess)
+    parts = split_positions(ids, split)
+    all_labels = catalog.labels(split.label_column)
+    labels = np.array([all_labels[catalog.index_of(i)] for i in ids], dtype=object)
+    codes = label_codes(labels)
+    train_idx, val_idx = parts["train"], parts["val"]
+    train_feats = torch.from_numpy(features[train_idx])
+    train_codes = torch.from_numpy(codes[train_idx])
+    loss_fn = BatchHardTripletLoss(margin=config.margin)
+    n_batches = config.steps_per_epoch or max(1, len(train_idx) // config.batch_size)
+
+    def batches(epoch: int):  # noqa: ANN202
+        return class_balanced_batches(train_codes.numpy(), m=config.m_per_class, batch_size=config.batch_size,
+                                      n_batches=n_batches, seed=epoch_seed(config.seed, epoch))
+
+    def loss_step(batch: np.ndarray) -> torch.Tensor:
+        index = torch.from_numpy(batch)
+        embeddings = F.normalize(model.embed_stem_output(train_feats[index]), dim=-1)
+        return loss_fn(embeddings, train_codes[index])
+
+    gallery = np.concatenate([train_idx, val_idx])
+
+    def on_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
+        if len(val_idx) == 0:
+            return {}
+        vectors = embed_features(model, features[gallery])
+        return {"val_p@5": precision_at(vectors, labels[gallery], np.arange(len(train_idx), len(gallery)), 5)}
+
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for p in model.top.parameters() if p.requires_grad], "lr": config.lr * config.backbone_lr_scale},
+         {"params": list(model.head.parameters()), "lr": config.lr}],
+        weight_decay=config.weight_decay,
+    )
+    bar, close = ctx.bar(f"train {ctx.name}")
+    try:
+        history = fit(model, loss_step, batches, config, optimizer=optimizer, on_epoch=on_epoch,
+                      checkpoint=checkpoint_path(ctx), resume=ctx.resume, progress=bar, train_mode=batchnorms_to_eval)
+    finally:
+        close()
+    train_seconds = elapsed()
+    vectors = embed_features(model, features)
+    metrics = heldout_metrics(vectors, ids, catalog, split)
+    dim = config.embedding_dim or backbone.dim
+    config_json = {
+        "kind": "image", "recipe": config.recipe, "arch": arch, "dim": dim,
+        "preprocess": backbone.preprocess.key(), "precision": "fp32",
+        "description": f"{backbone.name} fine-tuned with batch-hard cosine triplet loss on {catalog.name}",
+        "base_encoder": backbone.name, "base_weights_id": backbone.weights_id,
+        "license": "as the base weights",
+        **base_config(config, catalog, split, ctx),
+        "history": history, "train_seconds": train_seconds, "heldout": metrics,
+    }
+    folder = save_trained_model(ctx.name, model.state_dict(), config_json, models_dir=ctx.models_dir)
+    write_history(history, ctx.out_dir / "history.csv")
+    if ctx.publish:
+        metrics["publish_max_abs_diff"] = publish_embeddings(ctx.name, catalog, ids, vectors, ctx)
+    return TrainResult(ctx.name, folder, history, train_seconds, metrics)

@@ -1,0 +1,229 @@
+"""Search (merchandisers): query by a catalog product, an uploaded photo, a crop of either, text, or image + text;
+filter by metadata; results as cards with a coloured similarity; CSV export."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import streamlit as st
+
+from dashboard import components, config, query, resources
+from lens.errors import LensError
+
+components.run_through_app()
+
+MODES = ("Catalog product", "Upload an image", "Text", "Image + text")
+IMAGE_SOURCES = ("Catalog product", "Upload an image")
+RESULTS_KEY = "search_results"  # session key of the last results table (what the CSV export holds)
+
+st.title("Search")
+st.caption("Find the catalog products most similar to a photo, a product, a crop of either, or a description.")
+st.session_state.pop(RESULTS_KEY, None)  # set again only when this run renders results
+ctx = components.require_context()
+catalog = ctx.catalog
+
+top = st.columns([2, 1, 3])
+with top[0]:
+    model_row = components.model_select(ctx, "Model", key="search_model")
+with top[1]:
+    k = st.slider("Results (k)", 1, 50, 10, key="search_k")
+with top[2]:
+    mode = st.radio("Query by", MODES, horizontal=True, key="search_mode")
+
+model = model_row["name"]
+text_models = [r["name"] for r in resources.encoders() if r["text"] and r["available"]]
+
+
+def pick_product() -> str | None:
+    """A catalog product chosen by searching its name or id."""
+    needle = st.text_input("Find a product (name or id)", key="search_product_query", placeholder="e.g. shirt or 15970")
+    matches = query.find_products(catalog.table, needle, title_column=ctx.title_column)
+    if not matches:
+        st.warning(f"No product's id or name contains '{needle}'; try a shorter word.")
+        return None
+    return st.selectbox(
+        f"Product ({len(matches)}{'+' if len(matches) == 200 else ''} matches)",
+        matches,
+        key="search_product",
+        format_func=lambda i: f"{i} — {ctx.title(i)}"[:90],
+    )
+
+
+def uploaded_image() -> tuple[object, bytes] | None:
+    """The uploaded query image (decoded, checked) and its bytes; an error or a hint otherwise."""
+    # MIME types and extensions: the browser offers only these, and Streamlit leaves the server-side check to
+    # query.read_upload, which answers a wrong file with a message instead of an exception.
+    upload = st.file_uploader(
+        f"Product photo (JPEG, PNG or WebP, up to {config.MAX_UPLOAD_MB} MB)",
+        type=list(config.UPLOAD_ACCEPT),
+        max_upload_size=config.MAX_UPLOAD_MB,
+        key="search_upload",
+    )
+    if upload is None:
+        st.info("Upload a product photo to search with it.")
+        return None
+    data = upload.getvalue()
+    try:
+        return query.read_upload(upload.name, data), data
+    except LensError as exc:
+        st.error(str(exc))
+        return None
+
+
+def crop_controls() -> tuple[tuple[float, float], tuple[float, float]]:
+    with st.expander("Crop the query image"):
+        x = st.slider("Horizontal range (%)", 0, 100, (0, 100), key="search_crop_x")
+        y = st.slider("Vertical range (%)", 0, 100, (0, 100), key="search_crop_y")
+    return x, y
+
+
+def text_input(image_too: bool) -> str | None:
+    """The text of a text query; a warning when it is empty, an error when the model cannot embed text."""
+    text = st.text_input(
+        "Describe the product",
+        key="search_text",
+        placeholder="e.g. red floral summer dress",
+        help="Text queries need a text-capable model (marked 'image + text' in the model list).",
+    )
+    if not text.strip():
+        st.warning(
+            "Type a description to search by text"
+            + (", or switch 'Query by' to an image query." if image_too else " (e.g. 'blue denim jacket').")
+        )
+        return None
+    if not model_row["text"]:
+        others = ", ".join(text_models)
+        remedy = (
+            f"pick a text-capable model: {others}."
+            if others
+            else "no text-capable model is available on this machine; `python -m lens encoders` lists the "
+            "text-capable ones and how to install their weights."
+        )
+        st.error(f"'{model}' embeds images only, so it cannot search by text: {remedy}")
+        return None
+    return text.strip()
+
+
+# ------------------------------------------------------------------------------------------------ query inputs
+left, right = st.columns([1, 2], gap="large")
+vector: np.ndarray | None = None
+exclude: list[str] = []
+query_label = ""
+with left:
+    if not components.require_available(model_row):
+        st.stop()
+    embeddings = components.ensure_embeddings(ctx, model, key="search")
+    if embeddings is None:
+        st.stop()
+    source = mode if mode in IMAGE_SOURCES else None
+    if mode == "Image + text":
+        source = st.radio("Image from", IMAGE_SOURCES, horizontal=True, key="search_image_source")
+    image = None
+    image_key = ""
+    product_id = None
+    if source == "Catalog product":
+        product_id = pick_product()
+        if product_id is not None:
+            image_key = resources.digest(ctx.fingerprint, product_id)
+    elif source == "Upload an image":
+        loaded = uploaded_image()
+        if loaded is not None:
+            image, data = loaded
+            image_key = resources.digest(data)
+    crop_x, crop_y = crop_controls() if source else ((0, 100), (0, 100))
+    cropped = not query.is_full_crop(crop_x, crop_y)
+    text = text_input(image_too=mode == "Image + text") if mode in ("Text", "Image + text") else None
+    weight = 0.5
+    if mode == "Image + text":
+        weight = st.slider("Weight of the text", 0.0, 1.0, 0.5, 0.05, key="search_text_weight")
+    started = time.perf_counter()
+    try:
+        image_vector = None
+        if product_id is not None:
+            if cropped:
+                image = resources.load_image(str(catalog.image_path(catalog.index_of(product_id))))
+            else:
+                image_vector = np.asarray(embeddings.vectors[embeddings.position(product_id)])
+            if st.checkbox("Leave the product itself out of the results", value=True, key="search_exclude_self"):
+                exclude = [product_id]
+            query_label = f"product {product_id}"
+        if image is not None:
+            image = query.crop_image(image, crop_x, crop_y)
+            image_vector = resources.image_query_vector(model, resources.digest(image_key, crop_x, crop_y), image)
+            st.image(resources.image_bytes(image), caption="Query" + (" (cropped)" if cropped else ""), width="stretch")
+            query_label = query_label or "uploaded image"
+        elif product_id is not None:
+            st.image(ctx.thumb(product_id, 2 * config.THUMBNAIL_PX), caption=ctx.title(product_id), width="stretch")
+        if mode == "Text":
+            if text is not None:
+                vector = resources.text_query_vector(model, text)
+                query_label = f"text: {text}"
+        elif mode == "Image + text":
+            if text is not None and image_vector is not None:
+                vector = query.combine_vectors(image_vector, resources.text_query_vector(model, text), weight)
+                query_label = f"{query_label} + text: {text}"
+        else:
+            vector = image_vector
+    except LensError as exc:
+        st.error(str(exc))
+        vector = None
+
+# ----------------------------------------------------------------------------------------------------- filters
+with right:
+    filter_columns = sorted(
+        ctx.categorical, key=lambda c: (config.FILTER_PREFERENCE.index(c) if c in config.FILTER_PREFERENCE else 99, c)
+    )
+    filters: dict[str, list[str]] = {}
+
+    def filter_widget(column: str) -> None:
+        values = resources.column_values(ctx.path, ctx.load_label, ctx.fingerprint, column)
+        filters[column] = st.multiselect(column, values, key=f"search_filter_{column}", placeholder="any")
+
+    st.markdown("**Filters**")
+    main_filters, more_filters = filter_columns[:3], filter_columns[3:]
+    for column, slot in zip(main_filters, st.columns(max(1, len(main_filters)))):
+        with slot:
+            filter_widget(column)
+    if more_filters:
+        with st.expander("More filters"):
+            for column in more_filters:
+                filter_widget(column)
+    active = tuple((c, tuple(sorted(v))) for c, v in filters.items() if v)
+    allowed = resources.allowed_ids(ctx.path, ctx.load_label, ctx.fingerprint, active) if active else None
+    if allowed is not None:
+        st.caption(f"{len(allowed):,} of {len(catalog):,} products pass the filters.")
+
+# ----------------------------------------------------------------------------------------------------- results
+st.divider()
+if vector is None:
+    st.stop()
+if allowed is not None and not (allowed - set(exclude)):
+    st.warning("No product passes these filters; remove a filter value to see results.")
+    st.stop()
+try:
+    results = resources.search(*ctx.emb(model), vector, k, exclude=exclude, allowed=allowed)
+except LensError as exc:
+    st.error(str(exc))
+    st.stop()
+
+results.insert(3, "similarity_pct", (results["similarity"] * 100).round(1))
+results.insert(4, "model", model)
+results.insert(5, "query", query_label)
+st.session_state[RESULTS_KEY] = results
+
+header = st.columns([3, 1, 1], vertical_alignment="bottom")
+timing = header[0].empty()
+as_table = header[1].toggle("Show as table", key="search_as_table")
+with header[2]:
+    components.download_csv(results, "Download CSV", f"lens-search-{model}.csv", key="search_csv")
+meta_columns = [c for c in (ctx.label_column, "gender", "baseColour") if c in catalog.columns]
+if results.empty:
+    st.info("No result: the index returned nothing for this query.")
+elif as_table:
+    st.dataframe(results.drop(columns=["image"], errors="ignore"), hide_index=True)
+else:
+    components.result_cards(ctx, results, meta_columns=meta_columns)
+elapsed = time.perf_counter() - started
+timing.markdown(f"**{len(results)} results** for {query_label} · {model} · {elapsed * 1000:.0f} ms")
+st.session_state["search_elapsed_s"] = elapsed

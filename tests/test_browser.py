@@ -1,0 +1,224 @@
+"""Real-browser test: serve the dashboard with ``streamlit run`` on 127.0.0.1 and drive it with Playwright in Debian's
+Chromium (``/usr/bin/chromium``; no browser is ever downloaded). Opens every page, uploads an image on Search and
+waits for the results, and saves a full-page screenshot of each page to ``test-artifacts/screenshots/``.
+
+Skips, saying why, when the Playwright package or Chromium is missing (``.ci/run`` installs Chromium with apt-get).
+``LENS_CHROMIUM`` points at another Chromium binary.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures import draw_item
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = REPO_ROOT / "test-artifacts" / "screenshots"
+CHROMIUM = Path(os.environ.get("LENS_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SERVER_START_S = 90
+PAGE_READY_S = 180  # the first UMAP in the server process compiles numba code
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="the playwright Python package is not installed (pip install -r requirements.txt)"
+)
+if not CHROMIUM.is_file():
+    pytest.skip(
+        f"no Chromium at {CHROMIUM}: install Debian's package (`apt-get install chromium`, as .ci/run does) or set "
+        "LENS_CHROMIUM=/path/to/chromium",
+        allow_module_level=True,
+    )
+
+# (url path, title on the page, text that appears once the page has rendered its content)
+PAGES = [
+    ("", "lens — visual product search", "A sample of products"),
+    ("search", "Search", "results for"),
+    ("compare", "Compare models", "queries ×"),
+    ("projections", "Projections", "UMAP"),
+    ("metrics", "Metrics", "Per articleType"),
+    ("failures", "Failures", "pairs at cosine"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(small_catalog_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``streamlit run app.py`` on a free local port (bounded wait; always terminated); yields its URL."""
+    folder = tmp_path_factory.mktemp("browser")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LENS_CATALOG": str(small_catalog_dir),
+        "LENS_CACHE_DIR": str(folder / "cache"),
+        "LENS_DEFAULT_MODEL": "tiny",
+        "LENS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("LENS_LABEL", None)
+    log_path = folder / "streamlit.log"
+    command = [
+        sys.executable, "-m", "streamlit", "run", "app.py",
+        "--server.address", "127.0.0.1",
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false",
+    ]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + SERVER_START_S
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"streamlit exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                        if response.read().strip() == b"ok":
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"streamlit did not answer within {SERVER_START_S}s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def page(server: str) -> Iterator[object]:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1440, "height": 1000})
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+IDLE_JS = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    return app !== null && app.getAttribute('data-test-script-state') === 'notRunning'
+        && Array.from(document.images).every(image => image.complete);
+}"""
+
+
+def wait_idle(page: object) -> None:
+    """Wait until the script run is over (``stApp[data-test-script-state=notRunning]``) and images have loaded."""
+    page.wait_for_function(IDLE_JS, timeout=PAGE_READY_S * 1000)
+    page.wait_for_timeout(1500)  # plotly and the dataframe canvas draw after the run ends
+    page.wait_for_function(IDLE_JS, timeout=PAGE_READY_S * 1000)  # a widget may have asked for a rerun
+
+
+def wait_until_rendered(page: object, title: str, ready_text: str) -> None:
+    """Wait for the page title, the page's ready text, and the end of the script run."""
+    page.get_by_role("heading", name=title).first.wait_for(timeout=PAGE_READY_S * 1000)
+    page.get_by_text(ready_text).first.wait_for(timeout=PAGE_READY_S * 1000)
+    wait_idle(page)
+
+
+def screenshot(page: object, name: str) -> None:
+    """Whole-page screenshot: Streamlit scrolls inside its main container, so the viewport is stretched to fit."""
+    height = page.evaluate(
+        """() => {
+            const main = document.querySelector('[data-testid="stMain"]');
+            return Math.max(main ? main.scrollHeight : 0, document.body.scrollHeight);
+        }"""
+    )
+    page.set_viewport_size({"width": 1440, "height": int(min(max(1000, height + 40), 9000))})
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+    page.set_viewport_size({"width": 1440, "height": 1000})
+
+
+def assert_no_traceback(page: object, where: str) -> None:
+    exceptions = page.locator('[data-testid="stException"]')
+    assert exceptions.count() == 0, f"{where}: {exceptions.first.inner_text()[:2000]}"
+
+
+def test_a_page_url_opened_first_runs_inside_the_app(server: str, page: object) -> None:
+    """The first request to a fresh server is a page URL: it must still get app.py's navigation and sidebar
+    (Streamlit would otherwise run pages/metrics.py alone, as a v1 multipage app)."""
+    page.goto(f"{server}/metrics", wait_until="domcontentloaded")
+    wait_until_rendered(page, "Metrics", "Per articleType")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    assert sidebar.get_by_text("Label column").count() >= 1
+    assert sidebar.get_by_text("Overview", exact=True).count() >= 1
+    assert sidebar.get_by_text("app", exact=True).count() == 0
+
+
+def test_every_page_in_a_browser(server: str, page: object) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for number, (path, title, ready_text) in enumerate(PAGES, start=1):
+        page.goto(f"{server}/{path}", wait_until="domcontentloaded")
+        wait_until_rendered(page, title, ready_text)
+        assert_no_traceback(page, path or "overview")
+        # The sidebar (drawn by app.py) is on every page: navigation and the label column.
+        assert page.locator('[data-testid="stSidebar"]').get_by_text("Label column").count() >= 1, path
+        screenshot(page, f"{number}-{path or 'overview'}.png")
+
+
+def test_select_points_on_a_projection(server: str, page: object) -> None:
+    page.goto(f"{server}/projections", wait_until="domcontentloaded")
+    wait_until_rendered(page, "Projections", "UMAP")
+    plot = page.locator(".js-plotly-plot .nsewdrag").first  # the plot area that takes drags
+    plot.wait_for(timeout=60_000)
+    box = plot.bounding_box()
+    assert box is not None
+    # Drag a box over the whole plot area: every point of the left map gets selected.
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2, steps=5)
+    page.mouse.up()
+    page.get_by_text("24 selected").first.wait_for(timeout=PAGE_READY_S * 1000)
+    wait_idle(page)
+    assert_no_traceback(page, "projection selection")
+    screenshot(page, "8-projections-selection.png")
+
+
+def test_upload_an_image_on_search(server: str, page: object) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.goto(f"{server}/search", wait_until="domcontentloaded")
+    wait_until_rendered(page, "Search", "results")
+    page.get_by_text("Upload an image", exact=True).first.click()
+    file_input = page.locator('input[type="file"]').first
+    file_input.wait_for(state="attached", timeout=60_000)
+    buffer = io.BytesIO()
+    draw_item(1, np.random.default_rng(7), size=128).save(buffer, format="PNG")
+    file_input.set_input_files(files=[{"name": "query.png", "mimeType": "image/png", "buffer": buffer.getvalue()}])
+    page.get_by_text("results for uploaded image").first.wait_for(timeout=PAGE_READY_S * 1000)
+    wait_idle(page)
+    assert_no_traceback(page, "search upload")
+    assert page.get_by_text("BlueSquare").count() >= 1, "a blue square finds blue squares"
+    screenshot(page, "7-search-upload.png")

@@ -1,0 +1,346 @@
+"""Training: split, losses, sampler, the fit loop (seed, resume), and every recipe end to end on tiny data.
+
+Everything runs on generated catalogs with the ``tiny`` backbone or small inputs: a few seconds per recipe.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fixtures import make_catalog
+
+
+@pytest.fixture(scope="module")
+def train_catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5 classes x 10 synthetic 48-px product photos with titles."""
+    return make_catalog(tmp_path_factory.mktemp("train_catalog"), n_classes=5, per_class=10, size=48)
+
+
+@pytest.fixture()
+def train_catalog(train_catalog_dir: Path):  # -> Catalog
+    from lens.catalog import load_catalog
+
+    return load_catalog(train_catalog_dir)
+
+
+@pytest.fixture()
+def models_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # -> (cache dir, models dir)
+    """Private cache and models folders; the registry is restored to the user's trained models afterwards."""
+    from lens.encoders.trained import default_models_dir, refresh_trained_models
+
+    previous = default_models_dir()
+    cache, models = tmp_path / "cache", tmp_path / "models"
+    monkeypatch.setenv("LENS_CACHE_DIR", str(cache))
+    monkeypatch.setenv("LENS_MODELS_DIR", str(models))
+    refresh_trained_models(models)
+    yield cache, models
+    refresh_trained_models(previous)
+
+
+def _clustered(n_classes: int = 4, per_class: int = 16, dim: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(n_classes, dim, generator=g) * 2
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    x = centers[labels] + 0.8 * torch.randn(len(labels), dim, generator=g)
+    return x, labels
+
+
+# ------------------------------------------------------------------------------------------------ split
+
+
+def test_split_is_disjoint_stratified_and_round_trips(train_catalog, tmp_path: Path) -> None:
+    from lens.errors import LensError
+    from lens.train.split import load_split, make_split, save_split
+
+    split = make_split(train_catalog, seed=3)
+    parts = [set(split.train), set(split.val), set(split.query)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set().union(*parts) == set(train_catalog.ids)
+    labels = dict(zip(train_catalog.ids, train_catalog.labels()))
+    for label in set(labels.values()):
+        assert sum(labels[i] == label for i in split.query) == 2  # round(0.2 * 10)
+        assert any(labels[i] == label for i in split.train)
+    path = save_split(split, tmp_path / "split.json")
+    assert load_split(path, train_catalog) == split
+    assert make_split(train_catalog, seed=3) == split and make_split(train_catalog, seed=4) != split
+    other = train_catalog.subset(train_catalog.ids[:10])
+    with pytest.raises(LensError, match="another catalog"):
+        load_split(path, other)
+
+
+def test_split_keeps_rare_labels_in_train(train_catalog) -> None:
+    from lens.train.split import make_split
+
+    small = train_catalog.subset(train_catalog.ids[:12])  # 10 of class 0, 2 of class 1
+    split = make_split(small, seed=0)
+    rare = set(small.ids[10:])
+    assert rare <= set(split.train)
+
+
+# ------------------------------------------------------------------------------------------------ losses, sampler
+
+
+def test_triplet_loss_without_valid_triplets_is_zero_not_nan() -> None:
+    from lens.train.losses import BatchHardTripletLoss
+
+    loss_fn = BatchHardTripletLoss(margin=0.2)
+    emb = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1).requires_grad_(True)
+    for labels in (torch.arange(6), torch.zeros(6, dtype=torch.long)):  # no positives / no negatives
+        loss = loss_fn(emb, labels)
+        assert torch.isfinite(loss) and float(loss.detach()) == 0.0
+        loss.backward()
+        assert torch.isfinite(emb.grad).all()
+
+
+def test_losses_reach_every_trainable_parameter() -> None:
+    from lens.train.backbones import build_split_backbone, freeze
+    from lens.train.losses import BatchHardTripletLoss, NTXentPairLoss, SymmetricInfoNCE
+    from lens.train.triplet import Embedder
+
+    torch.manual_seed(0)
+    backbone = build_split_backbone("tiny", pretrained=False)
+    model = Embedder(freeze(backbone.stem), backbone.top, nn.Linear(backbone.dim, 16))
+    x = torch.rand(8, 3, 32, 32)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    emb = torch.nn.functional.normalize(model(x), dim=-1)
+    BatchHardTripletLoss()(emb, labels).backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith(("top.", "head.")) for n, _ in trainable)
+    for name, p in trainable:
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in model.stem.parameters())
+
+    a, b = torch.randn(8, 5, requires_grad=True), torch.randn(8, 5, requires_grad=True)
+    NTXentPairLoss(0.1)(a, b).backward()
+    assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
+    info = SymmetricInfoNCE(0.07)
+    loss = info(a, b)
+    loss.backward()
+    assert torch.isfinite(loss) and info.logit_scale.grad is not None and info.logit_scale.grad != 0
+
+
+def test_class_balanced_batches_are_seeded_and_balanced() -> None:
+    from lens.train.samplers import class_balanced_batches
+
+    labels = np.repeat(np.arange(6), [10, 10, 10, 3, 1, 10])
+    a = class_balanced_batches(labels, m=4, batch_size=16, n_batches=5, seed=1)
+    b = class_balanced_batches(labels, m=4, batch_size=16, n_batches=5, seed=1)
+    c = class_balanced_batches(labels, m=4, batch_size=16, n_batches=5, seed=2)
+    assert len(a) == 5 and all(len(x) == 16 for x in a)
+    assert all((x == y).all() for x, y in zip(a, b)) and any((x != y).any() for x, y in zip(a, c))
+    for batch in a:
+        _, counts = np.unique(labels[batch], return_counts=True)
+        assert (counts % 4 == 0).all()
+
+
+# ------------------------------------------------------------------------------------------------ fit loop
+
+
+def _fit_head(epochs: int, seed: int, checkpoint: Path | None = None, resume: bool = False):
+    from lens.train.loop import TrainConfig, epoch_seed, fit
+    from lens.train.losses import BatchHardTripletLoss
+    from lens.train.samplers import class_balanced_batches
+
+    x, labels = _clustered()
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 4))
+    loss_fn = BatchHardTripletLoss(0.2)
+    config = TrainConfig(recipe="unit", epochs=epochs, lr=1e-2, seed=seed)
+
+    def batches(epoch: int):
+        return class_balanced_batches(labels.numpy(), m=4, batch_size=16, n_batches=6, seed=epoch_seed(seed, epoch))
+
+    def step(batch: np.ndarray) -> torch.Tensor:
+        idx = torch.from_numpy(batch)
+        return loss_fn(torch.nn.functional.normalize(model(x[idx]), dim=-1), labels[idx])
+
+    history = fit(model, step, batches, config, checkpoint=checkpoint, resume=resume,
+                  on_epoch=lambda e, row: {"double": 2 * row["loss"]})
+    return model, history
+
+
+def test_fit_loss_is_finite_and_decreases() -> None:
+    _, history = _fit_head(epochs=6, seed=0)
+    losses = [row["loss"] for row in history]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.6 * losses[0]
+    assert history[0]["double"] == pytest.approx(2 * losses[0])
+
+
+def test_same_seed_same_weights_and_resume_continues(tmp_path: Path) -> None:
+    a, hist_a = _fit_head(epochs=3, seed=7)
+    b, _ = _fit_head(epochs=3, seed=7)
+    c, _ = _fit_head(epochs=3, seed=8)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert not all(torch.equal(pa, pc) for pa, pc in zip(a.state_dict().values(), c.state_dict().values()))
+
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    _, first = _fit_head(epochs=1, seed=7, checkpoint=ckpt)
+    assert len(first) == 1 and ckpt.is_file()
+    resumed, hist_r = _fit_head(epochs=3, seed=7, checkpoint=ckpt, resume=True)
+    assert [r["epoch"] for r in hist_r] == [1.0, 2.0, 3.0]
+    assert [r["loss"] for r in hist_r] == pytest.approx([r["loss"] for r in hist_a])
+    for (name, pa), pr in zip(a.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(pa, pr), name
+
+
+def test_resume_refuses_another_seed(tmp_path: Path) -> None:
+    from lens.errors import LensError
+
+    ckpt = tmp_path / "checkpoint.pt"
+    _fit_head(epochs=1, seed=1, checkpoint=ckpt)
+    with pytest.raises(LensError, match="seed"):
+        _fit_head(epochs=2, seed=2, checkpoint=ckpt, resume=True)
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+
+
+RECIPE_SETTINGS = {
+    "triplet-head": ("triplet-tiny", dict(epochs=2, batch_size=20)),  # frozen backbone + head (the default)
+    "triplet-blocks": ("triplet-tiny", dict(epochs=2, batch_size=20, trainable_blocks=2)),  # top blocks train too
+    "simclr-head": ("simclr-tiny", dict(epochs=2, batch_size=8)),
+    "simclr-blocks": ("simclr-tiny", dict(epochs=2, batch_size=8, trainable_blocks=2)),
+    "mobilenet-small": ("mobilenet-small", dict(epochs=2, head_epochs=2, batch_size=20, input_size=32)),
+    "autoencoder": ("autoencoder", dict(epochs=2, batch_size=8, input_size=32, lr=1e-3)),
+    "vae": ("autoencoder", dict(epochs=2, batch_size=8, input_size=32, lr=1e-3, variant="vae")),
+    "text-align": ("text-align", dict(epochs=2, batch_size=16, backbone="tiny", embedding_dim=32)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RECIPE_SETTINGS))
+def test_recipe_trains_saves_and_loads_back_by_name(case: str, train_catalog, models_env, tmp_path: Path) -> None:
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder, list_encoders
+    from lens.images import open_image
+    from lens.train import RunContext, default_config, make_split, train_recipe
+
+    cache, models = models_env
+    split = make_split(train_catalog, seed=0)
+    recipe, settings = RECIPE_SETTINGS[case]
+    config = default_config(recipe, **settings)
+    ctx = RunContext(out_dir=tmp_path / "run", models_dir=models, cache_dir=cache)
+    result = train_recipe(train_catalog, config, ctx, split)
+
+    assert result.history and all(np.isfinite(r["loss"]) for r in result.history)
+    assert (result.model_dir / "model.safetensors").is_file()
+    saved = json.loads((result.model_dir / "config.json").read_text())
+    assert saved["recipe"] == config.recipe and saved["train"]["seed"] == 0
+    with open(tmp_path / "run" / "history.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(result.history) and "loss" in rows[0]
+    assert 0.0 <= result.metrics["precision@5"] <= 1.0
+
+    info = {i.name: i for i in list_encoders()}[result.name]
+    assert info.available and info.spec.family == "trained"
+    enc1, enc2 = create_encoder(result.name), create_encoder(result.name)
+    images = [open_image(p) for p in train_catalog.image_paths()[:4]]
+    v1, v2 = enc1.embed_images(images), enc2.embed_images(images)
+    assert v1.shape == (4, saved["dim"]) and v1.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v1, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(v1, v2)  # save -> load -> identical embeddings, every time
+    # the vectors published to the embedding cache are the encoder's own (the `evaluate` path hits them)
+    cached = embed_catalog(train_catalog, enc1, cache_dir=cache)
+    assert cached.from_cache
+    np.testing.assert_allclose(cached.vectors[:4], v1, atol=2e-3)
+
+
+def test_text_align_serves_text_and_image_text_queries(train_catalog, models_env, tmp_path: Path) -> None:
+    from lens.encoders import create_encoder
+    from lens.encoders.trained import combine_query_vectors
+    from lens.errors import LensError
+    from lens.images import open_image
+    from lens.train import RunContext, default_config, make_split, train_recipe
+
+    cache, models = models_env
+    config = default_config("text-align", epochs=2, batch_size=16, backbone="tiny", embedding_dim=32)
+    result = train_recipe(train_catalog, config, RunContext(tmp_path / "run", models, cache), make_split(train_catalog))
+    assert {"text_r@1", "text_r@5", "text_r@10"} <= set(result.metrics)
+    enc = create_encoder("text-align")
+    assert enc.spec.supports_text
+    texts = enc.embed_texts(["red circle", "blue square item"])
+    assert texts.shape == (2, 32) and texts.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
+    image = open_image(train_catalog.image_paths()[0])
+    both = enc.embed_query(image, "blue", text_weight=0.5)
+    expected = combine_query_vectors(enc.embed_images([image])[0], enc.embed_texts(["blue"])[0], text_weight=0.5)
+    np.testing.assert_allclose(both, expected, atol=1e-6)
+    np.testing.assert_allclose(enc.embed_query(text="blue"), enc.embed_texts(["blue"])[0], atol=1e-6)
+    with pytest.raises(LensError, match="list of texts"):
+        enc.embed_texts("red circle")
+
+
+def test_same_seed_gives_the_same_trained_model(train_catalog, models_env, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from lens.train import RunContext, default_config, make_split, train_recipe
+
+    cache, models = models_env
+    split = make_split(train_catalog)
+    files = []
+    for run in ("a", "b"):
+        config = default_config("triplet-tiny", epochs=2, batch_size=20)
+        ctx = RunContext(tmp_path / run, models, cache, name=f"seeded-{run}", publish=False)
+        files.append(load_file(str(train_recipe(train_catalog, config, ctx, split).model_dir / "model.safetensors")))
+    assert files[0].keys() == files[1].keys()
+    assert all(torch.equal(files[0][k], files[1][k]) for k in files[0])
+
+
+def test_trained_model_names_are_checked(models_env) -> None:
+    from lens.encoders.trained import check_model_name, trained_model_folder
+    from lens.errors import LensError, UnknownEncoderError
+    from lens.train import parse_recipe
+
+    with pytest.raises(LensError, match="built-in encoder"):
+        check_model_name("mobilenet-v2")
+    with pytest.raises(LensError, match="not allowed"):
+        check_model_name("../escape")
+    with pytest.raises(UnknownEncoderError, match="Train one"):
+        trained_model_folder("nothing-here")
+    with pytest.raises(LensError, match="Recipes: autoencoder"):
+        parse_recipe("resnet-magic")
+    assert parse_recipe("triplet-efficientnet-lite2") == ("triplet", "efficientnet-lite2")
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_train_then_evaluate_on_the_held_out_split(
+    train_catalog_dir: Path, models_env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lens.cli import main
+
+    cache, models = models_env
+    split_path, out = tmp_path / "split.json", tmp_path / "run"
+    argv = ["train", "triplet-tiny", "--catalog", str(train_catalog_dir), "--epochs", "2", "--batch", "20",
+            "--out", str(out), "--split", str(split_path), "--seed", "0", "--quiet"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "epoch 2: loss" in text and "val_p@5" in text and "saved encoder 'triplet-tiny'" in text
+    assert split_path.is_file() and (out / "history.csv").is_file() and (out / "checkpoint.pt").is_file()
+    assert (models / "triplet-tiny" / "model.safetensors").is_file()
+
+    # --resume with every epoch done trains nothing more and gives the same model
+    before = (models / "triplet-tiny" / "model.safetensors").read_bytes()
+    assert main(argv + ["--resume"]) == 0
+    capsys.readouterr()
+    assert (models / "triplet-tiny" / "model.safetensors").read_bytes() == before
+
+    assert main(["evaluate", "--catalog", str(train_catalog_dir), "--models", "triplet-tiny,tiny",
+                 "--split", str(split_path), "--csv", "-", "--quiet"]) == 0
+    table = capsys.readouterr().out
+    rows = list(csv.DictReader(table.splitlines()))
+    split = json.loads(split_path.read_text())
+    assert [r["model"] for r in rows] == ["triplet-tiny", "tiny"]
+    assert all(int(float(r["n_queries"])) == len(split["query"]) for r in rows)
+
+    assert main(["train", "no-such-recipe", "--catalog", str(train_catalog_dir), "--quiet"]) == 2
+    assert "Unknown recipe" in capsys.readouterr().err
