@@ -67,6 +67,16 @@ def register_encoder(spec: EncoderSpec, *, weights: Weights | None = None) -> Ca
     return decorator
 
 
+def unregister_encoder(name: str) -> None:
+    """Remove ``name`` from the registry (trained models come and go with their folders); unknown names are ignored."""
+    _REGISTRY.pop(name, None)
+
+
+def registered_names(family: str | None = None) -> list[str]:
+    """Registered encoder names, optionally only those of one ``family``, sorted."""
+    return sorted(n for n, e in _REGISTRY.items() if family is None or e.spec.family == family)
+
+
 def _entry(name: str) -> RegistryEntry:
     try:
         return _REGISTRY[name]

@@ -49,8 +49,7 @@ def check_model_name(name: str) -> str:
     """A trained model's name: lower-case letters, digits, ``.-_``; not the name of a built-in encoder."""
     if not _NAME_RE.match(name):
         raise LensError(f"model name {name!r} is not allowed: use lower-case letters, digits, '.', '-', '_' (max 64).")
-    entry = _registry._REGISTRY.get(name)
-    if entry is not None and entry.spec.family != FAMILY:
+    if name in _registry.registered_names() and name not in _registry.registered_names(FAMILY):
         raise LensError(f"model name {name!r} is a built-in encoder; pick another --name.")
     return name
 
@@ -161,11 +160,11 @@ def refresh_trained_models(models_dir: str | os.PathLike | None = None) -> list[
     Returns:
         The registered names.
     """
-    for name in [n for n, e in _registry._REGISTRY.items() if e.spec.family == FAMILY]:
-        del _registry._REGISTRY[name]
+    for name in _registry.registered_names(FAMILY):
+        _registry.unregister_encoder(name)
     names = []
     for name, folder in find_trained_models(models_dir).items():
-        if name in _registry._REGISTRY:
+        if name in _registry.registered_names():
             warnings.warn(f"trained model {folder} is named like the built-in encoder {name!r}; it is ignored.",
                           stacklevel=2)
             continue
