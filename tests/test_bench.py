@@ -1,4 +1,4 @@
-"""`bench --quick` on a tiny generated catalog: the report has its sections and every figure is a finite number."""
+"""`bench --quick` on a tiny generated catalog: the report has every section and every figure is a finite number."""
 
 from __future__ import annotations
 
@@ -6,22 +6,78 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
+from lens.bench import BenchConfig, clustered_vectors, line_chart, run_benchmark
 from lens.catalog import load_catalog
-from lens.bench import BenchConfig, run_benchmark
+from lens.train.split import get_split
+
+SECTIONS = (
+    "## Retrieval quality",
+    "## Retrieval quality on the held-out split",
+    "### P@5 next to the published numbers",
+    "### Text -> image",
+    "## Encoder throughput",
+    "## Index",
+    "## Scale",
+    "### Where one machine stops being enough",
+    "## Projection",
+    "## Dashboard",
+    "## Charts and raw figures",
+)
+CSVS = {
+    "quality.csv": "precision@5",
+    "throughput.csv": "img_per_s",
+    "index.csv": "recall@10",
+    "embed_catalog.csv": "embed_catalog_s",
+    "heldout_quality.csv": "precision@5",
+    "scale.csv": "peak_rss_mib",
+    "projection.csv": "umap_cold_s",
+    "dashboard.csv": "warm_query_p50_ms",
+}
 
 
 def test_quick_benchmark_writes_finite_figures(small_catalog_dir: Path, lens_cache_dir: Path, tmp_path: Path) -> None:
     catalog = load_catalog(small_catalog_dir)
+    get_split(catalog)  # the saved held-out split that `train` would have made
     out = tmp_path / "bench"
-    md = run_benchmark(catalog, BenchConfig(models=["tiny"], out_dir=out, quick=True, log=lambda _: None))
+    config = BenchConfig(models=["tiny"], out_dir=out, quick=True, scale_sizes=(1500,), scale_queries=20,
+                         scale_search_ks=(100, 1000), projection_points=24, log=lambda _: None)
+    md = run_benchmark(catalog, config)
     text = md.read_text()
-    for heading in ("## Retrieval quality", "## Encoder throughput", "## Index"):
-        assert heading in text
-    for name in ("quality.csv", "throughput.csv", "index.csv", "embed_catalog.csv"):
+    for heading in SECTIONS:
+        assert heading in text, heading
+    assert "0.886" in text and "0.490" in text, "published P@5 figures next to ours"
+    for name, column in CSVS.items():
         table = pd.read_csv(out / name)
-        assert len(table) > 0, name
+        assert len(table) > 0 and column in table.columns, name
         numbers = table.select_dtypes("number").drop(columns=["n_truncated"], errors="ignore")
         assert np.isfinite(numbers.to_numpy(dtype=float)).all(), name
     index = pd.read_csv(out / "index.csv")
     assert (index["recall@10"] <= 1.0).all() and (index.loc[index["index"] == "exact (numpy)", "recall@10"] == 1.0).all()
+    heldout = pd.read_csv(out / "heldout_quality.csv")
+    assert set(heldout["average"]) == {"micro", "macro"} and {"articleType", "subCategory"} <= set(heldout["label"])
+    scale = pd.read_csv(out / "scale.csv")
+    assert set(scale["items"]) == {1500} and scale["recall@10"].between(0, 1).all() and (scale["size_mib"] > 0).all()
+    dashboard = pd.read_csv(out / "dashboard.csv")
+    assert dashboard["errors"].iat[0] == "none" and dashboard["results"].iat[0] > 0
+    for png in ("recall_vs_latency.png", "throughput.png", "scale_recall_vs_latency.png"):
+        with Image.open(out / png) as image:
+            assert image.size[0] > 100 and image.size[1] > 100, png
+        assert f"]({png})" in text
+    assert not list(out.rglob("*.ann")) and not list(out.rglob("*.npy")), "no index or vector files left behind"
+
+
+def test_clustered_vectors_are_unit_and_clustered() -> None:
+    vectors = clustered_vectors(500, 32, n_clusters=5)
+    assert vectors.shape == (500, 32) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    nearest = np.sort(vectors @ vectors.T, axis=1)[:, -2]  # best non-self cosine
+    assert nearest.mean() > 0.5, "points have close neighbours (their cluster)"
+
+
+def test_line_chart_survives_degenerate_series(tmp_path: Path) -> None:
+    path = line_chart({"one point": ([1.0], [1.0]), "empty": ([], [])}, tmp_path / "c.png", title="t", xlabel="x",
+                      ylabel="y", logx=True)
+    with Image.open(path) as image:
+        assert image.size == (900, 560)
