@@ -174,3 +174,33 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def embed_with_base(catalog: Catalog, base_name: str, ctx: RunContext) -> tuple[Any, Any]:
+    """Create the pretrained ``base_name`` encoder and its (cached) embeddings of ``catalog``, with a progress bar."""
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+
+    base = create_encoder(base_name)
+    bar, close = ctx.bar(f"embed {base_name}")
+    try:
+        return base, embed_catalog(catalog, base, cache_dir=ctx.cache_dir, progress=bar)
+    finally:
+        close()
+
+
+def val_precision_callback(
+    embed_rows: Callable[[np.ndarray], np.ndarray], labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+    k: int = 5,
+) -> Callable[[int, dict[str, float]], dict[str, float]]:
+    """An ``on_epoch`` callback: P@k of the validation items against train + validation, with vectors from
+    ``embed_rows(rows)``; empty when there is no validation item."""
+    gallery = np.concatenate([train_idx, val_idx])
+    queries = np.arange(len(train_idx), len(gallery))
+
+    def on_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
+        if not len(val_idx):
+            return {}
+        return {f"val_p@{k}": precision_at(embed_rows(gallery), labels[gallery], queries, k)}
+
+    return on_epoch

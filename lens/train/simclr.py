@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lens.catalog import Catalog
 from lens.train.backbones import batchnorms_to_eval, build_split_backbone, freeze
 from lens.train.common import (
-    RunContext, TrainResult, base_config, checkpoint_path, heldout_metrics, precision_at, publish_embeddings,
+    RunContext, embed_with_base, val_precision_callback, TrainResult, base_config, checkpoint_path, heldout_metrics, publish_embeddings,
     split_positions, timer, write_history,
 )
 from lens.train.data import _cache_paths, _decoded_batches, _load, _save
@@ -111,19 +110,12 @@ def train_simclr_head(catalog: Catalog, split: Split, config: TrainConfig, ctx: 
     starts at the pretrained space) through a projection MLP that is dropped afterwards. Views of up to
     ``max_images`` training images go through the frozen encoder once (cached); the catalog's own vectors come from
     the lens embedding cache."""
-    from lens.embed import embed_catalog
-    from lens.encoders import create_encoder
     from lens.encoders.trained import save_trained_model
     from lens.train.triplet import _embed_vectors, build_head
 
     elapsed = timer()
     base_name = config.backbone or "mobilenet-v2"
-    base = create_encoder(base_name)
-    bar, close = ctx.bar(f"embed {base_name}")
-    try:
-        image_set = embed_catalog(catalog, base, cache_dir=ctx.cache_dir, progress=bar)
-    finally:
-        close()
+    base, image_set = embed_with_base(catalog, base_name, ctx)
     ids = image_set.ids
     vectors_t = torch.from_numpy(image_set.vectors)
     parts = split_positions(ids, split)
@@ -159,13 +151,9 @@ def train_simclr_head(catalog: Catalog, split: Split, config: TrainConfig, ctx: 
     all_labels = catalog.labels(split.label_column)
     labels = np.array([all_labels[catalog.index_of(i)] for i in ids], dtype=object)
     train_idx, val_idx = parts["train"], parts["val"]
-    gallery = np.concatenate([train_idx, val_idx])
+    np.concatenate([train_idx, val_idx])
 
-    def on_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
-        if not len(val_idx):
-            return {}
-        vecs = _embed_vectors(head, vectors_t[torch.from_numpy(gallery)])
-        return {"val_p@5": precision_at(vecs, labels[gallery], np.arange(len(train_idx), len(gallery)), 5)}
+    on_epoch = val_precision_callback(lambda rows: _embed_vectors(head, vectors_t[torch.from_numpy(rows)]), labels, train_idx, val_idx)
 
     bar, close = ctx.bar(f"train {ctx.name}")
     try:
@@ -239,13 +227,9 @@ def train_simclr(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunCo
     all_labels = catalog.labels(split.label_column)
     labels = np.array([all_labels[catalog.index_of(i)] for i in ids], dtype=object)
     train_idx, val_idx = parts["train"], parts["val"]
-    gallery = np.concatenate([train_idx, val_idx])
+    np.concatenate([train_idx, val_idx])
 
-    def on_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
-        if not len(val_idx):
-            return {}
-        vectors = embed_features(model, features[gallery])
-        return {"val_p@5": precision_at(vectors, labels[gallery], np.arange(len(train_idx), len(gallery)), 5)}
+    on_epoch = val_precision_callback(lambda rows: embed_features(model, features[rows]), labels, train_idx, val_idx)
 
     optimizer = torch.optim.AdamW(
         [{"params": [p for p in model.top.parameters()], "lr": config.lr * config.backbone_lr_scale},

@@ -17,7 +17,7 @@ from torch import nn
 from lens.catalog import Catalog
 from lens.errors import LensError
 from lens.train.common import (
-    RunContext, TrainResult, base_config, checkpoint_path, heldout_metrics, split_positions, timer, write_history,
+    RunContext, embed_with_base, TrainResult, base_config, checkpoint_path, heldout_metrics, split_positions, timer, write_history,
 )
 from lens.train.loop import TrainConfig, epoch_seed, fit
 from lens.train.losses import SymmetricInfoNCE
@@ -58,8 +58,6 @@ def text_to_image_recall(text_vectors: np.ndarray, image_vectors: np.ndarray, ta
 def train_text_align(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunContext,
                      text_column: str = TEXT_COLUMN) -> TrainResult:
     """Train the two projections; save as ``ctx.name``; report image retrieval and text->image R@k on held-out items."""
-    from lens.embed import embed_catalog
-    from lens.encoders import create_encoder
     from lens.encoders.minilm import MINILM_DIM, MINILM_NAME, load_minilm
     from lens.encoders.trained import load_trained_encoder, save_trained_model
 
@@ -68,12 +66,7 @@ def train_text_align(catalog: Catalog, split: Split, config: TrainConfig, ctx: R
                         f"{', '.join(catalog.columns)}.")
     elapsed = timer()
     base_name = config.backbone or "efficientnet-lite0"
-    base = create_encoder(base_name)
-    bar, close = ctx.bar(f"embed {base_name}")
-    try:
-        image_set = embed_catalog(catalog, base, cache_dir=ctx.cache_dir, progress=bar)
-    finally:
-        close()
+    base, image_set = embed_with_base(catalog, base_name, ctx)
     ids = image_set.ids
     titles = [str(catalog.table[text_column].iat[catalog.index_of(i)]) for i in ids]
     ctx.log(f"text-align: embedding {len(titles)} titles with {MINILM_NAME}")

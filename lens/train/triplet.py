@@ -17,8 +17,7 @@ from torch import nn
 from lens.catalog import Catalog
 from lens.train.backbones import batchnorms_to_eval, build_split_backbone, freeze
 from lens.train.common import (
-    RunContext, TrainResult, base_config, checkpoint_path, heldout_metrics, label_codes, precision_at,
-    publish_embeddings, split_positions, timer, write_history,
+    RunContext, embed_with_base, val_precision_callback, TrainResult, base_config, checkpoint_path, heldout_metrics, label_codes, publish_embeddings, split_positions, timer, write_history,
 )
 from lens.train.data import stem_features
 from lens.train.loop import TrainConfig, epoch_seed, fit
@@ -111,18 +110,11 @@ def train_triplet_head(catalog: Catalog, split: Split, config: TrainConfig, ctx:
     The backbone's vectors come from the lens embedding cache (computed once per catalog by ``embed``/``evaluate``),
     so training costs seconds per epoch; the saved encoder runs the pretrained encoder, then the head.
     """
-    from lens.embed import embed_catalog
-    from lens.encoders import create_encoder
     from lens.encoders.trained import save_trained_model
 
     elapsed = timer()
     base_name = config.backbone or "mobilenet-v2"
-    base = create_encoder(base_name)
-    bar, close = ctx.bar(f"embed {base_name}")
-    try:
-        image_set = embed_catalog(catalog, base, cache_dir=ctx.cache_dir, progress=bar)
-    finally:
-        close()
+    base, image_set = embed_with_base(catalog, base_name, ctx)
     ids = image_set.ids
     vectors_t = torch.from_numpy(image_set.vectors)
     parts = split_positions(ids, split)
@@ -148,13 +140,9 @@ def train_triplet_head(catalog: Catalog, split: Split, config: TrainConfig, ctx:
         index = torch.from_numpy(batch)
         return loss_fn(F.normalize(head(vectors_t[index]), dim=-1), codes[index])
 
-    gallery = np.concatenate([train_idx, val_idx])
+    np.concatenate([train_idx, val_idx])
 
-    def on_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
-        if not len(val_idx):
-            return {}
-        vecs = _embed_vectors(head, vectors_t[torch.from_numpy(gallery)])
-        return {"val_p@5": precision_at(vecs, labels[gallery], np.arange(len(train_idx), len(gallery)), 5)}
+    on_epoch = val_precision_callback(lambda rows: _embed_vectors(head, vectors_t[torch.from_numpy(rows)]), labels, train_idx, val_idx)
 
     bar, close = ctx.bar(f"train {ctx.name}")
     try:
@@ -218,13 +206,9 @@ def train_triplet(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunC
         embeddings = F.normalize(model.embed_stem_output(train_feats[index]), dim=-1)
         return loss_fn(embeddings, train_codes[index])
 
-    gallery = np.concatenate([train_idx, val_idx])
+    np.concatenate([train_idx, val_idx])
 
-    def on_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
-        if len(val_idx) == 0:
-            return {}
-        vectors = embed_features(model, features[gallery])
-        return {"val_p@5": precision_at(vectors, labels[gallery], np.arange(len(train_idx), len(gallery)), 5)}
+    on_epoch = val_precision_callback(lambda rows: embed_features(model, features[rows]), labels, train_idx, val_idx)
 
     optimizer = torch.optim.AdamW(
         [{"params": [p for p in model.top.parameters() if p.requires_grad], "lr": config.lr * config.backbone_lr_scale},
