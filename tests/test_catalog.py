@@ -232,17 +232,41 @@ def test_fingerprint_stable_and_sensitive(small_catalog_copy):
     assert len(fp) == 64 and fp == b.fingerprint() == a.fingerprint()
     target = small_catalog_copy / "images" / "000103.jpg"
     st = target.stat()
+    # a new timestamp with the same bytes (a re-sync, a copy) keeps the identity, so caches survive
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    assert a.fingerprint() == fp  # memoised
-    touched = load_catalog(small_catalog_copy).fingerprint()
-    assert touched != fp
-    assert a.fingerprint(refresh=True) == touched
-    with open(target, "ab") as fh:  # size change, mtime put back
+    assert load_catalog(small_catalog_copy).fingerprint() == fp
+    # different bytes of the same size: the mtime moved, so the file is hashed again and the identity changes
+    data = bytearray(target.read_bytes())
+    data[-3] ^= 0xFF
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 7_000_000_000))
+    assert a.fingerprint() == fp  # memoised on the object
+    changed = load_catalog(small_catalog_copy).fingerprint()
+    assert changed != fp
+    assert a.fingerprint(refresh=True) == changed
+    with open(target, "ab") as fh:  # size change
         fh.write(b"\0")
-    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    assert load_catalog(small_catalog_copy).fingerprint() not in (fp, touched)
+    assert load_catalog(small_catalog_copy).fingerprint() not in (fp, changed)
     # the order of rows is part of the identity
     assert a.subset(list(reversed(range(len(a))))).fingerprint() != a.fingerprint(refresh=True)
+
+
+def test_fingerprint_same_for_a_copied_catalog_and_reads_each_file_once(small_catalog_copy, tmp_path, monkeypatch):
+    import hashlib
+
+    import lens.catalog as catalog_module
+
+    fp = load_catalog(small_catalog_copy).fingerprint()
+    copy = tmp_path / "copy"
+    shutil.copytree(small_catalog_copy, copy)  # new paths, new timestamps, same bytes
+    assert load_catalog(copy).fingerprint() == fp
+    calls = []
+    real = hashlib.file_digest
+    monkeypatch.setattr(catalog_module.hashlib, "file_digest", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert load_catalog(copy).fingerprint() == fp
+    assert calls == [], "digests come from the on-disk memo when size and mtime are unchanged"
+    (copy / "images" / "000103.jpg").unlink()
+    assert load_catalog(copy, on_missing="skip").fingerprint() != fp
 
 
 def test_fingerprint_ignores_labels(small_catalog_copy):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from lens.catalog import load_catalog
 from lens.embed import EmbeddingSet, embed_catalog, embed_images, embedding_paths
@@ -81,7 +82,9 @@ def test_second_call_comes_from_cache_without_forward(
 def test_use_cache_false_writes_nothing(small_catalog_dir: Path, lens_cache_dir: Path, tiny: CountingEncoder) -> None:
     result = embed_catalog(load_catalog(small_catalog_dir), tiny, use_cache=False)
     assert len(result) == 24
-    assert list(lens_cache_dir.rglob("*")) == []
+    digests = lens_cache_dir / "catalogs" / "digests"  # the catalog's file-digest memo (see Catalog.fingerprint)
+    written = [p for p in lens_cache_dir.rglob("*") if p.is_file() and digests not in p.parents]
+    assert written == []
 
 
 def test_progress_ends_at_n_of_n(small_catalog_dir: Path, lens_cache_dir: Path, tiny: CountingEncoder) -> None:
@@ -90,18 +93,24 @@ def test_progress_ends_at_n_of_n(small_catalog_dir: Path, lens_cache_dir: Path, 
     assert calls == [(10, 24), (20, 24), (24, 24)]
 
 
-def test_mtime_change_changes_key_and_recomputes(
+def test_content_change_changes_key_and_mtime_alone_does_not(
     small_catalog_copy: Path, lens_cache_dir: Path, tiny: CountingEncoder
 ) -> None:
     first = embed_catalog(load_catalog(small_catalog_copy), tiny)
     images_before = tiny.images
     image = small_catalog_copy / "images" / "000105.jpg"
     st = image.stat()
-    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # touched (re-synced), same bytes
+    touched = embed_catalog(load_catalog(small_catalog_copy), tiny)
+    assert touched.key == first.key and touched.from_cache and tiny.images == images_before
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(image, "JPEG")  # a new photo under the same name
     second = embed_catalog(load_catalog(small_catalog_copy), tiny)
     assert second.key != first.key and not second.from_cache
     assert tiny.images == images_before + 24
-    np.testing.assert_allclose(second.vectors, first.vectors, atol=1e-6)  # same pixels, same vectors
+    row = load_catalog(small_catalog_copy).table["image"].tolist().index("images/000105.jpg")
+    others = [i for i in range(len(first.ids)) if i != row]
+    np.testing.assert_allclose(second.vectors[others], first.vectors[others], atol=1e-6)  # same pixels, same vectors
+    assert not np.allclose(second.vectors[row], first.vectors[row], atol=1e-3)
     # Both entries live side by side in the cache.
     assert len(list((lens_cache_dir / "embeddings" / "tiny").glob("*.npy"))) == 2
 
@@ -192,8 +201,9 @@ def test_cache_format_no_pickle_sidecar_in_row_order(
     assert meta["ids"] == catalog.ids
     assert meta["shape"] == [24, 64] and meta["dtype"] == "float32" and meta["encoder"] == "tiny"
     assert meta["identity"]["encoder"] == "tiny" and meta["identity"]["catalog"] == catalog.fingerprint()
-    # Nothing but .npy + .json in the cache (no pickles, no leftover temp files) ...
-    assert sorted(p.suffix for p in lens_cache_dir.rglob("*") if p.is_file()) == [".json", ".npy"]
+    # Nothing but .npy + .json in the cache (no pickles, no leftover temp files; the other .json is the catalog's
+    # file-digest memo) ...
+    assert sorted(p.suffix for p in lens_cache_dir.rglob("*") if p.is_file()) == [".json", ".json", ".npy"]
     # ... and nothing written into the catalog folder.
     assert _tree(small_catalog_dir) == catalog_files
 
