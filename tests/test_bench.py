@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lens.bench import BenchConfig, clustered_vectors, line_chart, run_benchmark
+from lens.bench import BenchConfig, clustered_vectors, line_chart, merge_embed_timings, run_benchmark
 from lens.catalog import load_catalog
 from lens.train.split import get_split
 
@@ -59,6 +59,15 @@ def test_quick_benchmark_writes_finite_figures(small_catalog_dir: Path, lens_cac
     assert set(heldout["average"]) == {"micro", "macro"} and {"articleType", "subCategory"} <= set(heldout["label"])
     scale = pd.read_csv(out / "scale.csv")
     assert set(scale["items"]) == {1500} and scale["recall@10"].between(0, 1).all() and (scale["size_mib"] > 0).all()
+    throughput = pd.read_csv(out / "throughput.csv")
+    assert {"fp32", "fp32+channels_last", "bf16"} <= set(throughput["mode"]), "tiny: no BatchNorm, not channels_last"
+    assert (throughput.groupby("model")["default"].sum() == 1).all(), "exactly one default mode per model"
+    assert throughput.loc[throughput["model"] == "tiny"].set_index("mode").loc["fp32", "default"], "tiny runs fp32"
+    assert (throughput.loc[throughput["mode"] == "fp32", "speedup_vs_fp32"] == 1.0).all()
+    assert (throughput.loc[throughput["mode"] == "fp32", "min_cos_vs_fp32"] > 0.9999).all()
+    embed = pd.read_csv(out / "embed_catalog.csv")
+    assert (embed["embed_catalog_s"] > 0).all() and (embed["items"] == len(catalog)).all() and (embed["img_per_s"] > 0).all()
+    assert "`embed_catalog_s` / `img_per_s`: measured in this run" in text
     dashboard = pd.read_csv(out / "dashboard.csv")
     assert dashboard["errors"].iat[0] == "none" and dashboard["results"].iat[0] > 0
     for png in ("recall_vs_latency.png", "throughput.png", "scale_recall_vs_latency.png"):
@@ -69,11 +78,31 @@ def test_quick_benchmark_writes_finite_figures(small_catalog_dir: Path, lens_cac
 
 
 def test_clustered_vectors_are_unit_and_clustered() -> None:
-    vectors = clustered_vectors(500, 32, n_clusters=5)
-    assert vectors.shape == (500, 32) and vectors.dtype == np.float32
+    vectors = clustered_vectors(1000, 64, latent_dim=16, n_groups=3)
+    assert vectors.shape == (1000, 64) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    nearest = np.sort(vectors @ vectors.T, axis=1)[:, -2]  # best non-self cosine
-    assert nearest.mean() > 0.5, "points have close neighbours (their cluster)"
+    cosines = vectors @ vectors.T
+    np.fill_diagonal(cosines, -np.inf)
+    nearest = cosines.max(axis=1)  # best non-self cosine
+    typical = np.median(cosines[np.isfinite(cosines)])
+    assert nearest.mean() > 0.8 and nearest.mean() - typical > 0.3, "points have close neighbours (their cluster)"
+    # not a set of separated blobs: a point's 10th neighbour is well below its 1st (overlapping clusters)
+    tenth = np.sort(cosines, axis=1)[:, -10]
+    assert (nearest - tenth).mean() > 0.01
+
+
+def test_clustered_vectors_are_deterministic_for_a_seed() -> None:
+    first = clustered_vectors(300, 32, seed=7)
+    assert np.array_equal(first, clustered_vectors(300, 32, seed=7))
+    assert not np.allclose(first, clustered_vectors(300, 32, seed=8))
+
+
+def test_embed_timings_merge_by_model_and_leave_untimed_models_empty() -> None:
+    loads = pd.DataFrame([{"model": "tiny", "cached_load_s": 0.1}, {"model": "not-a-trained-model", "cached_load_s": 0.2}])
+    timings = pd.DataFrame([{"model": "tiny", "timed_as": "tiny", "items": 10, "embed_catalog_s": 2.0, "img_per_s": 5.0}])
+    merged = merge_embed_timings(loads, timings).set_index("model")
+    assert merged.loc["tiny", "embed_catalog_s"] == 2.0 and merged.loc["tiny", "timed_as"] == "tiny"
+    assert np.isnan(merged.loc["not-a-trained-model", "embed_catalog_s"]) and merged.loc["not-a-trained-model", "timed_as"] == ""
 
 
 def test_line_chart_survives_degenerate_series(tmp_path: Path) -> None:

@@ -207,6 +207,8 @@ def test_resume_refuses_another_seed(tmp_path: Path) -> None:
 RECIPE_SETTINGS = {
     "triplet-head": ("triplet-tiny", dict(epochs=2, batch_size=20)),  # frozen backbone + head (the default)
     "triplet-blocks": ("triplet-tiny", dict(epochs=2, batch_size=20, trainable_blocks=2)),  # top blocks train too
+    # the head also sees 2 augmented views of each training photo through the frozen backbone
+    "triplet-augmented": ("triplet-tiny", dict(epochs=2, batch_size=20, extra={"hidden": 64, "augment_views": 2})),
     "simclr-head": ("simclr-tiny", dict(epochs=2, batch_size=8)),
     "simclr-blocks": ("simclr-tiny", dict(epochs=2, batch_size=8, trainable_blocks=2)),
     "mobilenet-small": ("mobilenet-small", dict(epochs=2, head_epochs=2, batch_size=20, input_size=32)),
@@ -234,6 +236,8 @@ def test_recipe_trains_saves_and_loads_back_by_name(case: str, train_catalog, mo
     assert (result.model_dir / "model.safetensors").is_file()
     saved = json.loads((result.model_dir / "config.json").read_text())
     assert saved["recipe"] == config.recipe and saved["train"]["seed"] == 0
+    if "augment_views" in config.extra:
+        assert saved["augment_views"] == config.extra["augment_views"]
     with open(tmp_path / "run" / "history.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(result.history) and "loss" in rows[0]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lens.catalog import Catalog
 from lens.errors import LensError
@@ -204,3 +205,61 @@ def val_precision_callback(
         return {f"val_p@{k}": precision_at(embed_rows(gallery), labels[gallery], queries, k)}
 
     return on_epoch
+
+
+#: Augmentation strengths: ``simclr`` is SimCLR's recipe (contrastive views must be hard to match); ``light`` keeps the
+#: product recognisable (supervised triplet training: a re-shot photo, not a different object).
+AUGMENT = {
+    "simclr": {"scale": (0.35, 1.0), "jitter": (0.4, 0.4, 0.4, 0.1), "jitter_p": 0.8, "grey_p": 0.2},
+    "light": {"scale": (0.6, 1.0), "jitter": (0.2, 0.2, 0.2, 0.02), "jitter_p": 0.5, "grey_p": 0.05},
+}
+
+
+def augmentation(preprocess, strength: str = "simclr"):  # noqa: ANN001, ANN201
+    """PIL image -> augmented, normalised tensor: random resized crop, horizontal flip, colour jitter, greyscale,
+    then the backbone's own normalisation (``preprocess``); ``strength`` picks the ranges (:data:`AUGMENT`)."""
+    from torchvision.transforms import v2
+
+    p = AUGMENT[strength]
+    return v2.Compose([
+        v2.PILToTensor(),
+        v2.RandomResizedCrop(preprocess.input_size, scale=p["scale"], antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.ColorJitter(*p["jitter"])], p=p["jitter_p"]),
+        v2.RandomGrayscale(p=p["grey_p"]),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(preprocess.mean), list(preprocess.std)),
+    ])
+
+
+def augmented_base_views(base, catalog: Catalog, ids: list[str], *, views: int, seed: int,  # noqa: ANN001
+                         ctx: RunContext, strength: str = "simclr") -> tuple[np.ndarray, list[str]]:
+    """The frozen encoder's vectors of ``views`` seeded augmentations of each image: ``(n, views, dim)``, cached
+    under ``<cache>/train-cache/simclr`` (one pass through the encoder per view, then seconds per epoch)."""
+    from lens.train.data import _cache_paths, _decoded_batches, _load, _save, cache_key
+
+    full = {"kind": "simclr-base-views", **base.identity(), "views": views, "seed": seed,
+            "catalog": catalog.fingerprint(), "ids": cache_key({"ids": ids})}
+    if strength != "simclr":  # (the simclr key is the one earlier caches were written under)
+        full["augment"] = strength
+    npy, meta = _cache_paths(ctx.cache_dir, "simclr", full)
+    cached = _load(npy, meta)
+    if cached is not None:
+        return cached
+    transform = augmentation(base.spec.preprocess, strength)
+    out, kept_all = [], []
+    bar, close = ctx.bar(f"{views} augmented views through the frozen {base.spec.name}")
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for kept, pil_batch in _decoded_batches(catalog, ids, 16, lambda ims: ims):
+                batch = torch.stack([transform(im) for im in pil_batch for _ in range(views)])
+                out.append(base.embed_tensor(batch).reshape(len(pil_batch), views, -1))
+                kept_all.extend(kept)
+                if bar is not None:
+                    bar(len(kept_all), len(ids))
+    finally:
+        close()
+    array = np.concatenate(out).astype(np.float32)
+    _save(npy, meta, array, kept_all, full)
+    return array, kept_all

@@ -17,7 +17,7 @@ from torch import nn
 from lens.catalog import Catalog
 from lens.train.backbones import batchnorms_to_eval, build_split_backbone, freeze
 from lens.train.common import (
-    RunContext, embed_with_base, val_precision_callback, TrainResult, base_config, checkpoint_path, heldout_metrics, publish_embeddings,
+    RunContext, augmentation, augmented_base_views, embed_with_base, val_precision_callback, TrainResult, base_config, checkpoint_path, heldout_metrics, publish_embeddings,
     split_positions, timer, write_history,
 )
 from lens.train.data import _cache_paths, _decoded_batches, _load, _save
@@ -26,20 +26,6 @@ from lens.train.losses import NTXentPairLoss
 from lens.train.samplers import shuffled_batches
 from lens.train.split import Split
 from lens.train.triplet import Embedder, embed_features, stem_features_for
-
-
-def augmentation(preprocess):  # noqa: ANN001, ANN201
-    from torchvision.transforms import v2
-
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.RandomResizedCrop(preprocess.input_size, scale=(0.35, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(preprocess.mean), list(preprocess.std)),
-    ])
 
 
 def augmented_stem_views(stem: nn.Module, catalog: Catalog, ids: list[str], preprocess, identity: dict, *,  # noqa: ANN001
@@ -71,36 +57,6 @@ def augmented_stem_views(stem: nn.Module, catalog: Catalog, ids: list[str], prep
         close()
         torch.random.set_rng_state(generator_state)
     array = np.concatenate(out)
-    _save(npy, meta, array, kept_all, full)
-    return array, kept_all
-
-
-def augmented_base_views(base, catalog: Catalog, ids: list[str], *, views: int, seed: int,  # noqa: ANN001
-                         ctx: RunContext) -> tuple[np.ndarray, list[str]]:
-    """The frozen encoder's vectors of ``views`` seeded augmentations of each image: ``(n, views, dim)`` (cached)."""
-    from lens.train.data import cache_key
-
-    full = {"kind": "simclr-base-views", **base.identity(), "views": views, "seed": seed,
-            "catalog": catalog.fingerprint(), "ids": cache_key({"ids": ids})}
-    npy, meta = _cache_paths(ctx.cache_dir, "simclr", full)
-    cached = _load(npy, meta)
-    if cached is not None:
-        return cached
-    transform = augmentation(base.spec.preprocess)
-    out, kept_all = [], []
-    bar, close = ctx.bar("augmented views through the frozen encoder")
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for kept, pil_batch in _decoded_batches(catalog, ids, 16, lambda ims: ims):
-                batch = torch.stack([transform(im) for im in pil_batch for _ in range(views)])
-                out.append(base.embed_tensor(batch).reshape(len(pil_batch), views, -1))
-                kept_all.extend(kept)
-                if bar is not None:
-                    bar(len(kept_all), len(ids))
-    finally:
-        close()
-    array = np.concatenate(out).astype(np.float32)
     _save(npy, meta, array, kept_all, full)
     return array, kept_all
 
@@ -151,8 +107,6 @@ def train_simclr_head(catalog: Catalog, split: Split, config: TrainConfig, ctx: 
     all_labels = catalog.labels(split.label_column)
     labels = np.array([all_labels[catalog.index_of(i)] for i in ids], dtype=object)
     train_idx, val_idx = parts["train"], parts["val"]
-    np.concatenate([train_idx, val_idx])
-
     on_epoch = val_precision_callback(lambda rows: _embed_vectors(head, vectors_t[torch.from_numpy(rows)]), labels, train_idx, val_idx)
 
     bar, close = ctx.bar(f"train {ctx.name}")
@@ -227,8 +181,6 @@ def train_simclr(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunCo
     all_labels = catalog.labels(split.label_column)
     labels = np.array([all_labels[catalog.index_of(i)] for i in ids], dtype=object)
     train_idx, val_idx = parts["train"], parts["val"]
-    np.concatenate([train_idx, val_idx])
-
     on_epoch = val_precision_callback(lambda rows: embed_features(model, features[rows]), labels, train_idx, val_idx)
 
     optimizer = torch.optim.AdamW(

@@ -17,7 +17,7 @@ from torch import nn
 from lens.catalog import Catalog
 from lens.train.backbones import batchnorms_to_eval, build_split_backbone, freeze
 from lens.train.common import (
-    RunContext, embed_with_base, val_precision_callback, TrainResult, base_config, checkpoint_path, heldout_metrics, label_codes, publish_embeddings, split_positions, timer, write_history,
+    RunContext, augmented_base_views, embed_with_base, val_precision_callback, TrainResult, base_config, checkpoint_path, heldout_metrics, label_codes, publish_embeddings, split_positions, timer, write_history,
 )
 from lens.train.data import stem_features
 from lens.train.loop import TrainConfig, epoch_seed, fit
@@ -104,6 +104,20 @@ def _embed_vectors(head: nn.Module, vectors: torch.Tensor) -> np.ndarray:
         return F.normalize(head(vectors), dim=-1).numpy().astype(np.float32)
 
 
+def augmented_bank(base, catalog: Catalog, ids: list[str], vectors: torch.Tensor, train_idx: np.ndarray,  # noqa: ANN001
+                   views: int, seed: int, ctx: RunContext) -> torch.Tensor:
+    """``(n, 1 + views, dim)``: slot 0 is each item's catalog vector, slots 1.. the frozen encoder's vectors of
+    ``views`` light augmentations of the training items (crop, flip, mild colour jitter; seeded, cached). Items with
+    no views (not in training, or unreadable) repeat their catalog vector, so a random slot is always valid."""
+    bank = vectors.unsqueeze(1).repeat(1, 1 + views, 1)
+    if views:
+        view_np, kept = augmented_base_views(base, catalog, [ids[i] for i in train_idx], views=views, seed=seed,
+                                             ctx=ctx, strength="light")
+        position = {item_id: row for row, item_id in enumerate(ids)}
+        bank[torch.tensor([position[i] for i in kept], dtype=torch.long), 1:] = torch.from_numpy(view_np)
+    return bank
+
+
 def train_triplet_head(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunContext) -> TrainResult:
     """``trainable_blocks=0``: every backbone layer frozen; a Linear-ReLU-Linear head trains on its pooled vectors.
 
@@ -130,6 +144,8 @@ def train_triplet_head(catalog: Catalog, split: Split, config: TrainConfig, ctx:
     loss_fn = BatchHardTripletLoss(margin=config.margin)
     n_batches = config.steps_per_epoch or max(1, len(train_idx) // config.batch_size)
     train_codes = codes[torch.from_numpy(train_idx)].numpy()
+    bank = augmented_bank(base, catalog, ids, vectors_t, train_idx, int(config.extra.get("augment_views", 0)),
+                          config.seed, ctx)
 
     def batches(epoch: int):  # noqa: ANN202
         local = class_balanced_batches(train_codes, m=config.m_per_class, batch_size=config.batch_size,
@@ -138,9 +154,8 @@ def train_triplet_head(catalog: Catalog, split: Split, config: TrainConfig, ctx:
 
     def loss_step(batch: np.ndarray) -> torch.Tensor:
         index = torch.from_numpy(batch)
-        return loss_fn(F.normalize(head(vectors_t[index]), dim=-1), codes[index])
-
-    np.concatenate([train_idx, val_idx])
+        pick = torch.randint(0, bank.shape[1], (len(index),))  # the clean photo or one of its augmented views
+        return loss_fn(F.normalize(head(bank[index, pick]), dim=-1), codes[index])
 
     on_epoch = val_precision_callback(lambda rows: _embed_vectors(head, vectors_t[torch.from_numpy(rows)]), labels, train_idx, val_idx)
 
@@ -159,7 +174,7 @@ def train_triplet_head(catalog: Catalog, split: Split, config: TrainConfig, ctx:
         "description": f"{base_name} (frozen) + triplet head trained with batch-hard cosine triplet loss on {catalog.name}",
         "base_encoder": base_name, "base_weights_id": base.weights_id, "license": "as the base weights",
         **base_config(config, catalog, split, ctx), "history": history, "train_seconds": train_seconds,
-        "heldout": metrics,
+        "heldout": metrics, "augment_views": bank.shape[1] - 1,
     }
     folder = save_trained_model(ctx.name, head.state_dict(), config_json, models_dir=ctx.models_dir)
     write_history(history, ctx.out_dir / "history.csv")
@@ -205,8 +220,6 @@ def train_triplet(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunC
         index = torch.from_numpy(batch)
         embeddings = F.normalize(model.embed_stem_output(train_feats[index]), dim=-1)
         return loss_fn(embeddings, train_codes[index])
-
-    np.concatenate([train_idx, val_idx])
 
     on_epoch = val_precision_callback(lambda rows: embed_features(model, features[rows]), labels, train_idx, val_idx)
 
