@@ -13,6 +13,7 @@ folder. Not part of the default test run beyond ``tests/test_bench.py`` (quick m
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import platform
 import time
@@ -25,7 +26,8 @@ import pandas as pd
 
 from lens.catalog import Catalog
 from lens.embed import EmbeddingSet, embed_catalog
-from lens.encoders import create_encoder
+from lens.errors import LensError
+from lens.encoders import create_encoder, list_encoders
 from lens.encoders.base import TorchImageEncoder, preprocess_images
 from lens.evaluate import evaluate_embeddings
 from lens.images import open_image
@@ -62,6 +64,10 @@ class BenchConfig:
     # throughput, index sweep and projection: a trained model runs its base architecture, so by default these run
     # on the non-trained models only (all models when every one is trained); quality runs on every model.
     speed_models: list[str] | None = None
+    # throughput only, with seeded random weights (speed does not depend on the weights' values): None = in a full
+    # run, every zoo encoder whose weights are not on this machine; none in quick mode
+    architecture_models: list[str] | None = None
+    architecture_images: int = 64
     log: Log = field(default=print)
 
     def __post_init__(self) -> None:
@@ -77,6 +83,8 @@ class BenchConfig:
             self.projection_points = min(self.projection_points or 2000, 2000)
             self.projection_models = min(self.projection_models or 2, 2)
             self.dashboard_queries = min(self.dashboard_queries, 3)
+            if self.architecture_models is None:
+                self.architecture_models = []
 
 
 def machine_description() -> dict[str, str]:
@@ -126,27 +134,29 @@ def _set_layout(encoder: TorchImageEncoder, channels_last: bool) -> None:
     encoder.channels_last = channels_last
 
 
-def throughput_modes(model: str) -> list[tuple[str, Callable[[], TorchImageEncoder | None], bool]]:
+def throughput_modes(model: str, *, pretrained: bool = True) -> list[tuple[str, Callable[[], TorchImageEncoder | None], bool]]:
     """``(mode name, build the encoder for it, is lens's default)`` for ``model``, plain fp32 first.
 
     ``fp32``: the module as loaded, NCHW, no BatchNorm folding; ``fp32+channels_last``: the same module and input in
     channels_last; lens's fp32 path (``fp32+bn-folded`` plus ``+channels_last`` when the spec says so; left out when
     it folds nothing, as it then equals one of the first two); lens's bf16 path (``bf16`` autocast, ``+channels_last``
     when the spec says so, BatchNorm never folded). Modes are built here from lens's encoders, never by changing them.
+    ``pretrained=False`` builds every mode with lens's seeded random weights (architecture speed only).
     """
-    probe = create_encoder(model, precision="bf16")  # precision bf16: the module as loaded, BatchNorm not folded
+    create = functools.partial(create_encoder, pretrained=pretrained)
+    probe = create(model, precision="bf16")  # precision bf16: the module as loaded, BatchNorm not folded
     if not isinstance(probe, TorchImageEncoder):
         return []
     spec = probe.spec
-    default = create_encoder(model).precision
-    folded = create_encoder(model, precision="fp32")
+    default = create(model).precision
+    folded = create(model, precision="fp32")
     folds = isinstance(folded, TorchImageEncoder) and _count_batchnorms(folded.model) < _count_batchnorms(probe.model)
     del folded
     cl = "+channels_last" if spec.channels_last else ""
 
     def unfolded_fp32(channels_last: bool) -> Callable[[], TorchImageEncoder]:
         def build() -> TorchImageEncoder:
-            encoder = create_encoder(model, precision="bf16")  # not folded; switched to fp32 below
+            encoder = create(model, precision="bf16")  # not folded; switched to fp32 below
             assert isinstance(encoder, TorchImageEncoder)
             encoder.precision = "fp32"
             _set_layout(encoder, channels_last)
@@ -159,8 +169,8 @@ def throughput_modes(model: str) -> list[tuple[str, Callable[[], TorchImageEncod
         ("fp32+channels_last", unfolded_fp32(True), default == "fp32" and not folds and spec.channels_last),
     ]
     if folds:
-        modes.append((f"fp32+bn-folded{cl}", lambda: create_encoder(model, precision="fp32"), default == "fp32"))  # type: ignore[arg-type,return-value]
-    modes.append((f"bf16{cl}", lambda: create_encoder(model, precision="bf16"), default == "bf16"))  # type: ignore[arg-type,return-value]
+        modes.append((f"fp32+bn-folded{cl}", lambda: create(model, precision="fp32"), default == "fp32"))  # type: ignore[arg-type,return-value]
+    modes.append((f"bf16{cl}", lambda: create(model, precision="bf16"), default == "bf16"))  # type: ignore[arg-type,return-value]
     return modes
 
 
@@ -172,13 +182,20 @@ def bench_throughput(catalog: Catalog, config: BenchConfig) -> pd.DataFrame:
     apart from the forward pass) and each mode's min / mean cosine to the plain ``fp32`` vectors of the same images.
     """
     sample = catalog.sample(min(config.throughput_images, len(catalog)), seed=1)
-    images = [open_image(path) for path in sample.image_paths()]
+    all_images = [open_image(path) for path in sample.image_paths()]
     rows = []
-    for model in config.speed_models or config.models:
-        modes = throughput_modes(model)
+    jobs = [(m, True) for m in (config.speed_models or config.models)]
+    jobs += [(m, False) for m in (config.architecture_models or [])]
+    for model, pretrained in jobs:
+        images = all_images if pretrained else all_images[: config.architecture_images]
+        try:
+            modes = throughput_modes(model, pretrained=pretrained)
+        except LensError as exc:  # e.g. an architecture whose code needs a package this machine lacks
+            config.log(f"throughput {model}: skipped ({exc})")
+            continue
         if not modes:
             continue
-        preprocess = create_encoder(model).spec.preprocess
+        preprocess = create_encoder(model, pretrained=pretrained).spec.preprocess
         prep_s = _timed(lambda: preprocess_images(images, preprocess))
         batch = preprocess_images(images, preprocess)
         model_rows = []
@@ -193,12 +210,14 @@ def bench_throughput(catalog: Catalog, config: BenchConfig) -> pd.DataFrame:
                     [encoder.embed_tensor(batch[i : i + config.batch_size]) for i in range(0, len(batch), config.batch_size)]
                 )
 
-            seconds = _timed(run, repeats=2)
-            vectors[mode] = run()
+            outputs: list[np.ndarray] = []
+            seconds = _timed(lambda: outputs.append(run()), repeats=2)
+            vectors[mode] = outputs[-1]
             del encoder
             model_rows.append(
                 {
                     "model": model,
+                    "weights": "pretrained" if pretrained else "random (speed only)",
                     "mode": mode,
                     "default": is_default,
                     "batch": config.batch_size,
@@ -215,7 +234,7 @@ def bench_throughput(catalog: Catalog, config: BenchConfig) -> pd.DataFrame:
             row["min_cos_vs_fp32"] = float(cosine.min())
             row["mean_cos_vs_fp32"] = float(cosine.mean())
         rows.extend(model_rows)
-    columns = ["model", "mode", "default", "batch", "img_per_s", "speedup_vs_fp32", "preprocess_img_per_s",
+    columns = ["model", "weights", "mode", "default", "batch", "img_per_s", "speedup_vs_fp32", "preprocess_img_per_s",
                "min_cos_vs_fp32", "mean_cos_vs_fp32"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -403,6 +422,9 @@ def run_benchmark(catalog: Catalog, config: BenchConfig) -> Path:
         config.log(f"embeddings {model}: {len(emb)} vectors{' (from cache)' if emb.from_cache else ''}")
     embed_table = merge_embed_timings(pd.DataFrame(embed_rows), bench_embed_catalog(catalog, config))
 
+    if config.architecture_models is None:
+        config.architecture_models = [info.name for info in list_encoders()
+                                      if not info.available and info.spec.family not in ("trained", "test")]
     speed = {m: embeddings[m] for m in config.speed_models if m in embeddings}
     config.log(f"quality on {len(embeddings)} models; speed sections on {', '.join(speed)}")
     quality, per_category = bench_quality(catalog, embeddings, config)
@@ -489,6 +511,10 @@ def run_benchmark(catalog: Catalog, config: BenchConfig) -> Path:
         "",
         "`default` marks the mode `create_encoder(model)` runs (the embeddings above); `speedup_vs_fp32` is img/s"
         " over the same model's `fp32` row; cosines compare each mode's vectors with the `fp32` ones, image by image.",
+        f"Rows with weights `random (speed only)` are zoo encoders whose weights are not on this machine, run with"
+        f" lens's seeded random weights on {config.architecture_images} of the images: the time per image does not"
+        " depend on the weights' values, so these are the speeds the pretrained models will have; their cosines"
+        " compare modes of the same random network.",
         "",
         _md(throughput, ".4f"),
         "",
@@ -1129,8 +1155,9 @@ def write_charts(index_table: pd.DataFrame, throughput: pd.DataFrame, scale: pd.
                                 xlabel="p50 latency, ms", ylabel="recall@10", logx=True))
     if len(throughput):
         modes = list(dict.fromkeys(throughput["mode"]))
-        labels = [f"{m} {mode}{' *' if default else ''}"
-                  for m, mode, default in zip(throughput["model"], throughput["mode"], throughput["default"])]
+        labels = [f"{m}{'' if w == 'pretrained' else ' (random w.)'} {mode}{' *' if default else ''}"
+                  for m, w, mode, default in zip(throughput["model"], throughput["weights"], throughput["mode"],
+                                                 throughput["default"])]
         paths.append(bar_chart(labels, throughput["img_per_s"].tolist(), out / "throughput.png",
                                title="Encoder throughput (forward pass, batch 32; * = lens's default mode)",
                                ylabel="img/s",

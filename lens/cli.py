@@ -287,10 +287,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"), 1)
     if args.trainable_blocks is not None and args.trainable_blocks < 0:
         raise LensError(f"--trainable-blocks must be 0 (head only) or more, got {args.trainable_blocks}.")
+    extra: dict[str, int] = {}
+    if args.views is not None:
+        simclr = args.recipe.startswith("simclr")
+        if args.views < (2 if simclr else 0):
+            raise LensError(f"--views must be {'2 or more for simclr' if simclr else '0 or more'}, got {args.views}.")
+        extra["views" if simclr else "augment_views"] = args.views
+    for flag in ("max_images", "hidden"):
+        if getattr(args, flag) is not None:
+            _positive(getattr(args, flag), "--" + flag.replace("_", "-"), 1)
+            extra[flag] = getattr(args, flag)
     config = default_config(
         args.recipe, args.backbone, epochs=args.epochs, seed=args.seed, lr=args.lr, batch_size=args.batch,
         steps_per_epoch=args.steps_per_epoch, trainable_blocks=args.trainable_blocks, embedding_dim=args.embedding_dim,
-        input_size=args.input_size, head_epochs=args.head_epochs, variant=args.variant,
+        input_size=args.input_size, head_epochs=args.head_epochs, variant=args.variant, extra=extra,
     )
     catalog = CatalogOptions(args.catalog, args.label, args.id_column, args.image_column, args.skip_missing).load()
     split, split_path = get_split(catalog, args.split, seed=args.seed, label_column=args.label, cache_dir=args.cache_dir)
@@ -429,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="image size for from-scratch recipes")
     p.add_argument("--head-epochs", type=int, default=None, help="mobilenet-small: epochs of the triplet head")
     p.add_argument("--variant", choices=["ae", "vae"], default=None, help="autoencoder: plain or variational")
+    p.add_argument("--views", type=int, default=None,
+                   help="augmented views of each training photo through the frozen backbone (triplet head: extra "
+                        "training samples, default 0; simclr: views to pair, default 2)")
+    p.add_argument("--max-images", type=int, default=None, help="simclr: training photos to augment (default 1000)")
+    p.add_argument("--hidden", type=int, default=None, help="triplet / simclr head: hidden width (default 1024)")
     p.add_argument("--no-publish", action="store_true", help="do not store the catalog's embeddings in the cache")
     p.set_defaults(func=cmd_train)
 

@@ -42,7 +42,8 @@ def test_quick_benchmark_writes_finite_figures(small_catalog_dir: Path, lens_cac
     get_split(catalog)  # the saved held-out split that `train` would have made
     out = tmp_path / "bench"
     config = BenchConfig(models=["tiny"], out_dir=out, quick=True, scale_sizes=(1500,), scale_queries=20,
-                         scale_search_ks=(100, 1000), projection_points=24, log=lambda _: None)
+                         scale_search_ks=(100, 1000), projection_points=24, log=lambda _: None,
+                         architecture_models=["tiny"], architecture_images=8)
     md = run_benchmark(catalog, config)
     text = md.read_text()
     for heading in SECTIONS:
@@ -61,8 +62,10 @@ def test_quick_benchmark_writes_finite_figures(small_catalog_dir: Path, lens_cac
     assert set(scale["items"]) == {1500} and scale["recall@10"].between(0, 1).all() and (scale["size_mib"] > 0).all()
     throughput = pd.read_csv(out / "throughput.csv")
     assert {"fp32", "fp32+channels_last", "bf16"} <= set(throughput["mode"]), "tiny: no BatchNorm, not channels_last"
-    assert (throughput.groupby("model")["default"].sum() == 1).all(), "exactly one default mode per model"
-    assert throughput.loc[throughput["model"] == "tiny"].set_index("mode").loc["fp32", "default"], "tiny runs fp32"
+    assert (throughput.groupby(["model", "weights"])["default"].sum() == 1).all(), "exactly one default mode per model"
+    assert set(throughput["weights"]) == {"pretrained", "random (speed only)"}, "architecture-only rows are labelled"
+    pretrained = throughput.loc[throughput["weights"] == "pretrained"]
+    assert pretrained.loc[pretrained["model"] == "tiny"].set_index("mode").loc["fp32", "default"], "tiny runs fp32"
     assert (throughput.loc[throughput["mode"] == "fp32", "speedup_vs_fp32"] == 1.0).all()
     assert (throughput.loc[throughput["mode"] == "fp32", "min_cos_vs_fp32"] > 0.9999).all()
     embed = pd.read_csv(out / "embed_catalog.csv")
