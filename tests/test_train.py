@@ -99,6 +99,22 @@ def test_triplet_loss_without_valid_triplets_is_zero_not_nan() -> None:
         assert torch.isfinite(emb.grad).all()
 
 
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_ntxent_equals_pytorch_metric_learning(temperature: float) -> None:
+    from pytorch_metric_learning import losses
+
+    from lens.train.losses import NTXentPairLoss
+
+    torch.manual_seed(1)
+    a, b = torch.randn(12, 7, dtype=torch.float64), torch.randn(12, 7, dtype=torch.float64)
+    labels = torch.arange(12)
+    oracle = losses.NTXentLoss(temperature=temperature)(torch.cat([a, b]), torch.cat([labels, labels]))
+    ours = NTXentPairLoss(temperature)(a, b)
+    torch.testing.assert_close(ours, oracle.to(ours.dtype), rtol=1e-6, atol=1e-8)
+    # two views of the same points score lower than unrelated views
+    assert float(NTXentPairLoss(temperature)(a, a + 0.01 * b)) < float(ours)
+
+
 def test_losses_reach_every_trainable_parameter() -> None:
     from lens.train.backbones import build_split_backbone, freeze
     from lens.train.losses import BatchHardTripletLoss, NTXentPairLoss, SymmetricInfoNCE
