@@ -128,7 +128,14 @@ def embed_catalog(
             return cached
 
     started = time.perf_counter()
-    vectors, kept, failed = _embed_files(catalog, encoder, batch_size=batch_size, progress=progress)
+    stacked = encoder.base_and_head()
+    if stacked is not None:  # a trained head on a frozen encoder: the base's vectors (usually cached), then the head
+        base, head = stacked
+        base_set = embed_catalog(catalog, base, cache_dir=cache_dir, use_cache=use_cache, batch_size=batch_size,
+                                 progress=progress)
+        vectors, kept, failed = head(base_set.vectors), list(base_set.ids), list(base_set.failed)
+    else:
+        vectors, kept, failed = _embed_files(catalog, encoder, batch_size=batch_size, progress=progress)
     result = EmbeddingSet(
         vectors=vectors,
         ids=kept,

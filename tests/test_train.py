@@ -273,6 +273,39 @@ def test_recipe_trains_saves_and_loads_back_by_name(case: str, train_catalog, mo
     np.testing.assert_allclose(cached.vectors[:4], v1, atol=2e-3)
 
 
+@pytest.mark.parametrize("recipe, settings", [
+    ("triplet-tiny", dict(epochs=1, batch_size=20)),
+    ("text-align", dict(epochs=1, batch_size=16, backbone="tiny", embedding_dim=32)),
+])
+def test_head_models_embed_a_catalog_from_the_base_vectors(recipe, settings, train_catalog, models_env, tmp_path,
+                                                          monkeypatch) -> None:
+    import lens.embed as embed_module
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+    from lens.images import open_image
+    from lens.train import RunContext, default_config, make_split, train_recipe
+
+    cache, models = models_env
+    config = default_config(recipe, **settings)
+    ctx = RunContext(out_dir=tmp_path / "run", models_dir=models, cache_dir=cache, name="stacked", publish=False)
+    train_recipe(train_catalog, config, ctx, make_split(train_catalog, seed=0))
+    encoder = create_encoder("stacked")
+    base, _head = encoder.base_and_head()
+    assert base.name == "tiny"
+    assert embed_catalog(train_catalog, base, cache_dir=cache).from_cache  # training embedded the base
+
+    def no_images(catalog, enc, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        raise AssertionError(f"{enc.name} decoded images although the base's vectors are cached")
+
+    monkeypatch.setattr(embed_module, "_embed_files", no_images)
+    stacked = embed_catalog(train_catalog, encoder, cache_dir=cache)
+    assert not stacked.from_cache and stacked.ids == train_catalog.ids and stacked.vectors.shape[1] == encoder.dim
+    monkeypatch.undo()
+    images = [open_image(p) for p in train_catalog.image_paths()[:5]]
+    np.testing.assert_allclose(stacked.vectors[:5], encoder.embed_images(images), atol=2e-3)  # the image path
+    assert embed_catalog(train_catalog, encoder, cache_dir=cache).from_cache
+
+
 def test_text_align_serves_text_and_image_text_queries(train_catalog, models_env, tmp_path: Path) -> None:
     from lens.encoders import create_encoder
     from lens.encoders.trained import combine_query_vectors

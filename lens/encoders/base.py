@@ -167,6 +167,12 @@ class Encoder:
             "(`python -m lens encoders` lists them)."
         )
 
+    def base_and_head(self) -> tuple[Encoder, Callable[[np.ndarray], np.ndarray]] | None:
+        """``(base, head)`` when this encoder is a trained head on a frozen encoder, i.e. ``embed_images(x)`` equals
+        ``head(base.embed_images(x))`` up to float rounding: ``embed_catalog`` then embeds a catalog from the base's
+        (usually cached) vectors instead of decoding every image again. ``None`` (the default): from the images."""
+        return None
+
     def _embed_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
         raise NotImplementedError
 

@@ -262,13 +262,19 @@ class HeadEncoder(Encoder):
         self.head.load_state_dict(state, strict=True)
         self.head.eval()
 
-    def _embed_batch(self, images: Sequence[Any]) -> np.ndarray:
+    def head_vectors(self, features: np.ndarray) -> np.ndarray:
+        """Base-encoder vectors ``(N, d)`` -> this encoder's vectors, L2-normalised."""
         import torch
 
-        features = self.base.embed_images(images, batch_size=max(1, len(images)))
         with torch.inference_mode():
-            out = self.head(torch.from_numpy(features))
+            out = self.head(torch.from_numpy(np.asarray(features, dtype=np.float32)))
         return l2_normalize(out.numpy())
+
+    def base_and_head(self) -> tuple[Encoder, Any]:
+        return self.base, self.head_vectors
+
+    def _embed_batch(self, images: Sequence[Any]) -> np.ndarray:
+        return self.head_vectors(self.base.embed_images(images, batch_size=max(1, len(images))))
 
 
 class TextAlignEncoder(Encoder):
@@ -321,6 +327,9 @@ class TextAlignEncoder(Encoder):
         with torch.inference_mode():
             out = self.projections.text(torch.from_numpy(np.asarray(features, dtype=np.float32)))
         return l2_normalize(out.numpy())
+
+    def base_and_head(self) -> tuple[Encoder, Any]:
+        return self.image_encoder, self.project_image_features
 
     def _embed_batch(self, images: Sequence[Any]) -> np.ndarray:
         return self.project_image_features(self.image_encoder.embed_images(images, batch_size=max(1, len(images))))
