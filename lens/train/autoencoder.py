@@ -19,11 +19,10 @@ from torch import nn
 from lens.catalog import Catalog
 from lens.encoders.base import Preprocess
 from lens.train.common import (
-    RunContext, TrainResult, base_config, checkpoint_path, heldout_metrics, precision_at, publish_embeddings,
-    split_positions, timer, write_history,
+    RunContext, fit_with_bar, save_run, TrainResult, base_config, heldout_metrics, precision_at, split_positions, timer,
 )
 from lens.train.data import small_images
-from lens.train.loop import TrainConfig, epoch_seed, fit
+from lens.train.loop import TrainConfig, epoch_seed
 from lens.train.samplers import shuffled_batches
 from lens.train.split import Split
 
@@ -106,7 +105,6 @@ def autoencoder_loss(model: ConvAutoencoder, images01: torch.Tensor, beta: float
 
 
 def train_autoencoder(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunContext) -> TrainResult:
-    from lens.encoders.trained import save_trained_model
 
     elapsed = timer()
     size = config.input_size
@@ -155,12 +153,7 @@ def train_autoencoder(catalog: Catalog, split: Split, config: TrainConfig, ctx: 
                 "val_p@5": precision_at(embed(gallery), labels[gallery], np.arange(len(train_idx), len(gallery)), 5)}
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    bar, close = ctx.bar(f"train {ctx.name}")
-    try:
-        history = fit(model, loss_step, batches, config, optimizer=optimizer, on_epoch=on_epoch,
-                      checkpoint=checkpoint_path(ctx), resume=ctx.resume, progress=bar)
-    finally:
-        close()
+    history = fit_with_bar(model, loss_step, batches, config, ctx, optimizer=optimizer, on_epoch=on_epoch)
     train_seconds = elapsed()
     vectors = embed(np.arange(len(ids)))
     metrics = heldout_metrics(vectors, ids, catalog, split)
@@ -175,8 +168,4 @@ def train_autoencoder(catalog: Catalog, split: Split, config: TrainConfig, ctx: 
         "heldout": metrics,
     }
     state = model.encoder_module().state_dict()
-    folder = save_trained_model(ctx.name, state, config_json, models_dir=ctx.models_dir)
-    write_history(history, ctx.out_dir / "history.csv")
-    if ctx.publish:
-        metrics["publish_max_abs_diff"] = publish_embeddings(ctx.name, catalog, ids, vectors, ctx)
-    return TrainResult(ctx.name, folder, history, train_seconds, metrics)
+    return save_run(ctx, catalog, state, config_json, history, train_seconds, metrics, ids, vectors)

@@ -16,7 +16,7 @@ import torch
 from lens.catalog import Catalog
 from lens.errors import LensError
 from lens.metrics import evaluate_retrieval
-from lens.train.loop import StepProgress, TrainConfig
+from lens.train.loop import StepProgress, TrainConfig, fit
 from lens.train.split import Split
 
 Log = Callable[[str], None]
@@ -263,3 +263,29 @@ def augmented_base_views(base, catalog: Catalog, ids: list[str], *, views: int, 
     array = np.concatenate(out).astype(np.float32)
     _save(npy, meta, array, kept_all, full)
     return array, kept_all
+
+
+def fit_with_bar(model, loss_step, batches, config: TrainConfig, ctx: RunContext, *, label: str = "",  # noqa: ANN001
+                 checkpoint: Path | None = None, **fit_kwargs: Any) -> list[dict[str, float]]:
+    """:func:`lens.train.loop.fit` with the run's progress bar, ``--resume`` and checkpoint (default
+    ``<run>/checkpoint.pt``); ``fit_kwargs``: ``optimizer``, ``on_epoch``, ``train_mode``."""
+    bar, close = ctx.bar(f"train {ctx.name}{' ' + label if label else ''}")
+    try:
+        return fit(model, loss_step, batches, config, checkpoint=checkpoint or checkpoint_path(ctx), resume=ctx.resume,
+                   progress=bar, **fit_kwargs)
+    finally:
+        close()
+
+
+def save_run(ctx: RunContext, catalog: Catalog, state: dict[str, Any], config_json: dict[str, Any],
+             history: list[dict[str, float]], train_seconds: float, metrics: dict[str, float], ids: Sequence[str],
+             vectors: np.ndarray) -> TrainResult:
+    """Save the model (safetensors + ``config_json``), write ``history.csv`` and, with ``ctx.publish``, store the
+    catalog's ``vectors`` in the embedding cache; the run's :class:`TrainResult`."""
+    from lens.encoders.trained import save_trained_model
+
+    folder = save_trained_model(ctx.name, state, config_json, models_dir=ctx.models_dir)
+    write_history(history, ctx.out_dir / "history.csv")
+    if ctx.publish:
+        metrics["publish_max_abs_diff"] = publish_embeddings(ctx.name, catalog, ids, vectors, ctx)
+    return TrainResult(ctx.name, folder, history, train_seconds, metrics)

@@ -21,11 +21,10 @@ from lens.catalog import Catalog
 from lens.encoders.base import Preprocess
 from lens.train.backbones import freeze
 from lens.train.common import (
-    RunContext, TrainResult, base_config, heldout_metrics, label_codes, precision_at, publish_embeddings,
-    split_positions, timer, write_history,
+    RunContext, fit_with_bar, save_run, TrainResult, base_config, heldout_metrics, label_codes, precision_at, split_positions, timer,
 )
 from lens.train.data import small_images
-from lens.train.loop import TrainConfig, epoch_seed, fit
+from lens.train.loop import TrainConfig, epoch_seed
 from lens.train.losses import BatchHardTripletLoss
 from lens.train.samplers import class_balanced_batches, shuffled_batches
 from lens.train.split import Split
@@ -140,7 +139,6 @@ def _pooled(backbone: nn.Module, images: torch.Tensor, batch_size: int = 256) ->
 
 def train_mobilenet_small(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunContext) -> TrainResult:
     """Stage 1 classifier, stage 2 triplet head; save as ``ctx.name``."""
-    from lens.encoders.trained import save_trained_model
 
     elapsed = timer()
     size = config.input_size
@@ -186,12 +184,8 @@ def train_mobilenet_small(catalog: Catalog, split: Split, config: TrainConfig, c
         return {"val_accuracy": accuracy(val_idx)} if len(val_idx) else {}
 
     cls_config = TrainConfig(**{**config.to_dict(), "recipe": config.recipe + ":classifier"})
-    bar, close = ctx.bar(f"train {ctx.name} classifier")
-    try:
-        history = fit(classifier, cls_step, cls_batches, cls_config, on_epoch=cls_epoch,
-                      checkpoint=ctx.out_dir / "checkpoint-classifier.pt", resume=ctx.resume, progress=bar)
-    finally:
-        close()
+    history = fit_with_bar(classifier, cls_step, cls_batches, cls_config, ctx,
+                           on_epoch=cls_epoch, checkpoint=ctx.out_dir / "checkpoint-classifier.pt", label="classifier")
     for row in history:
         row["stage"] = 1.0
     classifier_accuracy = accuracy(query_idx)
@@ -223,12 +217,8 @@ def train_mobilenet_small(catalog: Catalog, split: Split, config: TrainConfig, c
         return {"val_p@5": precision_at(vectors, labels[gallery], np.arange(len(train_idx), len(gallery)), 5)}
 
     head_config = TrainConfig(**{**config.to_dict(), "recipe": config.recipe + ":head", "epochs": config.head_epochs})
-    bar, close = ctx.bar(f"train {ctx.name} triplet head")
-    try:
-        head_history = fit(head, head_step, head_batches, head_config, on_epoch=head_epoch,
-                           checkpoint=ctx.out_dir / "checkpoint-head.pt", resume=ctx.resume, progress=bar)
-    finally:
-        close()
+    head_history = fit_with_bar(head, head_step, head_batches, head_config, ctx,
+                                on_epoch=head_epoch, checkpoint=ctx.out_dir / "checkpoint-head.pt", label="triplet head")
     for row in head_history:
         row["stage"] = 2.0
     train_seconds = elapsed()
@@ -250,8 +240,4 @@ def train_mobilenet_small(catalog: Catalog, split: Split, config: TrainConfig, c
         **base_config(config, catalog, split, ctx), "history": history + head_history,
         "train_seconds": train_seconds, "heldout": metrics,
     }
-    folder = save_trained_model(ctx.name, model.state_dict(), config_json, models_dir=ctx.models_dir)
-    write_history(history + head_history, ctx.out_dir / "history.csv")
-    if ctx.publish:
-        metrics["publish_max_abs_diff"] = publish_embeddings(ctx.name, catalog, ids, vectors, ctx)
-    return TrainResult(ctx.name, folder, history + head_history, train_seconds, metrics)
+    return save_run(ctx, catalog, model.state_dict(), config_json, history + head_history, train_seconds, metrics, ids, vectors)

@@ -17,11 +17,10 @@ from torch import nn
 from lens.catalog import Catalog
 from lens.train.backbones import batchnorms_to_eval, build_split_backbone, freeze
 from lens.train.common import (
-    RunContext, augmentation, augmented_base_views, embed_with_base, val_precision_callback, TrainResult, base_config, checkpoint_path, heldout_metrics, publish_embeddings,
-    split_positions, timer, write_history,
+    RunContext, fit_with_bar, save_run, augmentation, augmented_base_views, embed_with_base, val_precision_callback, TrainResult, base_config, heldout_metrics, split_positions, timer,
 )
 from lens.train.data import _cache_paths, _decoded_batches, _load, _save
-from lens.train.loop import TrainConfig, epoch_seed, fit
+from lens.train.loop import TrainConfig, epoch_seed
 from lens.train.losses import NTXentPairLoss
 from lens.train.samplers import shuffled_batches
 from lens.train.split import Split
@@ -66,7 +65,6 @@ def train_simclr_head(catalog: Catalog, split: Split, config: TrainConfig, ctx: 
     starts at the pretrained space) through a projection MLP that is dropped afterwards. Views of up to
     ``max_images`` training images go through the frozen encoder once (cached); the catalog's own vectors come from
     the lens embedding cache."""
-    from lens.encoders.trained import save_trained_model
     from lens.train.triplet import _embed_vectors, build_head
 
     elapsed = timer()
@@ -109,12 +107,7 @@ def train_simclr_head(catalog: Catalog, split: Split, config: TrainConfig, ctx: 
     train_idx, val_idx = parts["train"], parts["val"]
     on_epoch = val_precision_callback(lambda rows: _embed_vectors(head, vectors_t[torch.from_numpy(rows)]), labels, train_idx, val_idx)
 
-    bar, close = ctx.bar(f"train {ctx.name}")
-    try:
-        history = fit(trainable, loss_step, batches, config, on_epoch=on_epoch, checkpoint=checkpoint_path(ctx),
-                      resume=ctx.resume, progress=bar)
-    finally:
-        close()
+    history = fit_with_bar(trainable, loss_step, batches, config, ctx, on_epoch=on_epoch)
     train_seconds = elapsed()
     vectors = _embed_vectors(head, vectors_t)
     metrics = heldout_metrics(vectors, ids, catalog, split)
@@ -126,16 +119,11 @@ def train_simclr_head(catalog: Catalog, split: Split, config: TrainConfig, ctx: 
         **base_config(config, catalog, split, ctx), "history": history, "train_seconds": train_seconds,
         "heldout": metrics, "simclr_images": len(view_t), "simclr_views": views,
     }
-    folder = save_trained_model(ctx.name, head.state_dict(), config_json, models_dir=ctx.models_dir)
-    write_history(history, ctx.out_dir / "history.csv")
-    if ctx.publish:
-        metrics["publish_max_abs_diff"] = publish_embeddings(ctx.name, catalog, ids, vectors, ctx)
-    return TrainResult(ctx.name, folder, history, train_seconds, metrics)
+    return save_run(ctx, catalog, head.state_dict(), config_json, history, train_seconds, metrics, ids, vectors)
 
 
 def train_simclr(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunContext) -> TrainResult:
     """SimCLR fine-tuning; ``trainable_blocks=0`` (default) keeps the backbone frozen (:func:`train_simclr_head`)."""
-    from lens.encoders.trained import save_trained_model
 
     if config.trainable_blocks == 0:
         return train_simclr_head(catalog, split, config, ctx)
@@ -188,12 +176,8 @@ def train_simclr(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunCo
          {"params": list(projection.parameters()), "lr": config.lr}],
         weight_decay=config.weight_decay,
     )
-    bar, close = ctx.bar(f"train {ctx.name}")
-    try:
-        history = fit(trainable, loss_step, batches, config, optimizer=optimizer, on_epoch=on_epoch,
-                      checkpoint=checkpoint_path(ctx), resume=ctx.resume, progress=bar, train_mode=batchnorms_to_eval)
-    finally:
-        close()
+    history = fit_with_bar(trainable, loss_step, batches, config, ctx,
+                           optimizer=optimizer, on_epoch=on_epoch, train_mode=batchnorms_to_eval)
     train_seconds = elapsed()
     vectors = embed_features(model, features)
     metrics = heldout_metrics(vectors, ids, catalog, split)
@@ -205,8 +189,4 @@ def train_simclr(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunCo
         **base_config(config, catalog, split, ctx), "history": history, "train_seconds": train_seconds,
         "heldout": metrics, "simclr_images": len(view_t), "simclr_views": views,
     }
-    folder = save_trained_model(ctx.name, model.state_dict(), config_json, models_dir=ctx.models_dir)
-    write_history(history, ctx.out_dir / "history.csv")
-    if ctx.publish:
-        metrics["publish_max_abs_diff"] = publish_embeddings(ctx.name, catalog, ids, vectors, ctx)
-    return TrainResult(ctx.name, folder, history, train_seconds, metrics)
+    return save_run(ctx, catalog, model.state_dict(), config_json, history, train_seconds, metrics, ids, vectors)

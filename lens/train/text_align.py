@@ -17,9 +17,9 @@ from torch import nn
 from lens.catalog import Catalog
 from lens.errors import LensError
 from lens.train.common import (
-    RunContext, embed_with_base, TrainResult, base_config, checkpoint_path, heldout_metrics, split_positions, timer, write_history,
+    RunContext, fit_with_bar, embed_with_base, TrainResult, base_config, heldout_metrics, split_positions, timer, write_history,
 )
-from lens.train.loop import TrainConfig, epoch_seed, fit
+from lens.train.loop import TrainConfig, epoch_seed
 from lens.train.losses import SymmetricInfoNCE
 from lens.train.samplers import shuffled_batches
 from lens.train.split import Split
@@ -103,12 +103,7 @@ def train_text_align(catalog: Catalog, split: Split, config: TrainConfig, ctx: R
             extra["val_text_r@5"] = text_to_image_recall(tv, iv, np.arange(len(val_idx)), (5,))["text_r@5"]
         return extra
 
-    bar, close = ctx.bar(f"train {ctx.name}")
-    try:
-        history = fit(model, loss_step, batches, config, on_epoch=on_epoch, checkpoint=checkpoint_path(ctx),
-                      resume=ctx.resume, progress=bar)
-    finally:
-        close()
+    history = fit_with_bar(model, loss_step, batches, config, ctx, on_epoch=on_epoch)
     train_seconds = elapsed()
 
     config_json = {

@@ -17,10 +17,10 @@ from torch import nn
 from lens.catalog import Catalog
 from lens.train.backbones import batchnorms_to_eval, build_split_backbone, freeze
 from lens.train.common import (
-    RunContext, augmented_base_views, embed_with_base, val_precision_callback, TrainResult, base_config, checkpoint_path, heldout_metrics, label_codes, publish_embeddings, split_positions, timer, write_history,
+    RunContext, fit_with_bar, save_run, augmented_base_views, embed_with_base, val_precision_callback, TrainResult, base_config, heldout_metrics, label_codes, split_positions, timer,
 )
 from lens.train.data import stem_features
-from lens.train.loop import TrainConfig, epoch_seed, fit
+from lens.train.loop import TrainConfig, epoch_seed
 from lens.train.losses import BatchHardTripletLoss
 from lens.train.samplers import class_balanced_batches
 from lens.train.split import Split
@@ -124,7 +124,6 @@ def train_triplet_head(catalog: Catalog, split: Split, config: TrainConfig, ctx:
     The backbone's vectors come from the lens embedding cache (computed once per catalog by ``embed``/``evaluate``),
     so training costs seconds per epoch; the saved encoder runs the pretrained encoder, then the head.
     """
-    from lens.encoders.trained import save_trained_model
 
     elapsed = timer()
     base_name = config.backbone or "mobilenet-v2"
@@ -159,12 +158,7 @@ def train_triplet_head(catalog: Catalog, split: Split, config: TrainConfig, ctx:
 
     on_epoch = val_precision_callback(lambda rows: _embed_vectors(head, vectors_t[torch.from_numpy(rows)]), labels, train_idx, val_idx)
 
-    bar, close = ctx.bar(f"train {ctx.name}")
-    try:
-        history = fit(head, loss_step, batches, config, on_epoch=on_epoch, checkpoint=checkpoint_path(ctx),
-                      resume=ctx.resume, progress=bar)
-    finally:
-        close()
+    history = fit_with_bar(head, loss_step, batches, config, ctx, on_epoch=on_epoch)
     train_seconds = elapsed()
     vectors = _embed_vectors(head, vectors_t)
     metrics = heldout_metrics(vectors, ids, catalog, split)
@@ -176,11 +170,7 @@ def train_triplet_head(catalog: Catalog, split: Split, config: TrainConfig, ctx:
         **base_config(config, catalog, split, ctx), "history": history, "train_seconds": train_seconds,
         "heldout": metrics, "augment_views": bank.shape[1] - 1,
     }
-    folder = save_trained_model(ctx.name, head.state_dict(), config_json, models_dir=ctx.models_dir)
-    write_history(history, ctx.out_dir / "history.csv")
-    if ctx.publish:
-        metrics["publish_max_abs_diff"] = publish_embeddings(ctx.name, catalog, ids, vectors, ctx)
-    return TrainResult(ctx.name, folder, history, train_seconds, metrics)
+    return save_run(ctx, catalog, head.state_dict(), config_json, history, train_seconds, metrics, ids, vectors)
 
 
 def train_triplet(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunContext) -> TrainResult:
@@ -189,7 +179,6 @@ def train_triplet(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunC
     ``trainable_blocks=0`` trains only a head on the frozen backbone (:func:`train_triplet_head`); ``k >= 1`` also
     trains the backbone's last ``k`` blocks on cached stem features.
     """
-    from lens.encoders.trained import save_trained_model
 
     if config.trainable_blocks == 0:
         return train_triplet_head(catalog, split, config, ctx)
@@ -228,12 +217,8 @@ def train_triplet(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunC
          {"params": list(model.head.parameters()), "lr": config.lr}],
         weight_decay=config.weight_decay,
     )
-    bar, close = ctx.bar(f"train {ctx.name}")
-    try:
-        history = fit(model, loss_step, batches, config, optimizer=optimizer, on_epoch=on_epoch,
-                      checkpoint=checkpoint_path(ctx), resume=ctx.resume, progress=bar, train_mode=batchnorms_to_eval)
-    finally:
-        close()
+    history = fit_with_bar(model, loss_step, batches, config, ctx,
+                           optimizer=optimizer, on_epoch=on_epoch, train_mode=batchnorms_to_eval)
     train_seconds = elapsed()
     vectors = embed_features(model, features)
     metrics = heldout_metrics(vectors, ids, catalog, split)
@@ -247,8 +232,4 @@ def train_triplet(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunC
         **base_config(config, catalog, split, ctx),
         "history": history, "train_seconds": train_seconds, "heldout": metrics,
     }
-    folder = save_trained_model(ctx.name, model.state_dict(), config_json, models_dir=ctx.models_dir)
-    write_history(history, ctx.out_dir / "history.csv")
-    if ctx.publish:
-        metrics["publish_max_abs_diff"] = publish_embeddings(ctx.name, catalog, ids, vectors, ctx)
-    return TrainResult(ctx.name, folder, history, train_seconds, metrics)
+    return save_run(ctx, catalog, model.state_dict(), config_json, history, train_seconds, metrics, ids, vectors)
