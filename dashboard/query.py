@@ -71,36 +71,6 @@ def crop_image(image: Image.Image, x_range: tuple[float, float], y_range: tuple[
     return image.crop(crop_box(image.size, x_range, y_range))
 
 
-def combine_vectors(image_vector: np.ndarray, text_vector: np.ndarray, text_weight: float) -> np.ndarray:
-    """Image + text query: ``normalise((1 - w) * image + w * text)`` of the two L2-normalised vectors.
-
-    Args:
-        image_vector, text_vector: ``(dim,)`` vectors of the same encoder.
-        text_weight: ``w`` in [0, 1]; 0 is the image alone, 1 the text alone.
-
-    Returns:
-        ``(dim,)`` float32, unit L2 norm.
-    """
-    w = float(text_weight)
-    if not 0.0 <= w <= 1.0:
-        raise LensError(f"text weight must lie in [0, 1], got {w}.")
-    a = _unit(image_vector)
-    b = _unit(text_vector)
-    if a.shape != b.shape:
-        raise LensError(f"image and text vectors differ in shape: {a.shape} vs {b.shape}.")
-    mixed = (1.0 - w) * a + w * b
-    norm = float(np.linalg.norm(mixed))
-    if norm < 1e-6:  # opposite vectors at w = 0.5: fall back on the image
-        return a
-    return (mixed / norm).astype(np.float32)
-
-
-def _unit(vector: np.ndarray) -> np.ndarray:
-    v = np.asarray(vector, dtype=np.float32).reshape(-1)
-    norm = float(np.linalg.norm(v))
-    return v / norm if norm > 0 else v
-
-
 def find_products(table: pd.DataFrame, text: str, *, title_column: str | None, limit: int = 200) -> list[str]:
     """Ids of products whose id or title contains ``text`` (case-insensitive); ids that start with it come first.
 

@@ -3,7 +3,7 @@
 Used by the dashboard's Compare and Failures pages (and usable from a notebook). Nothing here draws or imports a UI;
 every function returns numpy arrays or pandas tables with stable column names, ready to export as CSV.
 
-Neighbours are exact cosine rankings (``lens.metrics.rank_by_cosine``) with the query left out of its own results,
+Neighbours are exact cosine rankings (``lens.vectors.rank_by_cosine``) with the query left out of its own results,
 the same protocol as the metrics, so a query's row here agrees with its ``precision@k`` in a
 :class:`~lens.metrics.RetrievalReport`.
 """
@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from lens.errors import LensError
-from lens.metrics import RetrievalReport, rank_by_cosine
+from lens.metrics import RetrievalReport
+from lens.vectors import l2_normalize, rank_by_cosine
 
 __all__ = [
     "COMPARE_COLUMNS",
@@ -61,8 +62,7 @@ def _unit_rows(vectors: np.ndarray) -> np.ndarray:
         raise LensError(f"vectors must be a 2-D (N, dim) array, got shape {x.shape}.")
     if not np.isfinite(x).all():
         raise LensError("vectors contain NaN or infinite values; re-embed the rows that contain them.")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.float32(1e-12))
+    return l2_normalize(x)
 
 
 def _check_k(k: int) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 from lens.cache import FORMAT_VERSION, read_json, resolve_cache_dir, write_json
 from lens.embed import EmbeddingSet
 from lens.errors import IndexMismatchError, LensError
+from lens.vectors import l2_normalize, rank_by_cosine
 
 DEFAULT_N_TREES = 50
 DEFAULT_SEARCH_K = 5_000
@@ -60,8 +61,7 @@ class VectorIndex:
             )
         if not np.all(np.isfinite(vector)):
             raise LensError("Query vector contains NaN or infinite values.")
-        norm = float(np.linalg.norm(vector))
-        return vector / norm if norm > 0 else vector
+        return l2_normalize(vector)
 
     def search(self, vector: np.ndarray, k: int = 10, *, exclude: Iterable[str] = ()) -> list[Hit]:
         """The ``k`` most similar items to ``vector`` (a ``(dim,)`` array), best first, skipping ``exclude`` ids."""
@@ -104,11 +104,9 @@ class ExactIndex(VectorIndex):
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(ids):
             raise IndexMismatchError(f"ExactIndex needs (N, dim) vectors for N ids: got {vectors.shape}, {len(ids)} ids.")
-        norms = np.linalg.norm(vectors, axis=1)
-        if norms.size and not np.allclose(norms, 1.0, atol=1e-4):
-            # Scores must be cosines, as Annoy's are: rows that are not unit-norm (zero rows stay zero) would
-            # otherwise rank by dot product, and the exact oracle would disagree with the approximate index.
-            vectors = vectors / np.maximum(norms, 1e-12)[:, None]
+        # Scores must be cosines, as Annoy's are: rows that are not unit-norm (zero rows stay zero) would
+        # otherwise rank by dot product, and the exact oracle would disagree with the approximate index.
+        vectors = l2_normalize(vectors)
         self.vectors = vectors
         self.ids = list(ids)
         self.dim = int(vectors.shape[1])
@@ -119,13 +117,8 @@ class ExactIndex(VectorIndex):
         return cls(embeddings.vectors, embeddings.ids, encoder=embeddings.encoder)
 
     def _search_rows(self, vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        scores = self.vectors @ vector
-        n = min(n, len(scores))
-        top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
-        # ties broken by row so results are deterministic
-        order = np.lexsort((top, -scores[top]))
-        top = top[order]
-        return top, scores[top]
+        rows, sims = rank_by_cosine(vector[None, :], self.vectors, n)  # ties go to the lower row: deterministic
+        return rows[0], sims[0]
 
 
 class AnnoyIndex(VectorIndex):

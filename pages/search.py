@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import components, config, query, resources
 from lens.errors import LensError
+from lens.vectors import mix_query_vectors
 
 components.run_through_app()
 
@@ -161,7 +162,7 @@ with left:
                 query_label = f"text: {text}"
         elif mode == "Image + text":
             if text is not None and image_vector is not None:
-                vector = query.combine_vectors(image_vector, resources.text_query_vector(model, text), weight)
+                vector = mix_query_vectors(image_vector, resources.text_query_vector(model, text), weight)
                 query_label = f"{query_label} + text: {text}"
         else:
             vector = image_vector

@@ -19,10 +19,10 @@ from lens.metrics import (
     map_at_r,
     precision_at_k,
     r_precision,
-    rank_by_cosine,
     recall_at_k,
     relevance_from_labels,
 )
+from lens.vectors import rank_by_cosine
 
 # ----------------------------------------------------------------------------------------------------------------
 # A hand-built 3 x 5 relevance matrix

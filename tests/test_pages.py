@@ -21,6 +21,7 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage  
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from fixtures import draw_item  # noqa: E402
+from lens.vectors import mix_query_vectors  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ("overview", "search", "compare", "projections", "metrics", "failures")
@@ -373,11 +374,11 @@ def test_query_helpers() -> None:
     assert query.crop_image(image, (25, 75), (0, 100)).size == (100, 100)
 
     a, b = np.array([1.0, 0.0]), np.array([0.0, 2.0])
-    assert np.allclose(query.combine_vectors(a, b, 0.0), [1, 0]) and np.allclose(query.combine_vectors(a, b, 1.0), [0, 1])
-    mixed = query.combine_vectors(a, b, 0.5)
+    assert np.allclose(mix_query_vectors(a, b, 0.0), [1, 0]) and np.allclose(mix_query_vectors(a, b, 1.0), [0, 1])
+    mixed = mix_query_vectors(a, b, 0.5)
     assert np.isclose(np.linalg.norm(mixed), 1.0) and np.allclose(mixed, [2**-0.5, 2**-0.5])
     with pytest.raises(LensError, match="weight"):
-        query.combine_vectors(a, b, 1.5)
+        mix_query_vectors(a, b, 1.5)
 
     table = pd.DataFrame({"id": ["100", "2100", "300"], "title": ["Red shirt", "Blue 100 jeans", "shirt"]})
     assert query.find_products(table, "100", title_column="title") == ["100", "2100"], "id prefix first"

@@ -308,7 +308,7 @@ def test_head_models_embed_a_catalog_from_the_base_vectors(recipe, settings, tra
 
 def test_text_align_serves_text_and_image_text_queries(train_catalog, models_env, tmp_path: Path) -> None:
     from lens.encoders import create_encoder
-    from lens.encoders.trained import combine_query_vectors
+    from lens.vectors import mix_query_vectors
     from lens.errors import LensError
     from lens.images import open_image
     from lens.train import RunContext, default_config, make_split, train_recipe
@@ -324,7 +324,7 @@ def test_text_align_serves_text_and_image_text_queries(train_catalog, models_env
     np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
     image = open_image(train_catalog.image_paths()[0])
     both = enc.embed_query(image, "blue", text_weight=0.5)
-    expected = combine_query_vectors(enc.embed_images([image])[0], enc.embed_texts(["blue"])[0], text_weight=0.5)
+    expected = mix_query_vectors(enc.embed_images([image])[0], enc.embed_texts(["blue"])[0], 0.5)
     np.testing.assert_allclose(both, expected, atol=1e-6)
     np.testing.assert_allclose(enc.embed_query(text="blue"), enc.embed_texts(["blue"])[0], atol=1e-6)
     with pytest.raises(LensError, match="list of texts"):

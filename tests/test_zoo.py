@@ -32,7 +32,8 @@ from PIL import Image
 
 from lens.encoders import create_encoder, encoder_status, get_spec, list_encoders
 from lens.encoders import weights as weights_module
-from lens.encoders.base import RANDOM_WEIGHTS_ID, Preprocess, l2_normalize, preprocess_images
+from lens.encoders.base import RANDOM_WEIGHTS_ID, Preprocess, preprocess_images
+from lens.vectors import l2_normalize
 from lens.encoders.hub import HubWeights, hf_hub_cache
 from lens.encoders.weights import WeightsFile, file_sha256, resolve_weights
 from lens.errors import LensError, WeightsUnavailableError

@@ -19,9 +19,10 @@ from lens.encoders._registry import (
     list_encoders,
     register_encoder,
 )
-from lens.encoders.base import Encoder, EncoderSpec, Preprocess, TorchImageEncoder, l2_normalize
+from lens.encoders.base import Encoder, EncoderSpec, Preprocess, TorchImageEncoder
 from lens.encoders.hub import HubWeights
 from lens.encoders.weights import WeightsFile, WeightsStatus
+from lens.vectors import l2_normalize  # re-exported: the encoder contract's normalisation
 from lens.encoders import trained  # noqa: E402,F401  (registers models trained on a catalog; last, so built-in names win)
 
 __all__ = [

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from lens.errors import LensError
+from lens.vectors import l2_normalize
 
 Precision = Literal["fp32", "bf16"]
 ProgressCallback = Callable[[int, int], None]
@@ -203,17 +204,6 @@ def random_init(seed: int = RANDOM_INIT_SEED) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-30) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm (a zero row stays zero), as float32.
-
-    Norms are taken in float64 and ``eps`` is tiny, so that rows of very small magnitude (a randomly initialised
-    EfficientNet ends around 1e-13) still come out with unit norm; only an all-zero row stays zero.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)
-    return (x / np.maximum(norms, eps)).astype(np.float32)
 
 
 def state_dict_hash(state_dict: dict[str, torch.Tensor]) -> str:

@@ -29,11 +29,11 @@ from lens.encoders.base import (
     Preprocess,
     TorchImageEncoder,
     check_texts,
-    l2_normalize,
 )
 from lens.encoders.hub import HubWeights
 from lens.encoders.weights import file_sha256
 from lens.errors import LensError, WeightsUnavailableError
+from lens.vectors import l2_normalize
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -26,6 +26,7 @@ from lens.encoders import _registry
 from lens.encoders.base import Encoder, EncoderSpec, Precision, Preprocess, TorchImageEncoder, l2_normalize
 from lens.encoders.weights import file_sha256
 from lens.errors import LensError, UnknownEncoderError
+from lens.vectors import mix_query_vectors
 
 MODELS_DIR_ENV = "LENS_MODELS_DIR"
 FAMILY = "trained"
@@ -355,7 +356,7 @@ class TextAlignEncoder(Encoder):
             vectors.append(self.embed_texts([text])[0])
         if len(vectors) == 1:
             return vectors[0]
-        return combine_query_vectors(vectors[0], vectors[1], text_weight=text_weight)
+        return mix_query_vectors(vectors[0], vectors[1], text_weight)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -366,14 +367,6 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
             raise LensError("embed_texts takes a list of texts, not a single string.") from None
         return list(texts)
     return check_texts(texts)
-
-
-def combine_query_vectors(image_vector: np.ndarray, text_vector: np.ndarray, *, text_weight: float = 0.5) -> np.ndarray:
-    """``normalize((1 - w) * image + w * text)``: an image+text query in a shared space; rows or single vectors."""
-    if not 0.0 <= text_weight <= 1.0:
-        raise LensError(f"text_weight must be within [0, 1], got {text_weight}.")
-    mixed = (1.0 - text_weight) * np.asarray(image_vector, np.float32) + text_weight * np.asarray(text_vector, np.float32)
-    return l2_normalize(mixed)
 
 
 def trained_model_folder(name: str, models_dir: str | os.PathLike | None = None) -> Path:
