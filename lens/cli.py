@@ -276,35 +276,69 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_run_options() -> argparse.ArgumentParser:
+    """Flags of every training run (where it reads and writes); the recipe adds its own settings."""
+    run = argparse.ArgumentParser(add_help=False)
+    group = run.add_argument_group("run")
+    group.add_argument("--catalog", default=None,
+                       help="catalog folder (or $LENS_CATALOG; default as for other commands)")
+    group.add_argument("--label", default="articleType", help="label column (classes for triplet / classifier)")
+    group.add_argument("--id-column", default="id", help="id column of catalog.csv")
+    group.add_argument("--image-column", default="image", help="image path column of catalog.csv")
+    group.add_argument("--skip-missing", action="store_true", help="drop rows whose image file is missing")
+    group.add_argument("--out", default=None, help="run folder: history.csv, checkpoints (default <cache>/runs/<name>)")
+    group.add_argument("--name", default=None, help="encoder name to save the model as (default: the recipe name)")
+    group.add_argument("--models-dir", default=None,
+                       help="where models are saved ($LENS_MODELS_DIR; default <cache>/models)")
+    group.add_argument("--split", default=None, help="split JSON: used if it exists, else created there "
+                       "(default <cache>/splits/<catalog>-<fingerprint>-seed<seed>.json)")
+    group.add_argument("--seed", type=int, default=0, help="one seed for the split, the data order and the weights")
+    group.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    group.add_argument("--no-publish", action="store_true", help="do not store the catalog's embeddings in the cache")
+    return run
+
+
+def _recipe_parser(recipe: str) -> tuple[argparse.ArgumentParser, list[str]]:
+    """``python -m lens train <recipe>``'s flags: the run's, then the recipe's settings, made from its config dataclass
+    (each field's flag, type, choices and default); also the names of those settings."""
+    import typing
+    from dataclasses import fields
+
+    from lens.train import RECIPES, parse_recipe
+    from lens.train.loop import flag_of
+
+    entry = RECIPES[parse_recipe(recipe)[0]]
+    parser = argparse.ArgumentParser(
+        prog=f"python -m lens train {recipe}", description=f"{entry.spelling()}: {entry.summary}.",
+        parents=[_common_options(), _train_run_options()],
+    )
+    group = parser.add_argument_group(f"{entry.name} settings")
+    hints = typing.get_type_hints(entry.config_cls)
+    settings = [item for item in fields(entry.config_cls) if "help" in item.metadata]  # not recipe, seed: the run's
+    for item in settings:
+        kind = next(t for t in (int, float, str) if t in (hints[item.name], *typing.get_args(hints[item.name])))
+        # default None: only the flags given override the recipe's defaults (shown in the help)
+        group.add_argument(flag_of(item), dest=item.name, type=kind, default=None,
+                           choices=item.metadata["choices"] or None,
+                           help=f"{item.metadata['help']} (default: {item.default})")
+    return parser, [item.name for item in settings]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import json
 
     from lens.cache import resolve_cache_dir
-    from lens.train import RunContext, default_config, get_split, train_recipe
-    from lens.train import default_name as _default_name
+    from lens.train import RECIPES, RunContext, default_config, default_name, get_split, train_recipe
 
-    for flag in ("epochs", "batch", "steps_per_epoch", "embedding_dim", "input_size", "head_epochs"):
-        _positive(getattr(args, flag), "--" + flag.replace("_", "-"), 1)
-    if args.trainable_blocks is not None and args.trainable_blocks < 0:
-        raise LensError(f"--trainable-blocks must be 0 (head only) or more, got {args.trainable_blocks}.")
-    extra: dict[str, int] = {}
-    if args.views is not None:
-        simclr = args.recipe.startswith("simclr")
-        if args.views < (2 if simclr else 0):
-            raise LensError(f"--views must be {'2 or more for simclr' if simclr else '0 or more'}, got {args.views}.")
-        extra["views" if simclr else "augment_views"] = args.views
-    for flag in ("max_images", "hidden"):
-        if getattr(args, flag) is not None:
-            _positive(getattr(args, flag), "--" + flag.replace("_", "-"), 1)
-            extra[flag] = getattr(args, flag)
-    config = default_config(
-        args.recipe, args.backbone, epochs=args.epochs, seed=args.seed, lr=args.lr, batch_size=args.batch,
-        steps_per_epoch=args.steps_per_epoch, trainable_blocks=args.trainable_blocks, embedding_dim=args.embedding_dim,
-        input_size=args.input_size, head_epochs=args.head_epochs, variant=args.variant, extra=extra,
-    )
+    if not args.recipe:
+        spellings = ", ".join(RECIPES[n].spelling() for n in sorted(RECIPES))
+        raise LensError(f"name a recipe: `python -m lens train <recipe>` ({spellings}); `<recipe> --help` lists its flags.")
+    parser, settings = _recipe_parser(args.recipe)
+    args = parser.parse_args(args.settings, namespace=args)
+    config = default_config(args.recipe, seed=args.seed, **{name: getattr(args, name) for name in settings})
     catalog = CatalogOptions(args.catalog, args.label, args.id_column, args.image_column, args.skip_missing).load()
     split, split_path = get_split(catalog, args.split, seed=args.seed, label_column=args.label, cache_dir=args.cache_dir)
-    name = args.name or _default_name(config)
+    name = args.name or default_name(config)
     out = Path(args.out) if args.out else resolve_cache_dir(args.cache_dir) / "runs" / name
 
     def bar(desc: str):  # noqa: ANN202
@@ -315,9 +349,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, name=name, resume=args.resume,
         split_path=split_path, progress=bar, log=lambda msg: print(msg, file=sys.stderr), publish=not args.no_publish,
     )
-    print(f"train {name}: recipe {config.recipe}, backbone {config.backbone}, catalog '{catalog.name}' "
-          f"({len(split.train)} train / {len(split.val)} val / {len(split.query)} held-out queries, split {split_path})",
-          file=sys.stderr)
+    print(f"train {name}: recipe {config.recipe}, backbone {getattr(config, 'backbone', None)}, catalog "
+          f"'{catalog.name}' ({len(split.train)} train / {len(split.val)} val / {len(split.query)} held-out queries, "
+          f"split {split_path})", file=sys.stderr)
     result = train_recipe(catalog, config, ctx, split)
     for row in result.history:
         extras = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "loss", "seconds", "stage"))
@@ -359,14 +393,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lens", description="lens: visual product search workbench.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--weights-dir", default=None, help="folder with encoder checkpoints (or $LENS_WEIGHTS_DIR)")
     common.add_argument("--cache-dir", default=None, help="cache folder (or $LENS_CACHE_DIR; default ~/.cache/lens)")
     common.add_argument("--quiet", action="store_true", help="no progress bars")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lens", description="lens: visual product search workbench.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    common = _common_options()
 
     cat = argparse.ArgumentParser(add_help=False)
     cat.add_argument("--catalog", default=None, help="catalog folder, catalog.csv, class folders or Fashion-MNIST IDX folder "
@@ -415,36 +454,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split JSON from `train`: queries = its held-out query ids")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("train", parents=[common], help="train a model on the catalog (saved as an encoder by name)")
-    p.add_argument("recipe", help="autoencoder, triplet-<backbone>, simclr-<backbone>, mobilenet-small, text-align")
-    p.add_argument("--catalog", default=None, help="catalog folder (or $LENS_CATALOG; default as for other commands)")
-    p.add_argument("--label", default="articleType", help="label column (classes for triplet / classifier)")
-    p.add_argument("--id-column", default="id", help="id column of catalog.csv")
-    p.add_argument("--image-column", default="image", help="image path column of catalog.csv")
-    p.add_argument("--skip-missing", action="store_true", help="drop rows whose image file is missing")
-    p.add_argument("--backbone", default=None, help="pretrained backbone (mobilenet-v2, efficientnet-lite0/lite2)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
-    p.add_argument("--out", default=None, help="run folder: history.csv, checkpoints (default <cache>/runs/<name>)")
-    p.add_argument("--name", default=None, help="encoder name to save the model as (default: the recipe name)")
-    p.add_argument("--models-dir", default=None, help="where models are saved ($LENS_MODELS_DIR; default <cache>/models)")
-    p.add_argument("--split", default=None, help="split JSON: used if it exists, else created there "
-                   "(default <cache>/splits/<catalog>-<fingerprint>-seed<seed>.json)")
-    p.add_argument("--seed", type=int, default=0, help="one seed for the split, the data order and the weights")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
-    p.add_argument("--batch", type=int, default=None, help="training batch size (default: the recipe's)")
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="cap batches per epoch")
-    p.add_argument("--trainable-blocks", type=int, default=None, help="top backbone blocks that train (0 = all frozen, head only)")
-    p.add_argument("--embedding-dim", type=int, default=None, help="output dimension")
-    p.add_argument("--input-size", type=int, default=None, help="image size for from-scratch recipes")
-    p.add_argument("--head-epochs", type=int, default=None, help="mobilenet-small: epochs of the triplet head")
-    p.add_argument("--variant", choices=["ae", "vae"], default=None, help="autoencoder: plain or variational")
-    p.add_argument("--views", type=int, default=None,
-                   help="augmented views of each training photo through the frozen backbone (triplet head: extra "
-                        "training samples, default 0; simclr: views to pair, default 2)")
-    p.add_argument("--max-images", type=int, default=None, help="simclr: training photos to augment (default 1000)")
-    p.add_argument("--hidden", type=int, default=None, help="triplet / simclr head: hidden width (default 1024)")
-    p.add_argument("--no-publish", action="store_true", help="do not store the catalog's embeddings in the cache")
+    p = sub.add_parser(
+        "train", parents=[common], help="train a model on the catalog (saved as an encoder by name)",
+        description="Train a model on the catalog's training split; it is saved as an encoder by name. "
+        "`python -m lens train <recipe> --help` lists the recipe's settings with their defaults.",
+    )
+    p.add_argument("recipe", nargs="?", help="autoencoder, triplet-<backbone>, simclr-<backbone>, mobilenet-small, "
+                   "text-align (backbones: mobilenet-v2, efficientnet-lite0, efficientnet-lite2)")
+    p.add_argument("settings", nargs=argparse.REMAINDER,
+                   help="the run's flags (--catalog, --epochs, --out, ...) and the recipe's; see `<recipe> --help`")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", parents=[common, cat], help="benchmark quality, throughput and index settings")

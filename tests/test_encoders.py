@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from lens.encoders import _registry, create_encoder, encoder_status, get_spec, list_encoders
-from lens.encoders.base import fold_conv_bn
+from lens.encoders.base import fold_batchnorm, fold_conv_bn
 from lens.encoders.weights import WeightsFile, file_sha256, find_weights, resolve_weights
 from lens.errors import LensError, UnknownEncoderError, WeightsUnavailableError
 
@@ -356,11 +356,11 @@ def test_family_fold_functions_match_unfolded() -> None:
     models = {
         "torchvision": (
             torchvision_cnn._PooledFeatures(mobilenet_v2(weights=None).features),
-            torchvision_cnn._fold_batchnorms,
+            fold_batchnorm,
         ),
         "efficientnet": (
             efficientnet_lite._PooledEfficientNet(EfficientNet.from_name("efficientnet-lite0")),
-            efficientnet_lite._fold_batchnorms,
+            fold_batchnorm,
         ),
     }
     for family, (model, fold) in models.items():

@@ -116,9 +116,9 @@ def test_ntxent_equals_pytorch_metric_learning(temperature: float) -> None:
 
 
 def test_losses_reach_every_trainable_parameter() -> None:
-    from lens.train.backbones import build_split_backbone, freeze
+    from lens.encoders.trained.embedder import Embedder, build_split_backbone
+    from lens.train.loop import freeze
     from lens.train.losses import BatchHardTripletLoss, NTXentPairLoss, SymmetricInfoNCE
-    from lens.train.triplet import Embedder
 
     torch.manual_seed(0)
     backbone = build_split_backbone("tiny", pretrained=False)
@@ -224,7 +224,7 @@ RECIPE_SETTINGS = {
     "triplet-head": ("triplet-tiny", dict(epochs=2, batch_size=20)),  # frozen backbone + head (the default)
     "triplet-blocks": ("triplet-tiny", dict(epochs=2, batch_size=20, trainable_blocks=2)),  # top blocks train too
     # the head also sees 2 augmented views of each training photo through the frozen backbone
-    "triplet-augmented": ("triplet-tiny", dict(epochs=2, batch_size=20, extra={"hidden": 64, "augment_views": 2})),
+    "triplet-augmented": ("triplet-tiny", dict(epochs=2, batch_size=20, hidden=64, augment_views=2)),
     "simclr-head": ("simclr-tiny", dict(epochs=2, batch_size=8)),
     "simclr-blocks": ("simclr-tiny", dict(epochs=2, batch_size=8, trainable_blocks=2)),
     "mobilenet-small": ("mobilenet-small", dict(epochs=2, head_epochs=2, batch_size=20, input_size=32)),
@@ -252,8 +252,8 @@ def test_recipe_trains_saves_and_loads_back_by_name(case: str, train_catalog, mo
     assert (result.model_dir / "model.safetensors").is_file()
     saved = json.loads((result.model_dir / "config.json").read_text())
     assert saved["recipe"] == config.recipe and saved["train"]["seed"] == 0
-    if "augment_views" in config.extra:
-        assert saved["augment_views"] == config.extra["augment_views"]
+    if getattr(config, "augment_views", 0):
+        assert saved["augment_views"] == config.augment_views
     with open(tmp_path / "run" / "history.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(result.history) and "loss" in rows[0]
@@ -361,6 +361,138 @@ def test_trained_model_names_are_checked(models_env) -> None:
     with pytest.raises(LensError, match="Recipes: autoencoder"):
         parse_recipe("resnet-magic")
     assert parse_recipe("triplet-efficientnet-lite2") == ("triplet", "efficientnet-lite2")
+
+
+# ------------------------------------------------------------------------------------------------ recipes, models
+
+
+def test_recipe_defaults_are_the_documented_ones() -> None:
+    """docs/training.md's figures were made with these defaults; a recipe config that drifts from them would not
+    reproduce them."""
+    from dataclasses import asdict
+
+    from lens.train import RECIPES, default_config
+
+    assert sorted(RECIPES) == ["autoencoder", "mobilenet-small", "simclr", "text-align", "triplet"]
+    expected = {
+        "triplet": dict(epochs=20, batch_size=64, lr=1e-4, backbone_lr_scale=1.0, m_per_class=4, margin=0.2,
+                        trainable_blocks=0, embedding_dim=0, backbone="mobilenet-v2", hidden=1024, augment_views=0,
+                        weight_decay=1e-4),
+        "simclr": dict(epochs=10, batch_size=64, lr=1e-4, backbone_lr_scale=1.0, temperature=0.1, trainable_blocks=0,
+                       backbone="mobilenet-v2", max_images=1000, views=2, hidden=1024, weight_decay=1e-4),
+        "mobilenet-small": dict(epochs=8, batch_size=64, lr=3e-3, weight_decay=1e-4, input_size=96, embedding_dim=128,
+                                head_epochs=5, m_per_class=4, margin=0.2),
+        "autoencoder": dict(epochs=10, batch_size=64, lr=1e-4, weight_decay=0.0, input_size=64, embedding_dim=128,
+                            variant="ae", beta=1e-3),
+        "text-align": dict(epochs=20, batch_size=256, lr=1e-3, weight_decay=1e-2, temperature=0.07, embedding_dim=256,
+                           backbone="efficientnet-lite0"),
+    }
+    for recipe, settings in expected.items():
+        config = asdict(default_config(recipe))
+        assert {k: config[k] for k in settings} == settings, recipe
+        assert config["seed"] == 0 and config["steps_per_epoch"] is None
+    assert default_config("autoencoder", variant="vae").model_name() == "vae"
+    assert default_config("simclr-efficientnet-lite2").model_name() == "simclr-efficientnet-lite2"
+
+
+def test_recipe_configs_refuse_bad_and_unknown_settings() -> None:
+    from lens.errors import LensError
+    from lens.train import default_config
+
+    with pytest.raises(LensError, match="--views must be 2 or more"):
+        default_config("simclr-tiny", views=1)
+    with pytest.raises(LensError, match="--epochs must be a positive integer"):
+        default_config("triplet", epochs=0)
+    with pytest.raises(LensError, match="--variant must be one of ae, vae"):
+        default_config("autoencoder", variant="gan")
+    with pytest.raises(LensError, match="has no setting input_size; its settings: .*margin"):
+        default_config("triplet", input_size=64)
+    with pytest.raises(LensError, match="takes no backbone"):
+        default_config("autoencoder", backbone="mobilenet-v2")
+
+
+def test_small_mobilenet_is_torchvisions_and_loads_old_checkpoints(models_env) -> None:
+    """The trunk is torchvision's MobileNetV2 (same layers and parameter count as the hand-written network it
+    replaced, a deterministic init per seed); a model saved with the old key names loads and embeds identically."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    from lens.encoders.trained import load_trained_encoder, save_trained_model
+    from lens.encoders.trained.mobilenet_small import SmallMobileNet, build_model
+
+    torch.manual_seed(0)
+    trunk = SmallMobileNet()
+    assert sum(p.numel() for p in trunk.parameters()) == 388_576
+    assert sum(isinstance(m, InvertedResidual) for m in trunk.modules()) == 11
+    torch.manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip(trunk.state_dict().values(), SmallMobileNet().state_dict().values()))
+
+    _, models = models_env
+    arch = {"type": "mobilenet-small", "embedding_dim": 16, "feature_dim": 384, "n_classes": 3}
+    torch.manual_seed(1)
+    model = build_model(arch)
+    for m in model.modules():  # non-trivial BatchNorm statistics, so that loading (and folding) them matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    state = model.state_dict()
+    old_keys = {k.replace(".conv.", ".block."): v for k, v in state.items()}
+    assert any(".block." in k for k in old_keys) and len(old_keys) == len(state)
+    config = {"kind": "image", "arch": arch, "dim": 16, "recipe": "mobilenet-small",
+              "preprocess": {"input_size": 32, "crop_pct": 1.0, "mean": [0.5] * 3, "std": [0.25] * 3,
+                             "interpolation": "bilinear"}}
+    new = load_trained_encoder(save_trained_model("msmall-new", state, config, models_dir=models))
+    old = load_trained_encoder(save_trained_model("msmall-old", old_keys, config, models_dir=models))
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    np.testing.assert_array_equal(new.embed_tensor(x), old.embed_tensor(x))
+    with torch.inference_mode():
+        unfolded = torch.nn.functional.normalize(model.eval()(x), dim=-1).numpy()
+    np.testing.assert_allclose(new.embed_tensor(x), unfolded, atol=1e-4)  # BatchNorm folded: same vectors
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in new.model.modules())
+
+
+def test_fold_batchnorm_follows_the_graph_not_the_attribute_order() -> None:
+    """A BatchNorm registered right after a conv but applied to something else is not folded into it."""
+    from lens.encoders.base import fold_batchnorm
+
+    class Misleading(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = nn.BatchNorm2d(3)
+            self.conv2 = nn.Conv2d(3, 4, 1)
+            self.bn2 = nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn2(self.conv2(self.conv(self.bn(x))))  # bn before conv; conv2 -> bn2 is a real pair
+
+    torch.manual_seed(0)
+    model = Misleading().eval()
+    for bn in (model.bn, model.bn2):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        expected = model(x)
+    folded = fold_batchnorm(model)
+    assert isinstance(folded.bn, nn.BatchNorm2d) and isinstance(folded.bn2, nn.Identity)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_train_recipe_help_lists_its_own_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    from lens.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "simclr-mobilenet-v2", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--views VIEWS" in text and "(default: 2)" in text and "--max-images" in text and "(default: 1000)" in text
+    assert "--input-size" not in text and "--catalog" in text
+    with pytest.raises(SystemExit):
+        main(["train", "autoencoder", "--views", "2"])  # not an autoencoder setting
+    assert "unrecognized arguments: --views 2" in capsys.readouterr().err
+    assert main(["train", "simclr-tiny", "--views", "1", "--quiet"]) == 2
+    assert "--views must be 2 or more" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ CLI

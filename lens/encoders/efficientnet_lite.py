@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lens.encoders._registry import register_encoder
-from lens.encoders.base import EncoderSpec, Precision, Preprocess, TorchImageEncoder, fold_conv_bn
+from lens.encoders.base import EncoderSpec, Precision, Preprocess, TorchImageEncoder
 from lens.encoders.weights import WeightsFile, file_sha256
 
 TF_LITE_MEAN = (127.0 / 255.0,) * 3
@@ -31,19 +31,6 @@ class _PooledEfficientNet(nn.Module):
         return self.pool(self.net.extract_features(x)).flatten(1)
 
 
-def _fold_batchnorms(model: nn.Module) -> nn.Module:
-    """Fold every BatchNorm of an eval-mode pooled EfficientNet-Lite into its convolution (faster fp32 inference)."""
-    net = model.net
-    fold_conv_bn(net, "_conv_stem", "_bn0")
-    for block in net._blocks:
-        if hasattr(block, "_expand_conv"):
-            fold_conv_bn(block, "_expand_conv", "_bn0")
-        fold_conv_bn(block, "_depthwise_conv", "_bn1")
-        fold_conv_bn(block, "_project_conv", "_bn2")
-    fold_conv_bn(net, "_conv_head", "_bn1")
-    return model
-
-
 def _build(spec: EncoderSpec, weights_path: Path | None, *, precision: Precision | None = None) -> TorchImageEncoder:
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -55,7 +42,7 @@ def _build(spec: EncoderSpec, weights_path: Path | None, *, precision: Precision
     else:  # pragma: no cover - the registry always passes weights
         weights_id = "random"
     return TorchImageEncoder(
-        spec, _PooledEfficientNet(net), weights_id, precision=precision, fold_batchnorm=_fold_batchnorms
+        spec, _PooledEfficientNet(net), weights_id, precision=precision, fold_bn=True
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,11 +11,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lens.catalog import Catalog
+from lens.encoders.trained import save_trained_model
 from lens.errors import LensError
 from lens.metrics import evaluate_retrieval
-from lens.train.loop import StepProgress, TrainConfig, fit
+from lens.train.data import _cache_paths, _decoded_batches, _load, _save, cache_key, small_images
+from lens.train.loop import StepProgress, TrainConfig, epoch_seed, fit
+from lens.train.samplers import class_balanced_batches, shuffled_batches
 from lens.train.split import Split
 
 Log = Callable[[str], None]
@@ -72,6 +75,37 @@ def label_codes(labels: Sequence[Any]) -> np.ndarray:
     return codes.astype(np.int64)
 
 
+def row_labels(catalog: Catalog, ids: Sequence[str], column: str) -> np.ndarray:
+    """Labels (column ``column``) of the catalog items ``ids``, in that order: object array ``(len(ids),)``."""
+    labels = catalog.labels(column)
+    return np.array([labels[catalog.index_of(i)] for i in ids], dtype=object)
+
+
+def shuffled_epoch(rows: np.ndarray, config: TrainConfig, epoch: int) -> list[np.ndarray]:
+    """Epoch ``epoch``'s batches of ``rows``: a seeded shuffle cut into ``config.batch_size`` batches (one batch of
+    everything when there are fewer rows), at most ``config.steps_per_epoch`` of them."""
+    chosen = [rows[b] for b in shuffled_batches(len(rows), batch_size=min(config.batch_size, len(rows)),
+                                                seed=epoch_seed(config.seed, epoch))]
+    return chosen[: config.steps_per_epoch] if config.steps_per_epoch else chosen
+
+
+def balanced_epoch(rows: np.ndarray, codes: np.ndarray, config: TrainConfig, epoch: int, *, m: int,
+                   seed: int | None = None) -> list[np.ndarray]:
+    """Epoch ``epoch``'s class-balanced batches of ``rows`` (``m`` per class, labels ``codes[rows]``):
+    ``config.steps_per_epoch`` batches, default one pass over ``rows``."""
+    n_batches = config.steps_per_epoch or max(1, len(rows) // config.batch_size)
+    local = class_balanced_batches(codes[rows], m=m, batch_size=config.batch_size, n_batches=n_batches,
+                                   seed=epoch_seed(config.seed if seed is None else seed, epoch))
+    return [rows[b] for b in local]
+
+
+def inference_vectors(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
+    """``module(x)`` in inference mode with rows L2-normalised as the losses see them (``F.normalize``): float32
+    ``(N, dim)`` numpy. The training-time vectors (validation, held-out metrics, the published catalog vectors)."""
+    with torch.inference_mode():
+        return F.normalize(module(x), dim=-1).numpy().astype(np.float32)
+
+
 def precision_at(vectors: np.ndarray, labels: Sequence[Any], query_idx: Sequence[int], k: int = 5) -> float:
     """Mean precision@k of ``query_idx`` against all other rows of ``vectors`` (relevant = same label)."""
     report = evaluate_retrieval(vectors, list(labels), ks=(k,), query_indices=list(query_idx))
@@ -104,10 +138,9 @@ def split_positions(ids: Sequence[str], split: Split) -> dict[str, np.ndarray]:
 def heldout_metrics(vectors: np.ndarray, ids: Sequence[str], catalog: Catalog, split: Split,
                     ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Metrics with queries = the split's held-out ``query`` ids, gallery = every other catalog item."""
-    labels = catalog.labels(split.label_column)
-    row_labels = [labels[catalog.index_of(i)] for i in ids]
     query_idx = split_positions(ids, split)["query"]
-    report = evaluate_retrieval(vectors, row_labels, list(ids), ks=ks, query_indices=query_idx.tolist())
+    report = evaluate_retrieval(vectors, list(row_labels(catalog, ids, split.label_column)), list(ids), ks=ks,
+                                query_indices=query_idx.tolist())
     return {k: float(v) for k, v in report.summary.items()}
 
 
@@ -123,7 +156,6 @@ def publish_embeddings(
     Raises:
         LensError: the two paths disagree by more than ``check_tolerance``.
     """
-    from lens.cache import cache_key
     from lens.embed import EmbeddingSet, embedding_identity, save_embeddings
     from lens.encoders import create_encoder
     from lens.images import open_image
@@ -151,6 +183,27 @@ def publish_embeddings(
     return diff
 
 
+@dataclass
+class SmallImages:
+    """The catalog as small images for the recipes trained from scratch (autoencoder, mobilenet-small)."""
+
+    images: torch.Tensor  #: uint8 ``(n, 3, size, size)``, one row per id
+    ids: list[str]  #: readable catalog items, catalog order
+    labels: np.ndarray  #: ``(n,)`` object
+    parts: dict[str, np.ndarray]  #: ``train`` / ``val`` / ``query`` row positions
+
+
+def load_small_images(catalog: Catalog, split: Split, size: int, ctx: RunContext) -> SmallImages:
+    """Every readable catalog image at ``size`` px (decoded once per catalog and size, cached), labels and split."""
+    bar, close = ctx.bar(f"decode {size}px images")
+    try:
+        images_np, ids = small_images(catalog, catalog.ids, size, cache_dir=ctx.cache_dir, progress=bar)
+    finally:
+        close()
+    return SmallImages(torch.from_numpy(images_np), ids, row_labels(catalog, ids, split.label_column),
+                       split_positions(ids, split))
+
+
 def timer() -> Callable[[], float]:
     start = time.perf_counter()
     return lambda: time.perf_counter() - start
@@ -169,12 +222,6 @@ def base_config(config: TrainConfig, catalog: Catalog, split: Split, ctx: RunCon
         "split_counts": {"train": len(split.train), "val": len(split.val), "query": len(split.query)},
         "train": config.to_dict(),
     }
-
-
-def ensure_dir(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 def embed_with_base(catalog: Catalog, base_name: str, ctx: RunContext) -> tuple[Any, Any]:
@@ -236,8 +283,6 @@ def augmented_base_views(base, catalog: Catalog, ids: list[str], *, views: int, 
                          ctx: RunContext, strength: str = "simclr") -> tuple[np.ndarray, list[str]]:
     """The frozen encoder's vectors of ``views`` seeded augmentations of each image: ``(n, views, dim)``, cached
     under ``<cache>/train-cache/simclr`` (one pass through the encoder per view, then seconds per epoch)."""
-    from lens.train.data import _cache_paths, _decoded_batches, _load, _save, cache_key
-
     full = {"kind": "simclr-base-views", **base.identity(), "views": views, "seed": seed,
             "catalog": catalog.fingerprint(), "ids": cache_key({"ids": ids})}
     if strength != "simclr":  # (the simclr key is the one earlier caches were written under)
@@ -282,8 +327,6 @@ def save_run(ctx: RunContext, catalog: Catalog, state: dict[str, Any], config_js
              vectors: np.ndarray) -> TrainResult:
     """Save the model (safetensors + ``config_json``), write ``history.csv`` and, with ``ctx.publish``, store the
     catalog's ``vectors`` in the embedding cache; the run's :class:`TrainResult`."""
-    from lens.encoders.trained import save_trained_model
-
     folder = save_trained_model(ctx.name, state, config_json, models_dir=ctx.models_dir)
     write_history(history, ctx.out_dir / "history.csv")
     if ctx.publish:

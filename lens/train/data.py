@@ -20,7 +20,7 @@ from torch import nn
 
 from lens.cache import atomic_write, bytes_sha256, cache_key, resolve_cache_dir
 from lens.catalog import Catalog
-from lens.encoders.base import Preprocess, preprocess_images
+from lens.encoders.base import Preprocess, fold_batchnorm, preprocess_images
 from lens.images import try_open_image
 
 Progress = Callable[[int, int], None]
@@ -113,13 +113,11 @@ def stem_features(
 
 
 def _folded(stem: nn.Module) -> nn.Module:
-    """A copy of the frozen ``stem`` with BatchNorm folded into the convolutions (torch.fx): same outputs up to
-    float rounding, up to 2x faster on the CPU. The trained encoder folds its whole model the same way."""
+    """A copy of the frozen ``stem`` with BatchNorm folded into the convolutions: same outputs up to float rounding,
+    up to 2x faster on the CPU (a copy: the stem's own BatchNorms are part of the saved model)."""
     import copy
 
-    from lens.encoders.trained import _fold_or_keep
-
-    return _fold_or_keep(copy.deepcopy(stem).eval())
+    return fold_batchnorm(copy.deepcopy(stem))
 
 
 def small_images(

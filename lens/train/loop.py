@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,49 +25,57 @@ StepProgress = Callable[[int, int], None]
 """``progress(step, steps_in_epoch)`` after each optimisation step (the CLI passes tqdm)."""
 
 
+def setting(default: Any, help: str, *, flag: str | None = None, minimum: int | None = None,
+            choices: tuple[str, ...] = ()) -> Any:
+    """A recipe setting: a dataclass field that also says how ``python -m lens train <recipe>`` offers it.
+
+    Args:
+        default: the recipe's default (docs/training.md's figures were made with these).
+        help: one line for ``--help``.
+        flag: the command-line spelling (default ``--field-name``).
+        minimum: smallest allowed value (checked when the config is made).
+        choices: allowed values of a text setting.
+    """
+    return field(default=default, metadata={"help": help, "flag": flag, "min": minimum, "choices": choices})
+
+
+def flag_of(item: Field) -> str:
+    """The command-line flag of a config field: ``--batch`` for ``batch_size``, else ``--field-name``."""
+    return item.metadata.get("flag") or "--" + item.name.replace("_", "-")
+
+
 @dataclass
 class TrainConfig:
-    """Every knob of a training run. Recipes read the fields they use; all go into the saved model's config.
+    """The settings every recipe has; each recipe's config (a subclass, registered with the recipe) adds its own.
+
+    ``fit`` reads ``recipe``, ``epochs``, ``lr``, ``weight_decay`` and ``seed``; everything goes into the saved model's
+    ``config.json`` (``train``). Fields made with :func:`setting` become the recipe's command-line flags.
 
     Attributes:
-        recipe: recipe name, e.g. ``"triplet"``.
-        backbone: pretrained encoder the recipe starts from (triplet, simclr, text-align), or ``None``.
-        epochs: passes over the training split (``steps_per_epoch`` batches each when set).
-        batch_size: items per step (pairs for text-align, images before augmentation for simclr).
-        lr: Adam learning rate of the new layers; pretrained layers use ``lr * backbone_lr_scale``.
-        backbone_lr_scale: learning-rate factor for unfrozen pretrained layers.
-        weight_decay: AdamW weight decay.
-        seed: the one seed: same seed, same data order, same model.
-        m_per_class: items per class in a class-balanced batch.
-        margin: triplet margin on cosine similarity.
-        temperature: NT-Xent temperature, or the initial InfoNCE temperature (text-align; learnable there).
-        trainable_blocks: how many top blocks of the pretrained backbone train; the rest is frozen (and its output
-            is computed once and cached).
-        embedding_dim: size of the output vector (0 = keep the backbone's pooled features).
-        input_size: image side in pixels for recipes trained from scratch (autoencoder, mobilenet-small).
-        steps_per_epoch: cap on batches per epoch (``None`` = one pass over the training split).
-        head_epochs: epochs of the second stage (mobilenet-small's triplet head).
-        variant: recipe variant (autoencoder: ``"ae"`` or ``"vae"``).
+        recipe: recipe name, e.g. ``"triplet"`` (checkpoints of another recipe are refused on resume).
+        seed: the one seed: same seed, same split, same data order, same model (the CLI's ``--seed``).
     """
 
     recipe: str = ""
-    backbone: str | None = None
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-3
-    backbone_lr_scale: float = 0.1
-    weight_decay: float = 1e-4
+    epochs: int = setting(5, "passes over the training split", minimum=1)
+    batch_size: int = setting(64, "items per step", flag="--batch", minimum=1)
+    lr: float = setting(1e-3, "learning rate (AdamW) of the new layers")
+    weight_decay: float = setting(1e-4, "AdamW weight decay")
     seed: int = 0
-    m_per_class: int = 4
-    margin: float = 0.2
-    temperature: float = 0.07
-    trainable_blocks: int = 3
-    embedding_dim: int = 256
-    input_size: int = 64
-    steps_per_epoch: int | None = None
-    head_epochs: int = 5
-    variant: str = "ae"
-    extra: dict[str, Any] = field(default_factory=dict)
+    steps_per_epoch: int | None = setting(None, "cap on batches per epoch (None: one pass)", minimum=1)
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            low, value = item.metadata.get("min"), getattr(self, item.name)
+            if low is not None and value is not None and value < low:
+                wanted = "a positive integer" if low == 1 else f"{low} or more"
+                raise LensError(f"{flag_of(item)} must be {wanted}, got {value}.")
+            if item.metadata.get("choices") and value not in item.metadata["choices"]:
+                raise LensError(f"{flag_of(item)} must be one of {', '.join(item.metadata['choices'])}, got {value!r}.")
+
+    def model_name(self) -> str:
+        """Default encoder name of the trained model."""
+        return self.recipe
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,3 +189,22 @@ def _save_checkpoint(
         "seed": config.seed,
     }
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Turn off gradients of every parameter of ``module`` and put it in eval mode."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+def batchnorms_to_eval(module: nn.Module) -> None:
+    """A ``train_mode`` for :func:`fit`: BatchNorm running statistics stay frozen while fine-tuning (their affine
+    weights still train).
+
+    Class-balanced batches of 64 are a poor estimate of the catalog's statistics; frozen ImageNet statistics are
+    the usual choice for fine-tuning with small batches, and make the trained model exact to fold at inference.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()

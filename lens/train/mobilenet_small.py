@@ -1,4 +1,4 @@
-"""``mobilenet-small``: a ~0.45M-parameter network of inverted residual blocks, trained from scratch.
+"""``mobilenet-small``: a ~0.39M-parameter MobileNetV2 (:mod:`lens.encoders.trained.mobilenet_small`) from scratch.
 
 Stage 1 trains it as a category classifier (cross-entropy) on the training split, with flips and small shifts as
 augmentation. Stage 2 freezes that backbone and trains a Siamese/triplet embedding head on its pooled features
@@ -9,73 +9,53 @@ product photos, 32 px for Fashion-MNIST): a network this size trained for minute
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops.misc import Conv2dNormActivation
 
 from lens.catalog import Catalog
 from lens.encoders.base import Preprocess
-from lens.train.backbones import freeze
+from lens.encoders.trained.mobilenet_small import FEATURE_DIM, MEAN, STD, EmbeddingModel, SmallMobileNet, make_head
 from lens.train.common import (
-    RunContext, fit_with_bar, save_run, TrainResult, base_config, heldout_metrics, label_codes, precision_at, split_positions, timer,
+    RunContext,
+    TrainResult,
+    balanced_epoch,
+    base_config,
+    fit_with_bar,
+    heldout_metrics,
+    inference_vectors,
+    label_codes,
+    load_small_images,
+    precision_at,
+    save_run,
+    shuffled_epoch,
+    timer,
 )
-from lens.train.data import small_images
-from lens.train.loop import TrainConfig, epoch_seed
+from lens.train.loop import TrainConfig, freeze, setting
 from lens.train.losses import BatchHardTripletLoss
-from lens.train.samplers import class_balanced_batches, shuffled_batches
+from lens.train.registry import register_recipe
 from lens.train.split import Split
 
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.25, 0.25, 0.25)
-# (expansion t, output channels c, repeats n, first stride s), MobileNetV2's table scaled down.
-SETTINGS = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 40, 2, 2), (4, 64, 3, 2), (4, 96, 2, 1), (4, 128, 1, 2))
-FEATURE_DIM = 384
 
+@dataclass
+class MobileNetSmallConfig(TrainConfig):
+    """``mobilenet-small`` settings; why these defaults: docs/training.md."""
 
-class InvertedResidual(nn.Module):
-    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 linear projection; residual when shapes match."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int, expand: int) -> None:
-        super().__init__()
-        hidden = c_in * expand
-        layers: list[nn.Module] = []
-        if expand != 1:
-            layers.append(Conv2dNormActivation(c_in, hidden, 1, activation_layer=nn.ReLU6))
-        layers += [
-            Conv2dNormActivation(hidden, hidden, 3, stride=stride, groups=hidden, activation_layer=nn.ReLU6),
-            nn.Conv2d(hidden, c_out, 1, bias=False),
-            nn.BatchNorm2d(c_out),
-        ]
-        self.block = nn.Sequential(*layers)
-        self.residual = stride == 1 and c_in == c_out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x) if self.residual else self.block(x)
-
-
-class SmallMobileNet(nn.Module):
-    """Images -> pooled ``(N, FEATURE_DIM)`` features."""
-
-    def __init__(self, settings: tuple = SETTINGS, feature_dim: int = FEATURE_DIM) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [Conv2dNormActivation(3, 16, 3, stride=2, activation_layer=nn.ReLU6)]
-        c = 16
-        for t, c_out, n, s in settings:
-            for i in range(n):
-                layers.append(InvertedResidual(c, c_out, s if i == 0 else 1, t))
-                c = c_out
-        layers.append(Conv2dNormActivation(c, feature_dim, 1, activation_layer=nn.ReLU6))
-        self.features = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).mean(dim=(2, 3))
+    epochs: int = setting(8, "classifier epochs (stage 1)", minimum=1)
+    lr: float = setting(3e-3, "learning rate (AdamW)")
+    input_size: int = setting(96, "image side in pixels", minimum=8)
+    embedding_dim: int = setting(128, "output dimension of the triplet head", minimum=1)
+    head_epochs: int = setting(5, "epochs of the triplet head (stage 2)", minimum=1)
+    m_per_class: int = setting(4, "items per class in a class-balanced batch (stage 2)", minimum=1)
+    margin: float = setting(0.2, "triplet margin on cosine similarity (stage 2)")
 
 
 class Classifier(nn.Module):
+    """Stage 1: the backbone with a dropout + linear classifier."""
+
     def __init__(self, n_classes: int) -> None:
         super().__init__()
         self.backbone = SmallMobileNet()
@@ -84,25 +64,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.backbone(x)))
-
-
-def make_head(dim: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(FEATURE_DIM, FEATURE_DIM), nn.ReLU(), nn.Linear(FEATURE_DIM, dim))
-
-
-class EmbeddingModel(nn.Module):
-    """The encoder: shared backbone + Siamese/triplet head."""
-
-    def __init__(self, backbone: SmallMobileNet, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-
-def build_embedding_model(arch: dict[str, Any]) -> EmbeddingModel:
-    return EmbeddingModel(SmallMobileNet(), make_head(int(arch["embedding_dim"])))
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -137,35 +98,23 @@ def _pooled(backbone: nn.Module, images: torch.Tensor, batch_size: int = 256) ->
     return torch.cat(out)
 
 
-def train_mobilenet_small(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunContext) -> TrainResult:
+@register_recipe("mobilenet-small", MobileNetSmallConfig,
+                 summary="small MobileNetV2 from scratch: classifier, then a triplet head on its frozen features")
+def train_mobilenet_small(catalog: Catalog, split: Split, config: MobileNetSmallConfig, ctx: RunContext) -> TrainResult:
     """Stage 1 classifier, stage 2 triplet head; save as ``ctx.name``."""
-
     elapsed = timer()
     size = config.input_size
-    bar, close = ctx.bar(f"decode {size}px images")
-    try:
-        images_np, ids = small_images(catalog, catalog.ids, size, cache_dir=ctx.cache_dir, progress=bar)
-    finally:
-        close()
-    images = torch.from_numpy(images_np)
-    parts = split_positions(ids, split)
-    all_labels = catalog.labels(split.label_column)
-    labels = np.array([all_labels[catalog.index_of(i)] for i in ids], dtype=object)
+    data = load_small_images(catalog, split, size, ctx)
+    images, ids, labels = data.images, data.ids, data.labels
     codes = label_codes(labels)
-    train_idx, val_idx, query_idx = parts["train"], parts["val"], parts["query"]
-    n_classes = int(codes.max()) + 1
+    train_idx, val_idx, query_idx = data.parts["train"], data.parts["val"], data.parts["query"]
     codes_t = torch.from_numpy(codes)
 
     # ---- stage 1: classifier
     torch.manual_seed(config.seed)
-    classifier = Classifier(n_classes)
+    classifier = Classifier(int(codes.max()) + 1)
     n_params = count_parameters(classifier.backbone)
     pad = max(1, size // 16)
-
-    def cls_batches(epoch: int):  # noqa: ANN202
-        chosen = [train_idx[b] for b in shuffled_batches(len(train_idx), batch_size=config.batch_size,
-                                                           seed=epoch_seed(config.seed, epoch))]
-        return chosen[: config.steps_per_epoch] if config.steps_per_epoch else chosen
 
     def cls_step(batch: np.ndarray) -> torch.Tensor:
         index = torch.from_numpy(batch)
@@ -183,9 +132,10 @@ def train_mobilenet_small(catalog: Catalog, split: Split, config: TrainConfig, c
     def cls_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
         return {"val_accuracy": accuracy(val_idx)} if len(val_idx) else {}
 
-    cls_config = TrainConfig(**{**config.to_dict(), "recipe": config.recipe + ":classifier"})
-    history = fit_with_bar(classifier, cls_step, cls_batches, cls_config, ctx,
-                           on_epoch=cls_epoch, checkpoint=ctx.out_dir / "checkpoint-classifier.pt", label="classifier")
+    cls_config = replace(config, recipe=config.recipe + ":classifier")
+    history = fit_with_bar(classifier, cls_step, lambda epoch: shuffled_epoch(train_idx, cls_config, epoch),
+                           cls_config, ctx, on_epoch=cls_epoch, checkpoint=ctx.out_dir / "checkpoint-classifier.pt",
+                           label="classifier")
     for row in history:
         row["stage"] = 1.0
     classifier_accuracy = accuracy(query_idx)
@@ -196,13 +146,6 @@ def train_mobilenet_small(catalog: Catalog, split: Split, config: TrainConfig, c
     torch.manual_seed(config.seed + 1)
     head = make_head(config.embedding_dim)
     loss_fn = BatchHardTripletLoss(margin=config.margin)
-    train_codes = codes[train_idx]
-    n_batches = config.steps_per_epoch or max(1, len(train_idx) // config.batch_size)
-
-    def head_batches(epoch: int):  # noqa: ANN202
-        local = class_balanced_batches(train_codes, m=config.m_per_class, batch_size=config.batch_size,
-                                       n_batches=n_batches, seed=epoch_seed(config.seed + 1, epoch))
-        return [train_idx[b] for b in local]
 
     def head_step(batch: np.ndarray) -> torch.Tensor:
         index = torch.from_numpy(batch)
@@ -213,31 +156,34 @@ def train_mobilenet_small(catalog: Catalog, split: Split, config: TrainConfig, c
     def head_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
         if not len(val_idx):
             return {}
-        vectors = F.normalize(head(pooled[torch.from_numpy(gallery)]), dim=-1).numpy()
+        vectors = inference_vectors(head, pooled[torch.from_numpy(gallery)])
         return {"val_p@5": precision_at(vectors, labels[gallery], np.arange(len(train_idx), len(gallery)), 5)}
 
-    head_config = TrainConfig(**{**config.to_dict(), "recipe": config.recipe + ":head", "epochs": config.head_epochs})
-    head_history = fit_with_bar(head, head_step, head_batches, head_config, ctx,
-                                on_epoch=head_epoch, checkpoint=ctx.out_dir / "checkpoint-head.pt", label="triplet head")
+    head_config = replace(config, recipe=config.recipe + ":head", epochs=config.head_epochs)
+    head_history = fit_with_bar(
+        head, head_step,
+        lambda epoch: balanced_epoch(train_idx, codes, config, epoch, m=config.m_per_class, seed=config.seed + 1),
+        head_config, ctx, on_epoch=head_epoch, checkpoint=ctx.out_dir / "checkpoint-head.pt", label="triplet head",
+    )
     for row in head_history:
         row["stage"] = 2.0
     train_seconds = elapsed()
 
     model = EmbeddingModel(backbone, head).eval()
-    with torch.inference_mode():
-        vectors = F.normalize(head(pooled), dim=-1).numpy().astype(np.float32)
+    vectors = inference_vectors(head, pooled)
     metrics = heldout_metrics(vectors, ids, catalog, split)
-    classifier_vectors = F.normalize(pooled, dim=-1).numpy()
     metrics.update({"classifier_accuracy": classifier_accuracy, "backbone_parameters": n_params,
-                    "classifier_features_p@5": heldout_metrics(classifier_vectors, ids, catalog, split)["precision@5"]})
+                    "classifier_features_p@5": heldout_metrics(inference_vectors(nn.Identity(), pooled), ids, catalog,
+                                                               split)["precision@5"]})
     arch = {"type": "mobilenet-small", "embedding_dim": config.embedding_dim, "feature_dim": FEATURE_DIM,
-            "n_classes": n_classes}
-    pre = Preprocess(input_size=size, crop_pct=1.0, mean=MEAN, std=STD)
+            "n_classes": int(codes.max()) + 1}
     config_json = {
         "kind": "image", "recipe": config.recipe, "arch": arch, "dim": config.embedding_dim,
-        "preprocess": pre.key(), "precision": "fp32", "license": "trained from scratch by lens",
+        "preprocess": Preprocess(input_size=size, crop_pct=1.0, mean=MEAN, std=STD).key(), "precision": "fp32",
+        "license": "trained from scratch by lens",
         "description": f"{n_params / 1e6:.2f}M-param inverted-residual CNN from scratch ({size}px) + triplet head",
         **base_config(config, catalog, split, ctx), "history": history + head_history,
         "train_seconds": train_seconds, "heldout": metrics,
     }
-    return save_run(ctx, catalog, model.state_dict(), config_json, history + head_history, train_seconds, metrics, ids, vectors)
+    return save_run(ctx, catalog, model.state_dict(), config_json, history + head_history, train_seconds, metrics, ids,
+                    vectors)

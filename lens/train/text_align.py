@@ -2,42 +2,57 @@
 
 A frozen pretrained image encoder (default ``efficientnet-lite0``, its pooled 1280-d vectors, taken from the lens
 embedding cache when present) and the frozen sentence encoder all-MiniLM-L6-v2 (384-d) are each followed by a
-trainable projection (2-layer MLP) into a shared ``embedding_dim`` space, trained with CLIP's symmetric InfoNCE and a
-learnable temperature on (photo, ``productDisplayName``) pairs of the training split.
+trainable projection (2-layer MLP, :mod:`lens.encoders.trained.text_align`) into a shared ``embedding_dim`` space,
+trained with CLIP's symmetric InfoNCE and a learnable temperature on (photo, ``productDisplayName``) pairs of the
+training split.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from lens.catalog import Catalog
+from lens.encoders.minilm import MINILM_DIM, MINILM_NAME, load_minilm
+from lens.encoders.trained.heads import project_rows
+from lens.encoders.trained.text_align import Projections, build_projections
 from lens.errors import LensError
 from lens.train.common import (
-    RunContext, fit_with_bar, embed_with_base, TrainResult, base_config, heldout_metrics, split_positions, timer, write_history,
+    RunContext,
+    TrainResult,
+    base_config,
+    embed_with_base,
+    fit_with_bar,
+    heldout_metrics,
+    inference_vectors,
+    save_run,
+    shuffled_epoch,
+    split_positions,
+    timer,
 )
-from lens.train.loop import TrainConfig, epoch_seed
+from lens.train.loop import TrainConfig, setting
 from lens.train.losses import SymmetricInfoNCE
-from lens.train.samplers import shuffled_batches
+from lens.train.registry import register_recipe
 from lens.train.split import Split
 
 TEXT_COLUMN = "productDisplayName"
+#: Hidden width of both projections.
+HIDDEN = 512
 
 
-class Projections(nn.Module):
-    """``image``: d_img -> dim and ``text``: d_txt -> dim, each Linear-GELU-Linear."""
+@dataclass
+class TextAlignConfig(TrainConfig):
+    """``text-align`` settings; why these defaults: docs/training.md."""
 
-    def __init__(self, image_dim: int, text_dim: int, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.image = nn.Sequential(nn.Linear(image_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self.text = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-
-def build_projections(arch: dict[str, Any]) -> Projections:
-    return Projections(int(arch["image_dim"]), int(arch["text_dim"]), int(arch["dim"]), int(arch["hidden"]))
+    backbone: str = setting("efficientnet-lite0", "frozen image encoder (any image encoder)")
+    epochs: int = setting(20, "passes over the training pairs", minimum=1)
+    batch_size: int = setting(256, "(photo, title) pairs per step", flag="--batch", minimum=1)
+    weight_decay: float = setting(1e-2, "AdamW weight decay")
+    temperature: float = setting(0.07, "initial InfoNCE temperature (learnable)")
+    embedding_dim: int = setting(256, "shared-space dimension", minimum=1)
 
 
 class _Trainable(nn.Module):
@@ -55,18 +70,16 @@ def text_to_image_recall(text_vectors: np.ndarray, image_vectors: np.ndarray, ta
     return {f"text_r@{k}": float((rank < k).mean()) for k in ks}
 
 
-def train_text_align(catalog: Catalog, split: Split, config: TrainConfig, ctx: RunContext,
+@register_recipe("text-align", TextAlignConfig,
+                 summary="projections of a frozen image encoder and MiniLM into one space (text, image+text queries)")
+def train_text_align(catalog: Catalog, split: Split, config: TextAlignConfig, ctx: RunContext,
                      text_column: str = TEXT_COLUMN) -> TrainResult:
     """Train the two projections; save as ``ctx.name``; report image retrieval and text->image R@k on held-out items."""
-    from lens.encoders.minilm import MINILM_DIM, MINILM_NAME, load_minilm
-    from lens.encoders.trained import load_trained_encoder, save_trained_model
-
     if text_column not in catalog.columns:
         raise LensError(f"text-align needs a text column {text_column!r}; catalog {catalog.name!r} has "
                         f"{', '.join(catalog.columns)}.")
     elapsed = timer()
-    base_name = config.backbone or "efficientnet-lite0"
-    base, image_set = embed_with_base(catalog, base_name, ctx)
+    base, image_set = embed_with_base(catalog, config.backbone, ctx)
     ids = image_set.ids
     titles = [str(catalog.table[text_column].iat[catalog.index_of(i)]) for i in ids]
     ctx.log(f"text-align: embedding {len(titles)} titles with {MINILM_NAME}")
@@ -74,21 +87,14 @@ def train_text_align(catalog: Catalog, split: Split, config: TrainConfig, ctx: R
     image_feats = image_set.vectors
 
     torch.manual_seed(config.seed)
-    arch = {"type": "text-align", "image_encoder": base_name, "image_weights_id": base.weights_id,
+    arch = {"type": "text-align", "image_encoder": config.backbone, "image_weights_id": base.weights_id,
             "image_precision": base.precision, "image_dim": base.dim, "text_model": MINILM_NAME,
-            "text_dim": MINILM_DIM, "dim": config.embedding_dim, "hidden": 512}
+            "text_dim": MINILM_DIM, "dim": config.embedding_dim, "hidden": HIDDEN}
     projections = build_projections(arch)
     model = _Trainable(projections, SymmetricInfoNCE(config.temperature))
     parts = split_positions(ids, split)
     train_idx, val_idx = parts["train"], parts["val"]
     img_t, txt_t = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
-    n_batches = config.steps_per_epoch
-
-    def batches(epoch: int):  # noqa: ANN202
-        chosen = shuffled_batches(len(train_idx), batch_size=min(config.batch_size, len(train_idx)),
-                                  seed=epoch_seed(config.seed, epoch))
-        chosen = [train_idx[b] for b in chosen]
-        return chosen[:n_batches] if n_batches else chosen
 
     def loss_step(batch: np.ndarray) -> torch.Tensor:
         index = torch.from_numpy(batch)
@@ -97,34 +103,28 @@ def train_text_align(catalog: Catalog, split: Split, config: TrainConfig, ctx: R
     def on_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
         extra = {"temperature": model.loss.temperature}
         if len(val_idx):
-            with torch.inference_mode():
-                iv = nn.functional.normalize(projections.image(img_t[torch.from_numpy(val_idx)]), dim=-1).numpy()
-                tv = nn.functional.normalize(projections.text(txt_t[torch.from_numpy(val_idx)]), dim=-1).numpy()
+            iv = inference_vectors(projections.image, img_t[torch.from_numpy(val_idx)])
+            tv = inference_vectors(projections.text, txt_t[torch.from_numpy(val_idx)])
             extra["val_text_r@5"] = text_to_image_recall(tv, iv, np.arange(len(val_idx)), (5,))["text_r@5"]
         return extra
 
-    history = fit_with_bar(model, loss_step, batches, config, ctx, on_epoch=on_epoch)
+    history = fit_with_bar(model, loss_step, lambda epoch: shuffled_epoch(train_idx, config, epoch), config, ctx,
+                           on_epoch=on_epoch)
     train_seconds = elapsed()
 
-    config_json = {
-        "kind": "text-align", "recipe": config.recipe, "arch": arch, "dim": config.embedding_dim,
-        "preprocess": base.spec.preprocess.key(), "precision": base.precision, "pooling": "trained projection",
-        "description": f"{base_name} + {MINILM_NAME}, projections trained with InfoNCE on {catalog.name} titles",
-        "license": "as the base weights (Apache-2.0)", "temperature": model.loss.temperature,
-        **base_config(config, catalog, split, ctx), "history": history, "train_seconds": train_seconds,
-    }
-    folder = save_trained_model(ctx.name, projections.state_dict(), config_json, models_dir=ctx.models_dir)
-    encoder = load_trained_encoder(folder)
-    image_vecs = encoder.project_image_features(image_feats)
-    text_vecs = encoder.project_text_features(text_feats)
+    # the saved encoder's own projections (TextAlignEncoder.project_*_features run these same modules)
+    image_vecs, text_vecs = project_rows(projections.image, image_feats), project_rows(projections.text, text_feats)
     metrics = heldout_metrics(image_vecs, ids, catalog, split)
     query = parts["query"]
     metrics.update(text_to_image_recall(text_vecs[query], image_vecs, query))
     heldout_only = text_to_image_recall(text_vecs[query], image_vecs[query], np.arange(len(query)))
     metrics.update({f"{k}_heldout_gallery": v for k, v in heldout_only.items()})
-    write_history(history, ctx.out_dir / "history.csv")
-    if ctx.publish:
-        from lens.train.common import publish_embeddings
-
-        metrics["publish_max_abs_diff"] = publish_embeddings(ctx.name, catalog, ids, image_vecs, ctx)
-    return TrainResult(ctx.name, folder, history, train_seconds, metrics)
+    config_json = {
+        "kind": "text-align", "recipe": config.recipe, "arch": arch, "dim": config.embedding_dim,
+        "preprocess": base.spec.preprocess.key(), "precision": base.precision, "pooling": "trained projection",
+        "description": f"{config.backbone} + {MINILM_NAME}, projections trained with InfoNCE on {catalog.name} titles",
+        "license": "as the base weights (Apache-2.0)", "temperature": model.loss.temperature,
+        **base_config(config, catalog, split, ctx), "history": history, "train_seconds": train_seconds,
+    }
+    return save_run(ctx, catalog, projections.state_dict(), config_json, history, train_seconds, metrics, ids,
+                    image_vecs)

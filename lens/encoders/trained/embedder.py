@@ -1,13 +1,14 @@
-"""Pretrained backbones cut in two: a frozen ``stem`` and a trainable ``top`` (last blocks + global average pool).
+"""Fine-tuned pretrained CNNs (``type: "embedder"``): ``head(top(stem(x)))``, a backbone cut in two plus a head.
 
-The stem's output is computed once per catalog and cached (:mod:`lens.train.data`), so a fine-tuning step only runs
-the top blocks: that is what makes fine-tuning a 224-px CNN take minutes on two CPU cores. The same constructors with
+A pretrained backbone is cut into a frozen ``stem`` and a trainable ``top`` (last blocks + global average pool). The
+training recipes compute the stem's output once per catalog and train only the top; the same constructors with
 ``pretrained=False`` rebuild the architecture for loading a trained model (whose file holds every weight).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,6 +81,8 @@ def build_split_backbone(name: str, trainable_blocks: int = 3, *, pretrained: bo
         trainable_blocks: >= 1; the rest goes to ``stem``.
         pretrained: load the ImageNet weights (through the encoder registry's weight resolution).
     """
+    from lens.encoders import get_spec
+
     if trainable_blocks < 1:
         raise LensError(f"trainable_blocks must be >= 1, got {trainable_blocks}.")
     if name == "mobilenet-v2":
@@ -92,16 +95,12 @@ def build_split_backbone(name: str, trainable_blocks: int = 3, *, pretrained: bo
             net.load_state_dict(state)
         features = list(net.features)
         cut = max(1, len(features) - trainable_blocks)
-        from lens.encoders import get_spec
-
         return SplitBackbone(
             name, nn.Sequential(*features[:cut]), nn.Sequential(*features[cut:], _Pool()), 1280,
             get_spec(name).preprocess, weights_id,
         )
     if name in ("efficientnet-lite0", "efficientnet-lite2"):
         from efficientnet_lite_pytorch import EfficientNet
-
-        from lens.encoders import get_spec
 
         net = EfficientNet.from_name(name)
         weights_id = "random"
@@ -114,7 +113,6 @@ def build_split_backbone(name: str, trainable_blocks: int = 3, *, pretrained: bo
             name, _EffStem(net, blocks[:cut]), _EffTop(net, blocks[cut:]), 1280, get_spec(name).preprocess, weights_id
         )
     if name == "tiny":
-        from lens.encoders import get_spec
         from lens.encoders.tiny import build_tiny_model
 
         layers = list(build_tiny_model(64))  # conv relu conv relu conv relu pool flatten
@@ -124,19 +122,31 @@ def build_split_backbone(name: str, trainable_blocks: int = 3, *, pretrained: bo
     raise LensError(f"Unknown backbone '{name}'. Known backbones: {', '.join(BACKBONES)}.")
 
 
-def freeze(module: nn.Module) -> nn.Module:
-    """Turn off gradients of every parameter of ``module`` and put it in eval mode."""
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module.eval()
+class Embedder(nn.Module):
+    """``head(top(stem(x)))``: images -> ``(N, dim)`` (un-normalised; encoders L2-normalise)."""
+
+    def __init__(self, stem: nn.Module, top: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.stem, self.top, self.head = stem, top, head
+
+    def embed_stem_output(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.top(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed_stem_output(self.stem(x))
 
 
-def batchnorms_to_eval(module: nn.Module) -> None:
-    """Keep BatchNorm running statistics frozen while fine-tuning (their affine weights still train).
+def embedder_head(in_dim: int, embedding_dim: int) -> nn.Module:
+    """``Linear(in_dim, embedding_dim)``, or ``Identity`` for ``embedding_dim`` 0 (keep the pooled features)."""
+    return nn.Linear(in_dim, embedding_dim) if embedding_dim else nn.Identity()
 
-    Class-balanced batches of 64 are a poor estimate of the catalog's statistics; frozen ImageNet statistics are
-    the usual choice for fine-tuning with small batches, and make the trained model exact to fold at inference.
-    """
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
+
+def build_embedder(arch: dict[str, Any], *, pretrained: bool = True) -> Embedder:
+    """``arch``: ``{"type": "embedder", "backbone", "trainable_blocks", "embedding_dim", "backbone_dim"}``."""
+    backbone = build_split_backbone(arch["backbone"], int(arch["trainable_blocks"]), pretrained=pretrained)
+    return Embedder(backbone.stem, backbone.top, embedder_head(backbone.dim, int(arch.get("embedding_dim") or 0)))
+
+
+def build_model(arch: dict[str, Any]) -> nn.Module:
+    """The inference module of a saved ``embedder`` (random weights: the file holds every weight)."""
+    return build_embedder(arch, pretrained=False)

@@ -1,4 +1,5 @@
-"""Models trained on a catalog by ``lens.train``: saved as safetensors + json config, loaded back as encoders by name.
+"""Models trained on a catalog (``python -m lens train``): saved as safetensors + json config, loaded back as encoders
+by name.
 
 Layout: ``<models dir>/<name>/model.safetensors`` and ``config.json`` (recipe, architecture, preprocessing, training
 settings, split, metrics). The models folder is ``$LENS_MODELS_DIR`` or ``<cache>/models``
@@ -6,16 +7,21 @@ settings, split, metrics). The models folder is ``$LENS_MODELS_DIR`` or ``<cache
 registry (family ``"trained"``) when ``lens.encoders`` is imported and again after each save, so ``create_encoder``,
 ``list_encoders`` and ``python -m lens evaluate --models <name>`` see it like any other encoder. Registration reads only
 the small json files; weights load in ``create_encoder``.
+
+The architectures live beside this module, one per ``arch["type"]`` (:data:`ARCHITECTURES`): ``embedder``
+(fine-tuned pretrained CNN), ``autoencoder``, ``mobilenet-small``, and the two kinds that run on a frozen pretrained
+encoder, ``head`` (:mod:`.heads`) and ``text-align`` (:mod:`.text_align`). The training recipes build their models
+from these modules; nothing here imports the training package (inference needs no losses, samplers or splits).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import json
 import os
 import re
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +29,9 @@ import numpy as np
 
 from lens.cache import atomic_write, default_cache_dir
 from lens.encoders import _registry
-from lens.encoders.base import Encoder, EncoderSpec, Precision, Preprocess, TorchImageEncoder, l2_normalize
+from lens.encoders.base import Encoder, EncoderSpec, Precision, Preprocess, TorchImageEncoder
 from lens.encoders.weights import file_sha256
 from lens.errors import LensError, UnknownEncoderError
-from lens.vectors import mix_query_vectors
 
 MODELS_DIR_ENV = "LENS_MODELS_DIR"
 FAMILY = "trained"
@@ -34,6 +39,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "lens-trained-v1"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: ``arch["type"]`` of an image model -> the module (beside this one) whose ``build_model(arch)`` rebuilds it.
+ARCHITECTURES = {"embedder": "embedder", "autoencoder": "autoencoder", "mobilenet-small": "mobilenet_small"}
 
 
 def default_models_dir() -> Path:
@@ -185,32 +192,21 @@ def _make_builder(folder: Path):  # noqa: ANN202
     return build
 
 
-def _fold_or_keep(model):  # noqa: ANN001, ANN202
-    """Fold BatchNorms into convolutions with torch.fx when the model traces (exact up to rounding), else keep it."""
-    try:
-        import torch.fx.experimental.optimization as fx_optimization
-
-        return fx_optimization.fuse(model.eval())
-    except Exception:  # noqa: BLE001 - an untraceable model simply runs unfolded
-        return model
-
-
 def build_image_model(arch: dict[str, Any]):  # noqa: ANN201 - torch.nn.Module
     """Rebuild (random weights) the ``nn.Module`` that ``arch`` describes: images ``(N,3,S,S)`` -> ``(N, dim)``."""
     kind = arch.get("type")
-    if kind == "embedder":
-        from lens.train.triplet import build_embedder
+    if kind not in ARCHITECTURES:
+        raise LensError(f"unknown trained architecture {kind!r}; this lens cannot load it.")
+    return importlib.import_module(f"{__name__}.{ARCHITECTURES[kind]}").build_model(arch)
 
-        return build_embedder(arch, pretrained=False)
-    if kind == "autoencoder":
-        from lens.train.autoencoder import build_autoencoder
 
-        return build_autoencoder(arch).encoder_module()
-    if kind == "mobilenet-small":
-        from lens.train.mobilenet_small import build_embedding_model
+def _upgrade_state(arch: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint keys of older lens versions -> today's module names (the weights are unchanged)."""
+    if arch.get("type") == "mobilenet-small":
+        from lens.encoders.trained.mobilenet_small import remap_state
 
-        return build_embedding_model(arch)
-    raise LensError(f"unknown trained architecture {kind!r}; this lens cannot load it.")
+        return remap_state(state)
+    return state
 
 
 def load_trained_encoder(
@@ -226,147 +222,16 @@ def load_trained_encoder(
     state = load_file(str(weights))
     weights_id = file_sha256(weights)
     if config["kind"] == "text-align":
+        from lens.encoders.trained.text_align import TextAlignEncoder
+
         return TextAlignEncoder(spec, config, state, weights_id, precision=precision)
     if config["kind"] == "head":
+        from lens.encoders.trained.heads import HeadEncoder
+
         return HeadEncoder(spec, config, state, weights_id, precision=precision)
     model = build_image_model(config["arch"])
-    model.load_state_dict(state, strict=True)
-    return TorchImageEncoder(spec, model.eval(), weights_id, precision=precision or "fp32", fold_batchnorm=_fold_or_keep)
-
-
-def _base_encoder(name: str, weights_id: str | None, precision: Precision | None, model: str) -> Encoder:
-    from lens.encoders import create_encoder
-
-    base = create_encoder(name, precision=precision)
-    if weights_id and base.weights_id != weights_id:
-        raise LensError(
-            f"trained model '{model}' was trained on {name} weights {weights_id}, but this machine has "
-            f"{base.weights_id}; retrain it."
-        )
-    return base
-
-
-class HeadEncoder(Encoder):
-    """A frozen pretrained encoder followed by a trained embedding head (``triplet-<backbone>`` with frozen layers)."""
-
-    def __init__(
-        self, spec: EncoderSpec, config: dict[str, Any], state: dict[str, Any], weights_id: str,
-        *, precision: Precision | None = None,
-    ) -> None:
-        from lens.train.triplet import build_head
-
-        arch = config["arch"]
-        self.base = _base_encoder(arch["base_encoder"], arch.get("base_weights_id"),
-                                  precision or arch.get("base_precision"), spec.name)
-        super().__init__(spec, f"{weights_id}+{self.base.weights_id}", precision=self.base.precision)
-        self.head = build_head(arch)
-        self.head.load_state_dict(state, strict=True)
-        self.head.eval()
-
-    def head_vectors(self, features: np.ndarray) -> np.ndarray:
-        """Base-encoder vectors ``(N, d)`` -> this encoder's vectors, L2-normalised."""
-        import torch
-
-        with torch.inference_mode():
-            out = self.head(torch.from_numpy(np.asarray(features, dtype=np.float32)))
-        return l2_normalize(out.numpy())
-
-    def base_and_head(self) -> tuple[Encoder, Any]:
-        return self.base, self.head_vectors
-
-    def _embed_batch(self, images: Sequence[Any]) -> np.ndarray:
-        return self.head_vectors(self.base.embed_images(images, batch_size=max(1, len(images))))
-
-
-class TextAlignEncoder(Encoder):
-    """Images and texts in one space: frozen image encoder + frozen all-MiniLM-L6-v2, each with a trained projection.
-
-    ``embed_images`` and ``embed_texts`` return ``(N, dim)`` float32 L2-normalised rows, like CLIP's two towers, so a
-    text query is compared with image vectors by cosine. :meth:`embed_query` combines an image and a text
-    ("like this, but in blue").
-    """
-
-    def __init__(
-        self, spec: EncoderSpec, config: dict[str, Any], state: dict[str, Any], weights_id: str,
-        *, precision: Precision | None = None,
-    ) -> None:
-        from lens.encoders import create_encoder
-        from lens.train.text_align import build_projections
-
-        arch = config["arch"]
-        self.image_encoder = create_encoder(arch["image_encoder"], precision=precision or arch.get("image_precision"))
-        if arch.get("image_weights_id") and self.image_encoder.weights_id != arch["image_weights_id"]:
-            raise LensError(
-                f"text-align model '{spec.name}' was trained on {arch['image_encoder']} weights "
-                f"{arch['image_weights_id']}, but this machine has {self.image_encoder.weights_id}; retrain it."
-            )
-        super().__init__(spec, f"{weights_id}+{self.image_encoder.weights_id}", precision=self.image_encoder.precision)
-        self.projections = build_projections(arch)
-        self.projections.load_state_dict(state, strict=True)
-        self.projections.eval()
-        self._text = None
-
-    def _text_model(self):  # noqa: ANN202
-        if self._text is None:
-            from lens.encoders.minilm import load_minilm
-
-            self._text = load_minilm()
-        return self._text
-
-    def project_image_features(self, features: np.ndarray) -> np.ndarray:
-        """Base image-encoder vectors ``(N, d_img)`` -> shared-space vectors ``(N, dim)``, L2-normalised."""
-        import torch
-
-        with torch.inference_mode():
-            out = self.projections.image(torch.from_numpy(np.asarray(features, dtype=np.float32)))
-        return l2_normalize(out.numpy())
-
-    def project_text_features(self, features: np.ndarray) -> np.ndarray:
-        """MiniLM vectors ``(N, 384)`` -> shared-space vectors ``(N, dim)``, L2-normalised."""
-        import torch
-
-        with torch.inference_mode():
-            out = self.projections.text(torch.from_numpy(np.asarray(features, dtype=np.float32)))
-        return l2_normalize(out.numpy())
-
-    def base_and_head(self) -> tuple[Encoder, Any]:
-        return self.image_encoder, self.project_image_features
-
-    def _embed_batch(self, images: Sequence[Any]) -> np.ndarray:
-        return self.project_image_features(self.image_encoder.embed_images(images, batch_size=max(1, len(images))))
-
-    def embed_texts(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-        """Texts -> ``(N, dim)`` float32, L2-normalised, comparable with :meth:`embed_images` by cosine."""
-        texts = _check_texts(texts)
-        if len(texts) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.project_text_features(self._text_model().embed(list(texts), batch_size=batch_size))
-
-    def embed_query(self, image: Any = None, text: str | None = None, *, text_weight: float = 0.5) -> np.ndarray:
-        """One query vector ``(dim,)`` from an image, a text, or both ("like this, but in blue").
-
-        Both: ``normalize((1 - text_weight) * image_vector + text_weight * text_vector)``.
-        """
-        if image is None and not text:
-            raise LensError("a query needs an image, a text, or both.")
-        vectors = []
-        if image is not None:
-            vectors.append(self.embed_images([image])[0])
-        if text:
-            vectors.append(self.embed_texts([text])[0])
-        if len(vectors) == 1:
-            return vectors[0]
-        return mix_query_vectors(vectors[0], vectors[1], text_weight)
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    try:
-        from lens.encoders.base import check_texts
-    except ImportError:  # pragma: no cover - older base without the shared check
-        if isinstance(texts, str):
-            raise LensError("embed_texts takes a list of texts, not a single string.") from None
-        return list(texts)
-    return check_texts(texts)
+    model.load_state_dict(_upgrade_state(config["arch"], state), strict=True)
+    return TorchImageEncoder(spec, model.eval(), weights_id, precision=precision or "fp32", fold_bn=True)
 
 
 def trained_model_folder(name: str, models_dir: str | os.PathLike | None = None) -> Path:
