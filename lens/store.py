@@ -75,7 +75,7 @@ def utc_now() -> str:
 # Atomic files and JSON
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then ``os.replace`` it into place.
 
     A crash half-way leaves the old file (or none), never a truncated one; the temporary file never outlives the

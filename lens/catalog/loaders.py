@@ -171,13 +171,7 @@ def _load_csv(
             f"{where}: {len(empty)} row(s) have an empty id ({_lines(empty)}); every row needs a unique id "
             f"in column {column_names.get('id', 'id')!r}."
         )
-    seen: dict[str, int] = {}
-    dups: list[str] = []
-    for i, v in enumerate(ids):
-        if v in seen:
-            dups.append(f"{v!r} ({_line(seen[v])} and {_line(i)})")
-        else:
-            seen[v] = i
+    dups = [f"{ids[j]!r} ({_line(i)} and {_line(j)})" for i, j in _repeats(ids)]
     if dups:
         raise CatalogError(
             f"{where}: {len(dups)} duplicate id(s): {_preview(dups, quote=False)}. Ids must be unique; "
@@ -238,6 +232,12 @@ def _load_csv(
         problems=problems,
         column_names=column_names,
     )
+
+
+def _repeats(keys: list[str]) -> list[tuple[int, int]]:
+    """``(first position, repeat position)`` of every key seen before, in order of the repeats."""
+    first: dict[str, int] = {}
+    return [(first[k], j) for j, k in enumerate(keys) if first.setdefault(k, j) != j]
 
 
 def _require_column(table: pd.DataFrame, column: str, role: str, where: str, flag: str) -> None:
@@ -316,13 +316,7 @@ def _load_folders(root: Path, *, label_column: str, limit: int | None) -> Catalo
             f"Use one of these layouts: <folder>/{CATALOG_FILENAME} with id,image,<label> columns; "
             "<folder>/<class>/<image>; or <folder>/t10k-images-idx3-ubyte.gz + t10k-labels-idx1-ubyte.gz."
         )
-    seen: dict[str, str] = {}
-    dups: list[str] = []
-    for item_id, rel, _ in rows:
-        if item_id in seen:
-            dups.append(f"{seen[item_id]} and {rel}")
-        else:
-            seen[item_id] = rel
+    dups = [f"{rows[i][1]} and {rows[j][1]}" for i, j in _repeats([item_id for item_id, _, _ in rows])]
     if dups:
         raise CatalogError(
             f"{root}: {len(dups)} image(s) share an id (class/stem): {_preview(dups, quote=False)}. "
