@@ -22,8 +22,6 @@ import io
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -45,14 +43,13 @@ from lens.analysis import (  # noqa: F401  (compare_summary, per_category_matrix
     top_neighbors,
     worst_queries,
 )
-from lens.cache import cache_key, read_json, resolve_cache_dir
 from lens.catalog import Catalog, default_catalog_path, load_catalog
-from lens.embed import EmbeddingSet, embed_catalog, embedding_identity, embedding_paths
+from lens.embed import EmbeddingSet, embed_catalog, embedding_key
 from lens.encoders import Encoder, create_encoder, list_encoders
 from lens.errors import CatalogError
 from lens.evaluate import evaluate_embeddings
 from lens.images import open_image, try_open_image
-from lens.index import DEFAULT_N_TREES, ExactIndex, VectorIndex, build_index, index_path
+from lens.index import ExactIndex, VectorIndex, build_index, cache_state
 from lens.metrics import RetrievalReport
 from lens.projection import Projection, ProjectionParams, cached_projection, project_embeddings
 
@@ -186,20 +183,15 @@ def get_encoder(name: str) -> Encoder:
     return encoder
 
 
-def _cache_root(cache_dir: str) -> Path:
-    return resolve_cache_dir(cache_dir or None)
-
-
 def embeddings_key(path: str, load_label: str, model: str) -> str:
     """The exact cache key of ``model``'s embeddings of the catalog (loads the encoder, once per server)."""
-    catalog = get_catalog(path, load_label)
-    return cache_key(embedding_identity(catalog, get_encoder(model)))
+    return embedding_key(get_catalog(path, load_label), get_encoder(model))
 
 
 def embeddings_cached(path: str, load_label: str, model: str, cache_dir: str) -> bool:
     """Whether ``model``'s embeddings of the catalog are in the disk cache (no embedding is computed)."""
-    npy, sidecar = embedding_paths(_cache_root(cache_dir), model, embeddings_key(path, load_label, model))
-    return npy.is_file() and sidecar.is_file()
+    key = embeddings_key(path, load_label, model)
+    return cache_state(get_catalog(path, load_label), model, cache_dir or None, key=key).embedded
 
 
 @st.cache_resource(max_entries=12, show_spinner="Loading embeddings…")
@@ -231,25 +223,16 @@ def build_annoy(path: str, load_label: str, model: str, fingerprint: str, cache_
     model_states.clear()
 
 
-def _annoy_path(cache_dir: str, model: str, key: str) -> Path:
-    # lens.index.index_path needs only the encoder name and the embeddings' key.
-    return index_path(_cache_root(cache_dir), SimpleNamespace(encoder=model, key=key), DEFAULT_N_TREES)  # type: ignore[arg-type]
-
-
 @st.cache_data(ttl=15, show_spinner=False)
 def model_states(path: str, load_label: str, fingerprint: str, cache_dir: str, show_test: bool) -> pd.DataFrame:
     """One row per registered encoder: weights available? embeddings cached? index built? — without loading any
-    model: embedding sidecars are matched on the catalog fingerprint and the encoder's default precision, so a
-    change of weights files shows up only when the model is next loaded."""
-    root = _cache_root(cache_dir)
+    model: :func:`lens.index.cache_state` matches embedding sidecars on the catalog fingerprint and the encoder's
+    default precision, so a change of weights files shows up only when the model is next loaded."""
+    catalog = get_catalog(path, load_label)
     rows = []
     for row in encoder_rows(show_test, os.environ.get("LENS_WEIGHTS_DIR", "")):
         name = row["name"]
-        found = _find_embedding_sidecar(root, name, fingerprint, row["precision"])
-        index_built = False
-        if found is not None:
-            ann = _annoy_path(cache_dir, name, found["key"])
-            index_built = ann.is_file() and ann.with_suffix(".json").is_file()
+        state = cache_state(catalog, name, cache_dir or None, precision=row["precision"])
         rows.append(
             {
                 "encoder": name,
@@ -257,37 +240,14 @@ def model_states(path: str, load_label: str, fingerprint: str, cache_dir: str, s
                 "dim": row["dim"],
                 "text": "yes" if row["text"] else "no",
                 "weights": "available" if row["available"] else "missing",
-                "embeddings": "cached" if found else "not built",
-                "vectors": int(found["n"]) if found else 0,
-                "unreadable": int(found["failed"]) if found else 0,
-                "index": "built" if index_built else ("not built" if found else "—"),
+                "embeddings": "cached" if state.embedded else "not built",
+                "vectors": state.n,
+                "unreadable": state.failed,
+                "index": "built" if state.indexed else ("not built" if state.embedded else "—"),
                 "remedy": "" if row["available"] else row["remedy"],
             }
         )
     return pd.DataFrame(rows)
-
-
-def _find_embedding_sidecar(root: Path, model: str, fingerprint: str, precision: str) -> dict[str, Any] | None:
-    folder = root / "embeddings" / model
-    if not folder.is_dir():
-        return None
-    best: dict[str, Any] | None = None
-    for sidecar in sorted(folder.glob("*.json")):
-        meta = read_json(sidecar)
-        if not meta or not sidecar.with_suffix(".npy").is_file():
-            continue
-        identity = meta.get("identity") or {}
-        if identity.get("catalog") != fingerprint or identity.get("precision", precision) != precision:
-            continue
-        candidate = {
-            "key": str(meta.get("key", sidecar.stem)),
-            "n": len(meta.get("ids") or []),
-            "failed": len(meta.get("failed") or []),
-            "created": str(meta.get("created", "")),
-        }
-        if best is None or candidate["created"] > best["created"]:
-            best = candidate
-    return best
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -298,7 +258,8 @@ def index_kind(path: str, load_label: str, model: str, cache_dir: str, n_items: 
     """``"annoy"`` when an Annoy index is on disk or the catalog is large, else ``"exact"``."""
     if n_items > config.EXACT_INDEX_MAX_ITEMS:
         return "annoy"
-    return "annoy" if _annoy_path(cache_dir, model, embeddings_key(path, load_label, model)).is_file() else "exact"
+    key = embeddings_key(path, load_label, model)
+    return "annoy" if cache_state(get_catalog(path, load_label), model, cache_dir or None, key=key).indexed else "exact"
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading index…")
@@ -433,10 +394,8 @@ def get_neighbors(
 
 def row_labels(path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, label_column: str) -> list[str]:
     """Label of every embedding row (items whose image failed have no row)."""
-    catalog = get_catalog(path, load_label)
-    labels = catalog.labels(label_column)
     embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
-    return [str(labels[catalog.index_of(i)]) for i in embeddings.ids]
+    return get_catalog(path, load_label).labels(label_column, ids=embeddings.ids).tolist()
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -481,11 +440,9 @@ def get_near_duplicates(
     path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, threshold: float, label_column: str,
     max_pairs: int = 1000,
 ) -> NearDuplicates:
-    catalog = get_catalog(path, load_label)
     embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
-    labels = catalog.labels(label_column)
-    row_labels = [labels[catalog.index_of(i)] for i in embeddings.ids]
-    return near_duplicate_pairs(embeddings.vectors, embeddings.ids, threshold, labels=row_labels, max_pairs=max_pairs)
+    labels = row_labels(path, load_label, model, fingerprint, cache_dir, label_column)
+    return near_duplicate_pairs(embeddings.vectors, embeddings.ids, threshold, labels=labels, max_pairs=max_pairs)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -9,18 +9,18 @@ catalogs.
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lens.cache import FORMAT_VERSION, read_json, resolve_cache_dir, write_json
-from lens.embed import EmbeddingSet
+from lens.catalog import Catalog
+from lens.embed import EmbeddingSet, EmbeddingState, embedding_state
 from lens.errors import IndexMismatchError, LensError
+from lens.store import FORMAT_VERSION, atomic_write, read_json, resolve_cache_dir, utc_now, write_json
 from lens.vectors import l2_normalize, rank_by_cosine
 
 DEFAULT_N_TREES = 50
@@ -167,20 +167,17 @@ def build_annoy(
     if len(embeddings) == 0:
         raise LensError("Cannot build an index of zero vectors: the catalog has no readable image.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     index = _Annoy(embeddings.dim, "angular")
     index.set_seed(seed)
     for row, vector in enumerate(embeddings.vectors):
         index.add_item(row, vector.tolist())
     index.build(n_trees, n_jobs=-1)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def save(tmp: Path) -> None:
         index.save(str(tmp))
-        index.unload()
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        index.unload()  # save() leaves the file mmapped: let go of it before it is renamed
+
+    atomic_write(path, save)
     meta = {
         "format": FORMAT_VERSION,
         "kind": "annoy",
@@ -194,7 +191,7 @@ def build_annoy(
         "n_items": len(embeddings),
         "file_size": path.stat().st_size,
         "ids": embeddings.ids,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
     }
     write_json(_sidecar_path(path), meta)
     return load_annoy(path)
@@ -237,9 +234,34 @@ def load_annoy(
     return AnnoyIndex(index, meta, path)
 
 
+def annoy_path(cache_dir: str | os.PathLike | None, encoder: str, embedding_key: str, n_trees: int) -> Path:
+    """``<cache>/indexes/<encoder>/<embedding key>-t<n_trees>.ann``: where :func:`build_index` keeps an Annoy index."""
+    return resolve_cache_dir(cache_dir) / "indexes" / encoder / f"{embedding_key}-t{n_trees}.ann"
+
+
 def index_path(cache_dir: str | os.PathLike | None, embeddings: EmbeddingSet, n_trees: int) -> Path:
-    root = resolve_cache_dir(cache_dir)
-    return root / "indexes" / embeddings.encoder / f"{embeddings.key}-t{n_trees}.ann"
+    """:func:`annoy_path` of ``embeddings``."""
+    return annoy_path(cache_dir, embeddings.encoder, embeddings.key, n_trees)
+
+
+def cache_state(
+    catalog: Catalog,
+    encoder_name: str,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    key: str | None = None,
+    precision: str | None = None,
+    n_trees: int = DEFAULT_N_TREES,
+) -> EmbeddingState:
+    """:func:`lens.embed.embedding_state` plus whether an Annoy index of ``n_trees`` trees is built on those vectors.
+
+    Reads file names and sidecars only: no encoder, vector or index is loaded, nothing is verified (loading does).
+    """
+    state = embedding_state(catalog, encoder_name, cache_dir, key=key, precision=precision)
+    if not state.embedded:
+        return state
+    ann = annoy_path(cache_dir, encoder_name, state.key, n_trees)
+    return replace(state, indexed=ann.is_file() and _sidecar_path(ann).is_file())
 
 
 def build_index(

@@ -254,7 +254,7 @@ def test_fingerprint_stable_and_sensitive(small_catalog_copy):
 def test_fingerprint_same_for_a_copied_catalog_and_reads_each_file_once(small_catalog_copy, tmp_path, monkeypatch):
     import hashlib
 
-    import lens.catalog as catalog_module
+    import lens.store as store_module  # the file-digest memo lives in the store
 
     fp = load_catalog(small_catalog_copy).fingerprint()
     copy = tmp_path / "copy"
@@ -262,7 +262,7 @@ def test_fingerprint_same_for_a_copied_catalog_and_reads_each_file_once(small_ca
     assert load_catalog(copy).fingerprint() == fp
     calls = []
     real = hashlib.file_digest
-    monkeypatch.setattr(catalog_module.hashlib, "file_digest", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(store_module.hashlib, "file_digest", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert load_catalog(copy).fingerprint() == fp
     assert calls == [], "digests come from the on-disk memo when size and mtime are unchanged"
     (copy / "images" / "000103.jpg").unlink()
@@ -294,6 +294,20 @@ def test_subset_keeps_order_and_root(small_catalog_dir):
         cat.subset([1, 1])
     with pytest.raises(CatalogError, match="Unknown item id 'zzz'"):
         cat.index_of("zzz")
+
+
+def test_labels_of_given_ids_follow_their_order(small_catalog_dir):
+    cat = load_catalog(small_catalog_dir)
+    ids = ["000110", "000100", "000121"]
+    labels = cat.labels(ids=ids)
+    assert labels.dtype == object and labels.tolist() == [cat.labels()[cat.index_of(i)] for i in ids]
+    assert cat.labels("baseColour", ids=["000101", "000100"]).tolist() == ["", "Red"]  # empty cells are ""
+    assert cat.labels(ids=[]).tolist() == []
+    np.testing.assert_array_equal(cat.positions(ids), [10, 0, 21])
+    with pytest.raises(CatalogError, match="Unknown item id 'zzz'"):
+        cat.labels(ids=["000100", "zzz"])
+    with pytest.raises(CatalogError, match="no column 'nope'"):
+        cat.labels("nope", ids=ids)
 
 
 def test_sample_is_deterministic(small_catalog_dir):
