@@ -16,12 +16,10 @@ here: :func:`build_model` writes to lens's disk cache, then the cached loaders r
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,7 +43,7 @@ from lens.analysis import (  # noqa: F401  (compare_summary, per_category_matrix
 )
 from lens.catalog import Catalog, default_catalog_path, load_catalog
 from lens.embed import EmbeddingSet, embed_catalog, embedding_key
-from lens.encoders import Encoder, create_encoder, list_encoders
+from lens.encoders import Encoder, create_encoder, list_encoders, single_query_threads
 from lens.errors import CatalogError
 from lens.evaluate import evaluate_embeddings
 from lens.images import open_image, try_open_image
@@ -178,7 +176,7 @@ def get_encoder(name: str) -> Encoder:
     tens of ms after), and that belongs to loading, not to the user's first query.
     """
     encoder = create_encoder(name)
-    with one_torch_thread():
+    with single_query_threads():
         encoder.embed_images([Image.new("RGB", (64, 64), (255, 255, 255))])
     return encoder
 
@@ -271,33 +269,11 @@ def get_index(path: str, load_label: str, model: str, fingerprint: str, cache_di
     return build_index(embeddings, cache_dir=cache_dir or None)
 
 
-_TORCH_THREADS_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run a single-query forward pass on one intra-op thread.
-
-    One image is too little work to split: on a busy 2-core machine, two OpenMP threads waiting for each other made
-    one EfficientNet-Lite0 query take 1.9 s instead of 16 ms (measured). The lock keeps concurrent sessions from
-    restoring each other's setting; a catalog being embedded meanwhile runs single-threaded for those milliseconds.
-    """
-    import torch  # lazy: only query embedding needs it here
-
-    with _TORCH_THREADS_LOCK:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
-
-
 @st.cache_data(max_entries=64, show_spinner=False)
 def image_query_vector(model: str, digest: str, _image: Image.Image) -> np.ndarray:
     """``(dim,)`` float32 vector of a query image; ``digest`` identifies the image (bytes hash + crop)."""
     encoder = get_encoder(model)
-    with one_torch_thread():
+    with single_query_threads():
         return encoder.embed_images([_image])[0]
 
 
@@ -305,7 +281,7 @@ def image_query_vector(model: str, digest: str, _image: Image.Image) -> np.ndarr
 def text_query_vector(model: str, text: str) -> np.ndarray:
     """``(dim,)`` float32 vector of a text query (raises ``LensError`` for image-only encoders)."""
     encoder = get_encoder(model)
-    with one_torch_thread():
+    with single_query_threads():
         return np.asarray(encoder.embed_texts([text]), dtype=np.float32)[0]
 
 

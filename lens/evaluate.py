@@ -24,8 +24,7 @@ def evaluate_embeddings(
     Items whose image failed have no vector and take part neither as queries nor in the gallery.
     """
     column = label_column or catalog.label_column
-    all_labels = catalog.labels(column)
-    labels = [all_labels[catalog.index_of(item_id)] for item_id in embeddings.ids]
+    labels = catalog.labels(column, ids=embeddings.ids)
     query_indices = None
     if query_ids is not None:
         query_indices = [embeddings.position(item_id) for item_id in query_ids]
