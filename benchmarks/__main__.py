@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+# lens's own option handling, private there but shared on purpose: the benchmark reads catalogs and models as lens does
 from lens.cli import EXIT_USAGE, _catalog_options, _parse_models, _run_options, shared_parsers
 from lens.errors import LensError
 
