@@ -1,15 +1,26 @@
-"""`bench --quick` on a tiny generated catalog: the report has every section and every figure is a finite number."""
+"""`python -m benchmarks --quick` on a tiny generated catalog: the report has every section and every figure is a finite
+number; the benchmark package stays outside lens."""
 
 from __future__ import annotations
 
+import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
-from lens.bench import BenchConfig, clustered_vectors, line_chart, merge_embed_timings, run_benchmark
+from benchmarks.charts import line_chart
+from benchmarks.common import BenchConfig, overlap_recall, run_in_fresh_process
+from benchmarks.run import run_benchmark
+from benchmarks.scale import clustered_vectors
+from benchmarks.throughput import merge_embed_timings
 from lens.catalog import load_catalog
+from lens.cli import main as lens_main
 from lens.train.split import get_split
 
 SECTIONS = (
@@ -113,3 +124,39 @@ def test_line_chart_survives_degenerate_series(tmp_path: Path) -> None:
                       ylabel="y", logx=True)
     with Image.open(path) as image:
         assert image.size == (900, 560)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_overlap_recall_counts_shared_rows_and_ignores_padding() -> None:
+    truth = np.array([[0, 1, 2, 3], [4, 5, 6, 7]])
+    found = np.array([[3, 2, 9, -1], [4, 5, 6, 7]])
+    assert overlap_recall(truth, found) == pytest.approx((2 / 4 + 4 / 4) / 2)
+
+
+def test_a_worker_that_dies_before_reporting_raises_instead_of_hanging() -> None:
+    with pytest.raises(RuntimeError, match="exited with code 1"):
+        run_in_fresh_process(os._exit, 3)  # os._exit(3, queue): a TypeError in the child, which exits with 1
+
+
+def test_lens_bench_points_to_the_benchmarks_package(capsys: pytest.CaptureFixture[str]) -> None:
+    assert lens_main(["bench", "--out", "bench-out", "--quick"]) == 2
+    assert "python -m benchmarks" in capsys.readouterr().err
+
+
+def test_benchmarks_cli_takes_lens_options() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    for option in ("--out", "--quick", "--models", "--catalog", "--cache-dir", "--label"):
+        assert option in done.stdout, option
+
+
+def test_lens_never_imports_benchmarks() -> None:
+    for path in sorted((REPO / "lens").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            assert not any(n == "benchmarks" or n.startswith("benchmarks.") for n in names), f"{path} imports {names}"
