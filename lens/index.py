@@ -9,6 +9,7 @@ catalogs.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -21,7 +22,7 @@ from lens.catalog import Catalog
 from lens.embed import EmbeddingSet, EmbeddingState, embedding_state
 from lens.errors import IndexMismatchError, LensError
 from lens.store import FORMAT_VERSION, atomic_write, read_json, resolve_cache_dir, utc_now, write_json
-from lens.vectors import l2_normalize, rank_by_cosine
+from lens.vectors import CosineGallery, l2_normalize
 
 DEFAULT_N_TREES = 50
 DEFAULT_SEARCH_K = 5_000
@@ -112,12 +113,16 @@ class ExactIndex(VectorIndex):
         self.dim = int(vectors.shape[1])
         self.encoder = encoder
 
+    @functools.cached_property
+    def _gallery(self) -> CosineGallery:
+        return CosineGallery(self.vectors)  # built on the first search, then reused
+
     @classmethod
     def from_embeddings(cls, embeddings: EmbeddingSet) -> ExactIndex:
         return cls(embeddings.vectors, embeddings.ids, encoder=embeddings.encoder)
 
     def _search_rows(self, vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        rows, sims = rank_by_cosine(vector[None, :], self.vectors, n)  # ties go to the lower row: deterministic
+        rows, sims = self._gallery.rank(vector[None, :], n)  # ties go to the lower row: deterministic
         return rows[0], sims[0]
 
 
