@@ -41,8 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         catalog = _catalog_options(args).load()
         run = _run_options(args)
-        config = BenchConfig(models=_parse_models(args.models, run), out_dir=Path(args.out), cache_dir=run.cache_dir,
-                             quick=args.quick)
+        config = BenchConfig(
+            models=_parse_models(args.models, run), out_dir=Path(args.out), cache_dir=run.cache_dir, quick=args.quick
+        )
         path = run_benchmark(catalog, config)
     except LensError as exc:
         print(f"error: {exc}", file=sys.stderr)

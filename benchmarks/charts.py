@@ -14,8 +14,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+_PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -24,8 +34,16 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
 
 
-def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path, *, title: str, xlabel: str,
-               ylabel: str, logx: bool = False, size: tuple[int, int] = (900, 560)) -> Path:
+def line_chart(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    logx: bool = False,
+    size: tuple[int, int] = (900, 560),
+) -> Path:
     """A PNG line chart (markers + lines, one colour per series, legend) drawn with Pillow."""
     w, h = size
     left, right, top, bottom = 80, 220, 40, 60
@@ -44,14 +62,16 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], path:
     y_lo, y_hi = y_lo - pad, y_hi + pad
 
     def px(x: float, y: float) -> tuple[float, float]:
-        return (left + (tx(x) - x_lo) / (x_hi - x_lo) * (w - left - right),
-                h - bottom - (y - y_lo) / (y_hi - y_lo) * (h - top - bottom))
+        return (
+            left + (tx(x) - x_lo) / (x_hi - x_lo) * (w - left - right),
+            h - bottom - (y - y_lo) / (y_hi - y_lo) * (h - top - bottom),
+        )
 
     draw.rectangle([left, top, w - right, h - bottom], outline="black")
     for v in _nice_ticks(x_lo, x_hi):
         x = left + (v - x_lo) / (x_hi - x_lo) * (w - left - right)
         draw.line([x, h - bottom, x, h - bottom + 5], fill="black")
-        draw.text((x - 15, h - bottom + 8), f"{10 ** v if logx else v:.3g}", fill="black")
+        draw.text((x - 15, h - bottom + 8), f"{10**v if logx else v:.3g}", fill="black")
     for v in _nice_ticks(y_lo, y_hi):
         y = h - bottom - (v - y_lo) / (y_hi - y_lo) * (h - top - bottom)
         draw.line([left - 5, y, left, y], fill="black")
@@ -74,8 +94,16 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], path:
     return path
 
 
-def bar_chart(labels: Sequence[str], values: Sequence[float], path: Path, *, title: str, ylabel: str,
-              colours: Sequence[int] | None = None, legend: dict[str, int] | None = None) -> Path:
+def bar_chart(
+    labels: Sequence[str],
+    values: Sequence[float],
+    path: Path,
+    *,
+    title: str,
+    ylabel: str,
+    colours: Sequence[int] | None = None,
+    legend: dict[str, int] | None = None,
+) -> Path:
     """A PNG vertical bar chart with value labels, drawn with Pillow."""
     n = max(len(labels), 1)
     bottom = min(max(170, 6 * max((len(label) for label in labels), default=0) + 20), 360)  # room for the labels
@@ -125,21 +153,45 @@ def write_charts(index_table: pd.DataFrame, throughput: pd.DataFrame, scale: pd.
                 series[f"{model} t{n_trees}"] = (g["p50_ms"].tolist(), g["recall@10"].tolist())
             exact = group[group["index"] != "annoy"]
             series[f"{model} exact"] = (exact["p50_ms"].tolist(), exact["recall@10"].tolist())
-        paths.append(line_chart(series, out / "recall_vs_latency.png", title="Index: recall@10 vs p50 query latency",
-                                xlabel="p50 latency, ms", ylabel="recall@10", logx=True))
+        paths.append(
+            line_chart(
+                series,
+                out / "recall_vs_latency.png",
+                title="Index: recall@10 vs p50 query latency",
+                xlabel="p50 latency, ms",
+                ylabel="recall@10",
+                logx=True,
+            )
+        )
     if len(throughput):
         modes = list(dict.fromkeys(throughput["mode"]))
-        labels = [f"{m}{'' if w == 'pretrained' else ' (random w.)'} {mode}{' *' if default else ''}"
-                  for m, w, mode, default in zip(throughput["model"], throughput["weights"], throughput["mode"],
-                                                 throughput["default"])]
-        paths.append(bar_chart(labels, throughput["img_per_s"].tolist(), out / "throughput.png",
-                               title="Encoder throughput (forward pass, batch 32; * = lens's default mode)",
-                               ylabel="img/s",
-                               colours=[modes.index(m) for m in throughput["mode"]],
-                               legend={m: i for i, m in enumerate(modes)}))
+        labels = [
+            f"{m}{'' if w == 'pretrained' else ' (random w.)'} {mode}{' *' if default else ''}"
+            for m, w, mode, default in zip(
+                throughput["model"], throughput["weights"], throughput["mode"], throughput["default"]
+            )
+        ]
+        paths.append(
+            bar_chart(
+                labels,
+                throughput["img_per_s"].tolist(),
+                out / "throughput.png",
+                title="Encoder throughput (forward pass, batch 32; * = lens's default mode)",
+                ylabel="img/s",
+                colours=[modes.index(m) for m in throughput["mode"]],
+                legend={m: i for i, m in enumerate(modes)},
+            )
+        )
     if len(scale):
         series = {f"{n:,} items": (g["p50_ms"].tolist(), g["recall@10"].tolist()) for n, g in scale.groupby("items")}
-        paths.append(line_chart(series, out / "scale_recall_vs_latency.png",
-                                title="Scale (synthetic 512-d): recall@10 vs p50 latency", xlabel="p50 latency, ms",
-                                ylabel="recall@10", logx=True))
+        paths.append(
+            line_chart(
+                series,
+                out / "scale_recall_vs_latency.png",
+                title="Scale (synthetic 512-d): recall@10 vs p50 latency",
+                xlabel="p50 latency, ms",
+                ylabel="recall@10",
+                logx=True,
+            )
+        )
     return paths

@@ -160,4 +160,3 @@ def markdown_table(table: pd.DataFrame, floatfmt: str = ".3f") -> str:
     sep = "|" + "|".join("---" for _ in table.columns) + "|"
     body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join([head, sep, *body])
-

@@ -37,25 +37,42 @@ def _dashboard_worker(env: dict[str, str], product_ids: list[str], queue: Any) -
         at.text_input(key="search_product_query").set_value(item_id).run()
         warm.append(time.perf_counter() - started)
         errors += [str(e.value) for e in [*at.exception, *at.error]]
-        results = at.session_state["search_results"] if "search_results" in at.session_state else None
+        results = at.session_state["search_results"] if "search_results" in at.session_state else None  # noqa: SIM401 - AppTest's state has no .get
         n_results = 0 if results is None else len(results)
-    queue.put({"cold_start_s": cold, "warm_query_p50_ms": float(np.percentile(np.array(warm) * 1000, 50)),
-               "warm_query_max_ms": float(np.max(warm) * 1000), "queries": len(warm), "results": n_results,
-               "errors": "; ".join(errors)[:300] or "none"})
+    queue.put(
+        {
+            "cold_start_s": cold,
+            "warm_query_p50_ms": float(np.percentile(np.array(warm) * 1000, 50)),
+            "warm_query_max_ms": float(np.max(warm) * 1000),
+            "queries": len(warm),
+            "results": n_results,
+            "errors": "; ".join(errors)[:300] or "none",
+        }
+    )
 
 
 def bench_dashboard(catalog: Catalog, embeddings: dict[str, EmbeddingSet], config: BenchConfig) -> pd.DataFrame:
     """Search page through Streamlit's AppTest in a fresh process: cold start (embeddings cached) and warm query."""
-    model = config.dashboard_model or ("efficientnet-lite0" if "efficientnet-lite0" in embeddings else next(iter(embeddings)))
+    model = config.dashboard_model or (
+        "efficientnet-lite0" if "efficientnet-lite0" in embeddings else next(iter(embeddings))
+    )
     emb = embeddings[model]
     rng = np.random.default_rng(2)
-    product_ids = [emb.ids[i] for i in rng.choice(len(emb), size=min(config.dashboard_queries, len(emb)), replace=False)]
-    env = {"LENS_CATALOG": str(catalog.root), "LENS_DEFAULT_MODEL": model, "LENS_LABEL": catalog.label_column,
-           "LENS_OFFLINE": "1"}
+    product_ids = [
+        emb.ids[i] for i in rng.choice(len(emb), size=min(config.dashboard_queries, len(emb)), replace=False)
+    ]
+    env = {
+        "LENS_CATALOG": str(catalog.root),
+        "LENS_DEFAULT_MODEL": model,
+        "LENS_LABEL": catalog.label_column,
+        "LENS_OFFLINE": "1",
+    }
     if config.cache_dir:
         env["LENS_CACHE_DIR"] = str(config.cache_dir)
     result = run_in_fresh_process(_dashboard_worker, env, product_ids)
-    config.log(f"dashboard {model}: cold {result['cold_start_s']:.1f}s, warm query {result['warm_query_p50_ms']:.0f} ms")
+    config.log(
+        f"dashboard {model}: cold {result['cold_start_s']:.1f}s, warm query {result['warm_query_p50_ms']:.0f} ms"
+    )
     return pd.DataFrame([{"model": model, "page": "search", **result}])
 
 

@@ -15,11 +15,28 @@ from lens.index import ExactIndex, build_annoy
 from lens.vectors import rank_by_cosine
 
 
-def _row(embeddings: EmbeddingSet, index: str, n_trees: int, search_k: int, build_s: float, size_mib: float,
-         lat: np.ndarray, recall: float, k: int) -> dict[str, object]:
-    return {"model": embeddings.encoder, "index": index, "n_trees": n_trees, "search_k": search_k, "build_s": build_s,
-            "size_mib": size_mib, "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-            f"recall@{k}": recall}
+def _row(
+    embeddings: EmbeddingSet,
+    index: str,
+    n_trees: int,
+    search_k: int,
+    build_s: float,
+    size_mib: float,
+    lat: np.ndarray,
+    recall: float,
+    k: int,
+) -> dict[str, object]:
+    return {
+        "model": embeddings.encoder,
+        "index": index,
+        "n_trees": n_trees,
+        "search_k": search_k,
+        "build_s": build_s,
+        "size_mib": size_mib,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        f"recall@{k}": recall,
+    }
 
 
 def bench_index(embeddings: EmbeddingSet, config: BenchConfig, work_dir: Path, k: int = 10) -> pd.DataFrame:
@@ -45,7 +62,9 @@ def bench_index(embeddings: EmbeddingSet, config: BenchConfig, work_dir: Path, k
             index.search_k = search_k
             recall = overlap_recall(truth, index.search_rows(queries, k, exclude_rows=rows_q.tolist()))
             lat = latencies_ms(functools.partial(index.search, k=k), queries)
-            rows.append(_row(embeddings, "annoy", n_trees, search_k, build_s, path.stat().st_size / 2**20, lat, recall, k))
+            rows.append(
+                _row(embeddings, "annoy", n_trees, search_k, build_s, path.stat().st_size / 2**20, lat, recall, k)
+            )
             config.log(f"index {embeddings.encoder} trees={n_trees} search_k={search_k}: recall {recall:.3f}")
         index.unload()
     return pd.DataFrame(rows)

@@ -52,7 +52,8 @@ def projection_lines(projection: pd.DataFrame, config: BenchConfig) -> list[str]
         "## Projection: UMAP and PCA time per model",
         "",
         "lens.projection.umap_2d with lens's defaults (n_neighbors 15, min_dist 0.1, cosine, seed 0: single-threaded)"
-        " on " + (f"a {config.projection_points}-point sample" if config.projection_points else "the whole catalog")
+        " on "
+        + (f"a {config.projection_points}-point sample" if config.projection_points else "the whole catalog")
         + ". Each model in a fresh process: `umap_cold_s` is the first call (imports umap, compiles numba code unless"
         " numba's on-disk cache already holds it), `umap_warm_s` the second call on the same vectors; PCA is"
         " lens.projection.pca_2d.",

@@ -21,7 +21,10 @@ from lens.train.split import Split, default_split_path, load_split
 
 def _label_columns(catalog: Catalog, config: BenchConfig) -> list[str]:
     """The catalog's label column, then each of ``config.extra_labels`` the catalog has."""
-    return [catalog.label_column, *[c for c in config.extra_labels if c in catalog.columns and c != catalog.label_column]]
+    return [
+        catalog.label_column,
+        *[c for c in config.extra_labels if c in catalog.columns and c != catalog.label_column],
+    ]
 
 
 def _report_rows(model: str, label: str, report: RetrievalReport) -> list[dict]:
@@ -82,7 +85,8 @@ def quality_lines(quality: pd.DataFrame, metric_cols: list[str]) -> list[str]:
         lines += [f"### by {label}, {average} average", "", table, ""]
     return lines + [
         "Published P@5 on this data family, for reference (fine-tuned models, other splits): "
-        + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED_P5.items()) + ".",
+        + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED_P5.items())
+        + ".",
         "",
     ]
 
@@ -128,19 +132,29 @@ def bench_heldout(
         sims = text_vectors @ emb.vectors.T
         own_sim = sims[np.arange(len(own)), own]
         rank = (sims > own_sim[:, None]).sum(axis=1)  # 0 = own photo first
-        text_rows.append({"model": model, "n_queries": len(own),
-                          **{f"recall@{k}": float((rank < k).mean()) for k in (1, 5, 10)},
-                          "median_rank": float(np.median(rank) + 1), "text_ms_per_query": text_s / len(own) * 1000})
+        text_rows.append(
+            {
+                "model": model,
+                "n_queries": len(own),
+                **{f"recall@{k}": float((rank < k).mean()) for k in (1, 5, 10)},
+                "median_rank": float(np.median(rank) + 1),
+                "text_ms_per_query": text_s / len(own) * 1000,
+            }
+        )
         config.log(f"text->image {model}: R@10 {text_rows[-1]['recall@10']:.3f}")
     return pd.DataFrame(rows), pd.DataFrame(text_rows)
 
 
-def heldout_lines(heldout: pd.DataFrame, text_table: pd.DataFrame, split: Split | None, split_path: Path,
-                  metric_cols: list[str]) -> list[str]:
+def heldout_lines(
+    heldout: pd.DataFrame, text_table: pd.DataFrame, split: Split | None, split_path: Path, metric_cols: list[str]
+) -> list[str]:
     """The report's held-out section: metrics per label and average, P@5 beside the published figures, text->image."""
     lines = ["## Retrieval quality on the held-out split", ""]
     if split is None or not len(heldout):
-        return lines + [f"No saved held-out split for this catalog ({split_path}); `python -m lens train` makes one.", ""]
+        return lines + [
+            f"No saved held-out split for this catalog ({split_path}); `python -m lens train` makes one.",
+            "",
+        ]
     lines += [
         f"Queries = the {len(split.query)} held-out ids of `{split_path.name}` (seed {split.seed}, never seen by the"
         " trained models); gallery = the whole catalog minus the query; exact search.",
@@ -148,7 +162,12 @@ def heldout_lines(heldout: pd.DataFrame, text_table: pd.DataFrame, split: Split 
     ]
     cols = [c for c in metric_cols if c in heldout.columns]
     for (label, average), group in heldout.groupby(["label", "average"], sort=False):
-        lines += [f"### held-out, by {label}, {average} average", "", markdown_table(group[["model", *cols, "n_queries"]]), ""]
+        lines += [
+            f"### held-out, by {label}, {average} average",
+            "",
+            markdown_table(group[["model", *cols, "n_queries"]]),
+            "",
+        ]
     first = heldout[(heldout["label"] == heldout["label"].iat[0]) & (heldout["average"] == "micro")]
     ours = [{"model": m, "precision@5": p} for m, p in zip(first["model"], first["precision@5"])]
     table = pd.DataFrame(sorted(ours + published_rows(), key=lambda r: -r["precision@5"]))

@@ -51,7 +51,7 @@ def machine_description() -> dict[str, str]:
     except OSError:
         pass
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
         "cores": str(os.cpu_count()),
         "torch threads": str(torch.get_num_threads()),
@@ -97,7 +97,9 @@ def run_benchmark(catalog: Catalog, config: BenchConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     work = out / "indexes"  # index and vector files of the sections; emptied and removed before the report
     machine = machine_description()
-    config.log(f"benchmark on {machine['cpu']} ({machine['cores']} cores), catalog {catalog.name} ({len(catalog)} items)")
+    config.log(
+        f"benchmark on {machine['cpu']} ({machine['cores']} cores), catalog {catalog.name} ({len(catalog)} items)"
+    )
 
     if config.speed_models is None:
         base = [m for m in config.models if _family(m) != "trained"]
@@ -106,8 +108,9 @@ def run_benchmark(catalog: Catalog, config: BenchConfig) -> Path:
     embed_table = merge_embed_timings(loads, bench_embed_catalog(catalog, config))
 
     if config.architecture_models is None:
-        config.architecture_models = [info.name for info in list_encoders()
-                                      if not info.available and info.spec.family not in ("trained", "test")]
+        config.architecture_models = [
+            info.name for info in list_encoders() if not info.available and info.spec.family not in ("trained", "test")
+        ]
     speed = {m: embeddings[m] for m in config.speed_models if m in embeddings}
     config.log(f"quality on {len(embeddings)} models; speed sections on {', '.join(speed)}")
     quality, per_category = bench_quality(catalog, embeddings, config)
@@ -121,17 +124,32 @@ def run_benchmark(catalog: Catalog, config: BenchConfig) -> Path:
     else:
         config.log(f"no held-out split at {split_path}: held-out section skipped")
         heldout, text_table = pd.DataFrame(), pd.DataFrame()
-    scale = bench_scale(config.scale_sizes, work, n_trees=config.scale_trees,
-                        search_ks=config.scale_search_ks, n_queries=config.scale_queries, log=config.log)
+    scale = bench_scale(
+        config.scale_sizes,
+        work,
+        n_trees=config.scale_trees,
+        search_ks=config.scale_search_ks,
+        n_queries=config.scale_queries,
+        log=config.log,
+    )
     projection = bench_projection(speed, config, work)
     dashboard = bench_dashboard(catalog, embeddings, config)
     for leftover in work.glob("*"):
         leftover.unlink()
     work.rmdir()
     charts = write_charts(index_table, throughput, scale, out)
-    tables = {"heldout_quality": heldout, "text_to_image": text_table, "scale": scale, "projection": projection,
-              "dashboard": dashboard, "quality": quality, "quality_per_category": per_category,
-              "throughput": throughput, "embed_catalog": embed_table, "index": index_table}
+    tables = {
+        "heldout_quality": heldout,
+        "text_to_image": text_table,
+        "scale": scale,
+        "projection": projection,
+        "dashboard": dashboard,
+        "quality": quality,
+        "quality_per_category": per_category,
+        "throughput": throughput,
+        "embed_catalog": embed_table,
+        "index": index_table,
+    }
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False)
 

@@ -88,7 +88,6 @@ def clustered_vectors(
     return out
 
 
-
 def _peak_rss_mib() -> float:
     """This process's peak resident memory: VmHWM (per address space, so it starts afresh after exec), else
     ru_maxrss (which Linux carries over from the parent across fork + exec, so it can report the parent's peak)."""
@@ -100,8 +99,9 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _scale_worker(n: int, dim: int, n_trees: int, search_ks: Sequence[int], n_queries: int, path: str,
-                  queue: Any) -> None:
+def _scale_worker(
+    n: int, dim: int, n_trees: int, search_ks: Sequence[int], n_queries: int, path: str, queue: Any
+) -> None:
     """Runs in a fresh process so that its peak RSS is this size's peak memory alone.
 
     The index is built by ``lens.index.build_annoy`` (ids, JSON sidecar, atomic write, mmap load), so the peak is what
@@ -149,8 +149,14 @@ def _scale_worker(n: int, dim: int, n_trees: int, search_ks: Sequence[int], n_qu
 
 
 def bench_scale(
-    sizes: Sequence[int], work_dir: Path, *, dim: int = 512, n_trees: int = 50,
-    search_ks: Sequence[int] = (1000, 5000, 20000, 50000), n_queries: int = 200, log: Log = print,
+    sizes: Sequence[int],
+    work_dir: Path,
+    *,
+    dim: int = 512,
+    n_trees: int = 50,
+    search_ks: Sequence[int] = (1000, 5000, 20000, 50000),
+    n_queries: int = 200,
+    log: Log = print,
 ) -> pd.DataFrame:
     """Annoy at catalog sizes beyond the sample: build time, peak memory, file size, latency, recall vs exact."""
     rows: list[dict] = []
@@ -161,7 +167,9 @@ def bench_scale(
         path.unlink(missing_ok=True)
         path.with_suffix(".json").unlink(missing_ok=True)  # lens.index's sidecar
         rows.extend(result)
-        log(f"scale {n}: build {result[0]['build_s']:.0f}s, {result[0]['size_mib']:.0f} MiB, recall {result[-1]['recall@10']:.3f}")
+        log(
+            f"scale {n}: build {result[0]['build_s']:.0f}s, {result[0]['size_mib']:.0f} MiB, recall {result[-1]['recall@10']:.3f}"
+        )
     return pd.DataFrame(rows)
 
 

@@ -37,7 +37,9 @@ def _set_layout(encoder: TorchImageEncoder, channels_last: bool) -> None:
     encoder.channels_last = channels_last
 
 
-def throughput_modes(model: str, *, pretrained: bool = True) -> list[tuple[str, Callable[[], TorchImageEncoder | None], bool]]:
+def throughput_modes(
+    model: str, *, pretrained: bool = True
+) -> list[tuple[str, Callable[[], TorchImageEncoder | None], bool]]:
     """``(mode name, build the encoder for it, is lens's default)`` for ``model``, plain fp32 first.
 
     ``fp32``: the module as loaded, NCHW, no BatchNorm folding; ``fp32+channels_last``: the same module and input in
@@ -99,7 +101,7 @@ def bench_throughput(catalog: Catalog, config: BenchConfig) -> pd.DataFrame:
         if not modes:
             continue
         preprocess = create_encoder(model, pretrained=pretrained).spec.preprocess
-        prep_s = timed(lambda: preprocess_images(images, preprocess))
+        prep_s = timed(lambda: preprocess_images(images, preprocess))  # noqa: B023 - called in this iteration
         batch = preprocess_images(images, preprocess)
         model_rows: list[dict[str, Any]] = []
         vectors: dict[str, np.ndarray] = {}
@@ -108,13 +110,12 @@ def bench_throughput(catalog: Catalog, config: BenchConfig) -> pd.DataFrame:
             assert encoder is not None
             encoder.embed_tensor(batch[: config.batch_size])  # warm-up: oneDNN picks kernels on first call
 
-            def run(encoder: TorchImageEncoder = encoder) -> np.ndarray:
-                return np.concatenate(
-                    [encoder.embed_tensor(batch[i : i + config.batch_size]) for i in range(0, len(batch), config.batch_size)]
-                )
+            def run(encoder: TorchImageEncoder = encoder, batch: torch.Tensor = batch) -> np.ndarray:
+                step = config.batch_size
+                return np.concatenate([encoder.embed_tensor(batch[i : i + step]) for i in range(0, len(batch), step)])
 
             outputs: list[np.ndarray] = []
-            seconds = timed(lambda: outputs.append(run()), repeats=2)
+            seconds = timed(lambda: outputs.append(run()), repeats=2)  # noqa: B023 - called in this iteration
             vectors[mode] = outputs[-1]
             del encoder
             model_rows.append(
@@ -137,8 +138,18 @@ def bench_throughput(catalog: Catalog, config: BenchConfig) -> pd.DataFrame:
             row["min_cos_vs_fp32"] = float(cosine.min())
             row["mean_cos_vs_fp32"] = float(cosine.mean())
         rows.extend(model_rows)
-    columns = ["model", "weights", "mode", "default", "batch", "img_per_s", "speedup_vs_fp32", "preprocess_img_per_s",
-               "min_cos_vs_fp32", "mean_cos_vs_fp32"]
+    columns = [
+        "model",
+        "weights",
+        "mode",
+        "default",
+        "batch",
+        "img_per_s",
+        "speedup_vs_fp32",
+        "preprocess_img_per_s",
+        "min_cos_vs_fp32",
+        "mean_cos_vs_fp32",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -153,8 +164,15 @@ def bench_embed_catalog(catalog: Catalog, config: BenchConfig) -> pd.DataFrame:
         started = time.perf_counter()
         emb = embed_catalog(items, encoder, use_cache=False, batch_size=config.batch_size)  # reads, writes nothing
         seconds = time.perf_counter() - started
-        rows.append({"model": model, "timed_as": model, "items": len(items), "embed_catalog_s": seconds,
-                     "img_per_s": len(emb) / seconds})
+        rows.append(
+            {
+                "model": model,
+                "timed_as": model,
+                "items": len(items),
+                "embed_catalog_s": seconds,
+                "img_per_s": len(emb) / seconds,
+            }
+        )
         config.log(f"embed {model}: {len(items)} images in {seconds:.1f}s ({rows[-1]['img_per_s']:.1f} img/s)")
     return pd.DataFrame(rows, columns=["model", "timed_as", "items", "embed_catalog_s", "img_per_s"])
 
@@ -183,10 +201,15 @@ def merge_embed_timings(loads: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFr
     for row in loads.to_dict("records"):
         source = row["model"] if row["model"] in timed else _trained_base(row["model"])
         hit = timed.get(source) if source else None
-        rows.append({**row, "timed_as": source if hit is not None else "",
-                     "items": hit.items if hit is not None else float("nan"),
-                     "embed_catalog_s": hit.embed_catalog_s if hit is not None else float("nan"),
-                     "img_per_s": hit.img_per_s if hit is not None else float("nan")})
+        rows.append(
+            {
+                **row,
+                "timed_as": source if hit is not None else "",
+                "items": hit.items if hit is not None else float("nan"),
+                "embed_catalog_s": hit.embed_catalog_s if hit is not None else float("nan"),
+                "img_per_s": hit.img_per_s if hit is not None else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -196,9 +219,14 @@ def embed_lines(embed_table: pd.DataFrame, config: BenchConfig) -> list[str]:
         "## Embedding the catalog (default mode of each encoder)",
         "",
         "`embed_catalog_s` / `img_per_s`: measured in this run with the cache off (`embed_catalog(...,"
-        " use_cache=False)`: JPEG decode + preprocessing + forward pass, batch " + str(config.batch_size)
+        " use_cache=False)`: JPEG decode + preprocessing + forward pass, batch "
+        + str(config.batch_size)
         + ", weights already loaded) on `items` images"
-        + (f" (a {config.embed_items}-item sample: quick run)" if config.embed_items is not None else " (the whole catalog)")
+        + (
+            f" (a {config.embed_items}-item sample: quick run)"
+            if config.embed_items is not None
+            else " (the whole catalog)"
+        )
         + ". A trained model built on a base encoder (frozen backbone + head, fine-tuned copy, text-align's image"
         " tower) embeds at its base's speed, so it is not re-embedded: its row repeats the figures of the encoder"
         " named in `timed_as`; models trained from scratch are not timed (empty `timed_as`)."

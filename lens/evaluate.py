@@ -42,7 +42,12 @@ def summary_table(reports: dict[str, RetrievalReport], *, macro: bool = False) -
     return pd.DataFrame(rows)
 
 
-PUBLISHED_P5: dict[str, float] = {"fine-tuned CLIP": 0.886, "fine-tuned ResNet-50": 0.851, "Siamese": 0.607, "VAE": 0.490}
+PUBLISHED_P5: dict[str, float] = {
+    "fine-tuned CLIP": 0.886,
+    "fine-tuned ResNet-50": 0.851,
+    "Siamese": 0.607,
+    "VAE": 0.490,
+}
 """Published precision@5 on this data family (Fashion Product Images) by model kind: the seed figures lens set out to
 reach. They come from other papers' splits and label sets, so they are a reference beside lens's held-out figures, not
 a like-for-like comparison. The one copy: the benchmark report and the dashboard read them from here."""

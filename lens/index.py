@@ -104,7 +104,9 @@ class ExactIndex(VectorIndex):
     def __init__(self, vectors: np.ndarray, ids: Sequence[str], *, encoder: str = "") -> None:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(ids):
-            raise IndexMismatchError(f"ExactIndex needs (N, dim) vectors for N ids: got {vectors.shape}, {len(ids)} ids.")
+            raise IndexMismatchError(
+                f"ExactIndex needs (N, dim) vectors for N ids: got {vectors.shape}, {len(ids)} ids."
+            )
         # Scores must be cosines, as Annoy's are: rows that are not unit-norm (zero rows stay zero) would
         # otherwise rank by dot product, and the exact oracle would disagree with the approximate index.
         vectors = l2_normalize(vectors)
@@ -202,9 +204,7 @@ def build_annoy(
     return load_annoy(path)
 
 
-def load_annoy(
-    path: str | os.PathLike, *, expect_key: str | None = None, expect_dim: int | None = None
-) -> AnnoyIndex:
+def load_annoy(path: str | os.PathLike, *, expect_key: str | None = None, expect_dim: int | None = None) -> AnnoyIndex:
     """Load an Annoy index by mmap after checking its sidecar.
 
     Raises:
@@ -299,7 +299,12 @@ def build_index(
 
 
 def recall_at_k_vs_exact(
-    approximate: VectorIndex, exact: ExactIndex, queries: np.ndarray, k: int = 10, *, exclude_rows: Sequence[int] | None = None
+    approximate: VectorIndex,
+    exact: ExactIndex,
+    queries: np.ndarray,
+    k: int = 10,
+    *,
+    exclude_rows: Sequence[int] | None = None,
 ) -> float:
     """Mean share of the exact top ``k`` that the approximate index also returns (the usual ANN recall@k)."""
     truth = exact.search_rows(queries, k, exclude_rows=exclude_rows)

@@ -626,9 +626,7 @@ def evaluate_neighbors(
     n_items = len(_as_object_array(labels))
     label_arr, id_list, queries, n_relevant, evaluated = _query_setup(labels, ids, query_indices, n_items)
     if len(queries) != len(neighbors):
-        raise LensError(
-            f"got {len(neighbors)} neighbour rows for {len(queries)} query indices; pass one row per query"
-        )
+        raise LensError(f"got {len(neighbors)} neighbour rows for {len(queries)} query indices; pass one row per query")
     if neighbors.size and neighbors.max() >= n_items:
         raise LensError(
             f"neighbor_indices reach {int(neighbors.max())} but there are only {n_items} labels; "

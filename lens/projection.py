@@ -118,7 +118,9 @@ class Projection:
 
     def __post_init__(self) -> None:
         if self.coords.ndim != 2 or self.coords.shape != (len(self.ids), 2):
-            raise LensError(f"Projection needs (n, 2) coordinates for n ids: got {self.coords.shape}, {len(self.ids)} ids.")
+            raise LensError(
+                f"Projection needs (n, 2) coordinates for n ids: got {self.coords.shape}, {len(self.ids)} ids."
+            )
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -68,7 +68,7 @@ def file_sha256(path: Path) -> str:
 
 def utc_now() -> str:
     """The current UTC time as ISO 8601 to the second (the ``created`` stamp of sidecars)."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -52,9 +52,18 @@ def test_quick_benchmark_writes_finite_figures(small_catalog_dir: Path, lens_cac
     catalog = load_catalog(small_catalog_dir)
     get_split(catalog)  # the saved held-out split that `train` would have made
     out = tmp_path / "bench"
-    config = BenchConfig(models=["tiny"], out_dir=out, quick=True, scale_sizes=(1500,), scale_queries=20,
-                         scale_search_ks=(100, 1000), projection_points=24, log=lambda _: None,
-                         architecture_models=["tiny"], architecture_images=8)
+    config = BenchConfig(
+        models=["tiny"],
+        out_dir=out,
+        quick=True,
+        scale_sizes=(1500,),
+        scale_queries=20,
+        scale_search_ks=(100, 1000),
+        projection_points=24,
+        log=lambda _: None,
+        architecture_models=["tiny"],
+        architecture_images=8,
+    )
     md = run_benchmark(catalog, config)
     text = md.read_text()
     for heading in SECTIONS:
@@ -66,7 +75,9 @@ def test_quick_benchmark_writes_finite_figures(small_catalog_dir: Path, lens_cac
         numbers = table.select_dtypes("number").drop(columns=["n_truncated"], errors="ignore")
         assert np.isfinite(numbers.to_numpy(dtype=float)).all(), name
     index = pd.read_csv(out / "index.csv")
-    assert (index["recall@10"] <= 1.0).all() and (index.loc[index["index"] == "exact (numpy)", "recall@10"] == 1.0).all()
+    assert (index["recall@10"] <= 1.0).all() and (
+        index.loc[index["index"] == "exact (numpy)", "recall@10"] == 1.0
+    ).all()
     heldout = pd.read_csv(out / "heldout_quality.csv")
     assert set(heldout["average"]) == {"micro", "macro"} and {"articleType", "subCategory"} <= set(heldout["label"])
     scale = pd.read_csv(out / "scale.csv")
@@ -80,7 +91,11 @@ def test_quick_benchmark_writes_finite_figures(small_catalog_dir: Path, lens_cac
     assert (throughput.loc[throughput["mode"] == "fp32", "speedup_vs_fp32"] == 1.0).all()
     assert (throughput.loc[throughput["mode"] == "fp32", "min_cos_vs_fp32"] > 0.9999).all()
     embed = pd.read_csv(out / "embed_catalog.csv")
-    assert (embed["embed_catalog_s"] > 0).all() and (embed["items"] == len(catalog)).all() and (embed["img_per_s"] > 0).all()
+    assert (
+        (embed["embed_catalog_s"] > 0).all()
+        and (embed["items"] == len(catalog)).all()
+        and (embed["img_per_s"] > 0).all()
+    )
     assert "`embed_catalog_s` / `img_per_s`: measured in this run" in text
     dashboard = pd.read_csv(out / "dashboard.csv")
     assert dashboard["errors"].iat[0] == "none" and dashboard["results"].iat[0] > 0
@@ -112,16 +127,29 @@ def test_clustered_vectors_are_deterministic_for_a_seed() -> None:
 
 
 def test_embed_timings_merge_by_model_and_leave_untimed_models_empty() -> None:
-    loads = pd.DataFrame([{"model": "tiny", "cached_load_s": 0.1}, {"model": "not-a-trained-model", "cached_load_s": 0.2}])
-    timings = pd.DataFrame([{"model": "tiny", "timed_as": "tiny", "items": 10, "embed_catalog_s": 2.0, "img_per_s": 5.0}])
+    loads = pd.DataFrame(
+        [{"model": "tiny", "cached_load_s": 0.1}, {"model": "not-a-trained-model", "cached_load_s": 0.2}]
+    )
+    timings = pd.DataFrame(
+        [{"model": "tiny", "timed_as": "tiny", "items": 10, "embed_catalog_s": 2.0, "img_per_s": 5.0}]
+    )
     merged = merge_embed_timings(loads, timings).set_index("model")
     assert merged.loc["tiny", "embed_catalog_s"] == 2.0 and merged.loc["tiny", "timed_as"] == "tiny"
-    assert np.isnan(merged.loc["not-a-trained-model", "embed_catalog_s"]) and merged.loc["not-a-trained-model", "timed_as"] == ""
+    assert (
+        np.isnan(merged.loc["not-a-trained-model", "embed_catalog_s"])
+        and merged.loc["not-a-trained-model", "timed_as"] == ""
+    )
 
 
 def test_line_chart_survives_degenerate_series(tmp_path: Path) -> None:
-    path = line_chart({"one point": ([1.0], [1.0]), "empty": ([], [])}, tmp_path / "c.png", title="t", xlabel="x",
-                      ylabel="y", logx=True)
+    path = line_chart(
+        {"one point": ([1.0], [1.0]), "empty": ([], [])},
+        tmp_path / "c.png",
+        title="t",
+        xlabel="x",
+        ylabel="y",
+        logx=True,
+    )
     with Image.open(path) as image:
         assert image.size == (900, 560)
 
@@ -146,8 +174,14 @@ def test_lens_bench_points_to_the_benchmarks_package(capsys: pytest.CaptureFixtu
 
 
 def test_benchmarks_cli_takes_lens_options() -> None:
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     for option in ("--out", "--quick", "--models", "--catalog", "--cache-dir", "--label"):
         assert option in done.stdout, option

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures import class_names, make_fashion_mnist_idx, write_idx
 
+from fixtures import class_names, make_fashion_mnist_idx, write_idx
 from lens.catalog import (
     DEFAULT_LABEL_COLUMN,
     FASHION_MNIST_CLASSES,
@@ -94,7 +94,9 @@ def test_csv_file_path_and_renamed_columns(tmp_path, small_catalog_dir):
 
 
 def test_unknown_column_lists_available_and_remedy(small_catalog_dir):
-    with pytest.raises(CatalogError, match=r"no label column 'style'.*Available columns: id, image, articleType.*--label"):
+    with pytest.raises(
+        CatalogError, match=r"no label column 'style'.*Available columns: id, image, articleType.*--label"
+    ):
         load_catalog(small_catalog_dir, label_column="style")
     with pytest.raises(CatalogError, match=r"no id column 'sku'.*--id-column"):
         load_catalog(small_catalog_dir, id_column="sku")
@@ -124,9 +126,13 @@ def test_empty_ids_named(small_catalog_copy):
 
 @pytest.mark.parametrize(
     "bad,why",
-    [("../outside.jpg", "escapes the catalog folder"), ("/etc/passwd", "absolute path"),
-     ("images/../../x.jpg", "escapes"), ("C:\\photos\\a.jpg", "absolute path"),
-     ("https://example.com/a.jpg", "URL")],
+    [
+        ("../outside.jpg", "escapes the catalog folder"),
+        ("/etc/passwd", "absolute path"),
+        ("images/../../x.jpg", "escapes"),
+        ("C:\\photos\\a.jpg", "absolute path"),
+        ("https://example.com/a.jpg", "URL"),
+    ],
 )
 def test_image_paths_must_stay_inside(small_catalog_copy, bad, why):
     header, rows = read_rows(small_catalog_copy)
@@ -390,7 +396,7 @@ def test_fashion_mnist_bad_files(tmp_path):
         load_catalog(folder, cache_dir=tmp_path / "cache")
 
     folder, _ = make_fashion_mnist_idx(tmp_path / "idx3", n=10)
-    raw = (folder / "t10k-images-idx3-ubyte.gz")
+    raw = folder / "t10k-images-idx3-ubyte.gz"
     raw.write_bytes(raw.read_bytes()[:40])
     with pytest.raises(CatalogError, match="damaged|truncated"):
         load_catalog(folder, cache_dir=tmp_path / "cache")
@@ -402,7 +408,9 @@ def test_fashion_mnist_bad_files(tmp_path):
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp")]
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed"
+)
 def test_debian_fashion_mnist_loads_with_limit(tmp_path):
     cat = load_catalog("/usr/share/datasets/fashion-mnist", limit=50, cache_dir=tmp_path)
     assert len(cat) == 50 and cat.source == "fashion-mnist"

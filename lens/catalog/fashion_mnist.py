@@ -256,4 +256,3 @@ def _materialise_fashion_mnist(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-

@@ -328,7 +328,6 @@ def _load_folders(root: Path, *, label_column: str, limit: int | None) -> Catalo
     return Catalog(root=root, table=table, label_column=label_column, source="folders", name=root.name)
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # Defaults
 

@@ -203,9 +203,7 @@ class Catalog:
             lookup = self._lookup()
             unknown = [k for k in keys if k not in lookup]
             if unknown:
-                raise CatalogError(
-                    f"{len(unknown)} unknown id(s) for catalog {self.name!r}: {_preview(unknown)}."
-                )
+                raise CatalogError(f"{len(unknown)} unknown id(s) for catalog {self.name!r}: {_preview(unknown)}.")
             positions = [lookup[k] for k in keys]
         elif all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in keys):
             positions = [int(k) for k in keys]
@@ -264,9 +262,7 @@ class Catalog:
         return self.subset(sorted(picked))
 
 
-def validate_images(
-    catalog: Catalog, *, progress: Callable[[int, int], None] | None = None
-) -> list[CatalogProblem]:
+def validate_images(catalog: Catalog, *, progress: Callable[[int, int], None] | None = None) -> list[CatalogProblem]:
     """Decode every image of ``catalog`` with :func:`lens.images.open_image`; list the ones that fail.
 
     Args:
@@ -313,4 +309,3 @@ def _preview(items: Sequence[object], *, quote: bool = True) -> str:
     shown = ", ".join(repr(x) if quote else str(x) for x in items[:_SHOW])
     more = f" ... and {len(items) - _SHOW} more" if len(items) > _SHOW else ""
     return shown + more
-
