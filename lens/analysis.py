@@ -339,7 +339,7 @@ def confusion_examples(
                 if r >= 0 and label_arr[r] == second:
                     rows.append(
                         {
-                            "query_id": str(ids[q]),
+                            "query_id": str(ids[int(q)]),
                             "query_label": first,
                             "result_id": str(ids[r]),
                             "result_label": second,

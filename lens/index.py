@@ -71,7 +71,7 @@ class VectorIndex:
         vector = self._check_vector(vector)
         excluded = set(exclude)
         rows, scores = self._search_rows(vector, k + len(excluded))
-        hits = []
+        hits: list[Hit] = []
         for row, score in zip(rows, scores):
             item_id = self.ids[row]
             if item_id in excluded:
@@ -87,9 +87,9 @@ class VectorIndex:
         out = np.full((len(vectors), k), -1, dtype=np.int64)
         for q, vector in enumerate(vectors):
             skip = -1 if exclude_rows is None else int(exclude_rows[q])
-            rows, _ = self._search_rows(self._check_vector(vector), k + (skip >= 0))
-            rows = [r for r in rows if r != skip][:k]
-            out[q, : len(rows)] = rows
+            found, _ = self._search_rows(self._check_vector(vector), k + (skip >= 0))
+            kept = [r for r in found if r != skip][:k]
+            out[q, : len(kept)] = kept
         return out
 
     def _search_rows(self, vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
