@@ -4,8 +4,10 @@ strips and CSV exports. Errors from lens arrive here as ``LensError`` and leave 
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,21 +57,36 @@ class Context:
 
 APP_SCRIPT = Path(__file__).resolve().parents[1] / "app.py"
 
+_APP_RUN = threading.local()  # .active: this script run is inside app.py's navigation (script runs are per thread)
+
+
+@contextlib.contextmanager
+def inside_app() -> Iterator[None]:
+    """Mark the page that app.py runs as running inside app.py (app.py wraps ``navigation.run()`` in it)."""
+    previous = getattr(_APP_RUN, "active", False)
+    _APP_RUN.active = True
+    try:
+        yield
+    finally:
+        _APP_RUN.active = previous
+
 
 def run_through_app() -> None:
     """Make sure a page runs inside app.py (its ``st.navigation``, layout and sidebar); call it first on every page.
 
-    Streamlit decides at server start that an app with a ``pages/`` folder is a v1 multipage app, and only the first
-    ``st.navigation`` call switches that off. So until some session has run app.py, opening a URL such as ``/search``
-    runs ``pages/search.py`` alone: narrow layout, no sidebar, the folder's file names as navigation (AppTest starts
-    every run that way). When that happens, switch the v1 mode off and run app.py here, in this same run (a rerun
-    would drop a button click): its ``st.navigation`` runs this page again, properly; then this outer run stops.
+    ``st.navigation`` alone cannot serve these pages, because their folder is named ``pages/``. Streamlit (1.67)
+    decides when it starts (``PagesManager.__init__``) that an entry script with a ``pages/`` folder beside it is a
+    legacy v1 multipage app; each script run then builds a navigation from that folder and runs the page named by the
+    URL *without* the entry script (``script_runner._mpa_v1``), until the first public ``st.navigation`` call switches
+    v1 off for the whole process. So on a fresh server, a session that first opens ``/search`` runs
+    ``pages/search.py`` alone (narrow layout, no sidebar, the folder's file names as navigation), and AppTest resets
+    that switch before every run, so every AppTest run of a page starts that way. When a page finds itself outside
+    app.py, it runs app.py here, in this same run (a rerun would drop a button click): app.py's ``st.navigation``
+    switches v1 off and runs this page again, properly; then this outer run stops. Renaming the folder (anything but
+    ``pages/``) would let ``st.navigation`` alone serve the pages and this function go.
     """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if not PagesManager.uses_pages_directory:
+    if getattr(_APP_RUN, "active", False):
         return
-    PagesManager.uses_pages_directory = False
     code = compile(APP_SCRIPT.read_text(encoding="utf-8"), str(APP_SCRIPT), "exec")
     exec(code, {"__name__": "__main__", "__file__": str(APP_SCRIPT)})  # noqa: S102 - our own entry script
     st.stop()
