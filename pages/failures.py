@@ -4,10 +4,9 @@ mixes up most, and near-duplicate products above a similarity threshold; CSV exp
 from __future__ import annotations
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
-from dashboard import components, config, resources
+from dashboard import charts, components, config, resources
 
 components.run_through_app()
 
@@ -73,12 +72,9 @@ pairs = resources.get_confused_pairs(*args, label, k)
 if pairs.empty:
     st.success(f"No query has a result with another {label} in its top {k}.")
 else:
-    chart = pairs.head(15).assign(pair=lambda t: t["label_a"] + " ↔ " + t["label_b"])
-    fig = px.bar(chart.iloc[::-1], x="count", y="pair", orientation="h", hover_data=["a_to_b", "b_to_a", "share"])
-    fig.update_layout(height=max(260, 26 * len(chart) + 80), margin=dict(l=10, r=10, t=10, b=10), yaxis_title=None)
     left, right = st.columns([1, 1], gap="large")
     with left:
-        st.plotly_chart(fig, key="failures_pairs_chart")
+        st.plotly_chart(charts.confused_pairs(pairs), key="failures_pairs_chart")
     with right:
         st.dataframe(pairs, hide_index=True, column_config={"share": st.column_config.NumberColumn(format="%.3f")})
     choice = st.selectbox(
