@@ -220,6 +220,13 @@ def models_multiselect(ctx: Context, label: str, key: str, *, max_default: int =
     return chosen
 
 
+def require_choice(chosen: object, message: str) -> None:
+    """``st.info(message)`` and the page stops when nothing is ``chosen`` (an empty multiselect, no query yet)."""
+    if not chosen:
+        st.info(message)
+        st.stop()
+
+
 def require_available(row: dict[str, Any]) -> bool:
     """``st.error`` with the remedy when the encoder's weights are missing; ``True`` when it can run."""
     if row["available"]:
@@ -324,6 +331,30 @@ def image_strip(ctx: Context, ids: Sequence[str], captions: Sequence[str], *, wi
     """A row of thumbnails with captions (Compare and Failures cells)."""
     if ids:
         st.image([ctx.thumb(i) for i in ids], caption=list(captions), width=width)
+
+
+def result_captions(results: pd.DataFrame) -> list[str]:
+    """Captions of one query's results: ✓ (same label as the query) or ✗, the result's label, its similarity in %.
+
+    Args:
+        results: rows of :func:`lens.analysis.compare_grid` for one query (and model): ``correct``,
+            ``result_label`` and ``similarity`` (cosine).
+    """
+    return [
+        f"{'✓' if ok else '✗'} {result_label[:14]} {100 * sim:.0f}%"
+        for ok, result_label, sim in zip(results["correct"], results["result_label"], results["similarity"])
+    ]
+
+
+def result_strip(ctx: Context, results: pd.DataFrame, *, width: int) -> None:
+    """One query's results as a row of thumbnails captioned by :func:`result_captions` (Compare and Failures)."""
+    image_strip(ctx, results["result_id"].tolist(), result_captions(results), width=width)
+
+
+def query_tile(ctx: Context, query_id: str, label: str, *, width: int) -> None:
+    """A query product: its thumbnail, then its ``label`` value and id (the first cell of a Compare or Failures row)."""
+    st.image(ctx.thumb(query_id), width=width)
+    st.caption(escape_md(f"{ctx.catalog.row(query_id).get(label, '')} · {query_id}"))
 
 
 def product_grid(ctx: Context, ids: Sequence[str], *, n_cols: int = 6, caption_columns: Sequence[str] = ()) -> None:

@@ -14,7 +14,6 @@ st.title("Failures")
 st.caption("Exact top-k neighbours of every product (the product itself left out); relevant = same label column value.")
 ctx = components.require_context()
 label = components.require_label(ctx)
-catalog = ctx.catalog
 
 controls = st.columns([2, 1, 1])
 with controls[0]:
@@ -52,16 +51,11 @@ with st.expander(f"Results of the {min(n_worst, 10)} worst queries", expanded=Tr
     for query_id in worst["query_id"].head(10):
         row = st.columns([1, 6])
         with row[0]:
-            st.image(ctx.thumb(query_id), width=96)
-            st.caption(components.escape_md(f"{catalog.row(query_id).get(label, '')} · {query_id}"))
+            components.query_tile(ctx, query_id, label, width=96)
         with row[1]:
             cell = cells.get(query_id)
             if cell is not None:
-                captions = [
-                    f"{'✓' if ok else '✗'} {result_label[:14]} {100 * sim:.0f}%"
-                    for ok, result_label, sim in zip(cell["correct"], cell["result_label"], cell["similarity"])
-                ]
-                components.image_strip(ctx, cell["result_id"].tolist(), captions, width=components.strip_width(k, 760))
+                components.result_strip(ctx, cell, width=components.strip_width(k, 760))
 components.download_csv(
     worst_results, "Download worst queries CSV (one row per query × rank)", f"lens-worst-{model}.csv", key="failures_worst_csv"
 )

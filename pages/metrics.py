@@ -44,9 +44,7 @@ average = controls[2].radio(
     "Average", ("micro (over queries)", "macro (over categories)"), horizontal=True, key="metrics_average"
 )
 
-if not models:
-    st.info("Pick at least one model above.")
-    st.stop()
+components.require_choice(models, "Pick at least one model above.")
 if not ks:
     st.warning("Pick at least one cut-off k.")
     st.stop()
@@ -63,23 +61,9 @@ for model in models:
 if not reports:
     st.stop()
 
-macro = average.startswith("macro")
 first = next(iter(reports.values()))
 keys = first.metric_keys
-rows = []
-for model, report in reports.items():
-    values = report.macro if macro else report.summary
-    rows.append(
-        {
-            "model": model,
-            "average": "macro" if macro else "micro",
-            "label": label,
-            "queries": int(report.summary["n_queries"]),
-            "skipped": int(report.summary["n_skipped"]),
-            **{key: values[key] for key in keys},
-        }
-    )
-summary = pd.DataFrame(rows)
+summary = resources.metrics_summary(reports, macro=average.startswith("macro"))
 st.subheader("Summary")
 st.dataframe(
     summary.drop(columns=["average", "label"]),

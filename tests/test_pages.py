@@ -388,3 +388,32 @@ def test_query_helpers() -> None:
     with pytest.raises(LensError, match="not a JPEG, PNG or WebP"):
         query.read_upload("photo.gif", png_bytes(0))
     assert query.read_upload("photo.PNG", png_bytes(0)).mode == "RGB"
+
+
+def test_result_captions_mark_correct_results() -> None:
+    from dashboard.components import result_captions
+
+    cell = pd.DataFrame(
+        {"correct": [True, False], "result_label": ["BlueSquareWithALongName", "RedCircle"], "similarity": [0.914, 0.4]}
+    )
+    assert result_captions(cell) == ["✓ BlueSquareWith 91%", "✗ RedCircle 40%"]
+
+
+def test_metrics_summary_is_lens_summary_table() -> None:
+    from dashboard.resources import metrics_summary
+    from lens.evaluate import summary_table
+    from lens.metrics import evaluate_retrieval
+
+    vectors = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0.1, 0.9, 0], [0, 0, 1]], dtype=np.float32)
+    labels = ["a", "a", "b", "b", "c"]  # "c" has no other item: skipped
+    ids = [f"{i:06d}" for i in range(5)]
+    reports = {m: evaluate_retrieval(vectors, labels, ids, ks=(1, 5), label_column="articleType") for m in ("x", "y")}
+    keys = reports["x"].metric_keys
+    for macro in (False, True):
+        table = metrics_summary(reports, macro=macro)
+        assert list(table.columns) == ["model", "average", "label", "queries", "skipped", *keys]
+        assert table["model"].tolist() == ["x", "y"] and set(table["label"]) == {"articleType"}
+        assert table["queries"].tolist() == [4, 4] and table["skipped"].tolist() == [1, 1]
+        lens_table = summary_table(reports, macro=macro)
+        pd.testing.assert_frame_equal(table[["model", "average", "label", *keys]], lens_table[["model", "average", "label", *keys]])
+    assert metrics_summary(reports, macro=True)["average"].tolist() == ["macro", "macro"]
