@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import config, resources
+from dashboard import config, query, resources
 from lens.cache import resolve_cache_dir
 from lens.catalog import Catalog
 from lens.embed import EmbeddingSet
@@ -283,6 +283,17 @@ def ensure_embeddings(ctx: Context, model: str, *, key: str) -> EmbeddingSet | N
     except LensError as exc:
         st.error(f"{model}: {exc}")
         return None
+
+
+def query_encoders(ctx: Context, model: str, embeddings: EmbeddingSet) -> query.QueryEncoders:
+    """The cached loaders that turn a Search query's parts into ``model``'s vectors (see ``query.build_query``)."""
+    catalog = ctx.catalog
+    return query.QueryEncoders(
+        product_vector=lambda item_id: embeddings.vectors[embeddings.position(item_id)],
+        product_image=lambda item_id: resources.load_image(str(catalog.image_path(catalog.index_of(item_id)))),
+        image_vector=lambda key, image: resources.image_query_vector(model, key, image),
+        text_vector=lambda text: resources.text_query_vector(model, text),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage  
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from fixtures import draw_item  # noqa: E402
-from lens.vectors import mix_query_vectors  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ("overview", "search", "compare", "projections", "metrics", "failures")
@@ -359,35 +358,6 @@ def test_similarity_colour_bands() -> None:
     ]
     assert similarity_badge(0.696) == ":green-badge[70 %]", "the colour follows the percentage shown"
     assert similarity_badge(0.394) == ":red-badge[39 %]"
-
-
-def test_query_helpers() -> None:
-    from PIL import Image
-
-    from dashboard import query
-    from lens.errors import LensError
-
-    assert query.crop_box((200, 100), (0, 50), (50, 100)) == (0, 50, 100, 100)
-    assert query.crop_box((10, 10), (100, 100), (0, 0)) == (9, 0, 10, 1), "never an empty box"
-    image = Image.new("RGB", (200, 100))
-    assert query.crop_image(image, (0, 100), (0, 100)) is image
-    assert query.crop_image(image, (25, 75), (0, 100)).size == (100, 100)
-
-    a, b = np.array([1.0, 0.0]), np.array([0.0, 2.0])
-    assert np.allclose(mix_query_vectors(a, b, 0.0), [1, 0]) and np.allclose(mix_query_vectors(a, b, 1.0), [0, 1])
-    mixed = mix_query_vectors(a, b, 0.5)
-    assert np.isclose(np.linalg.norm(mixed), 1.0) and np.allclose(mixed, [2**-0.5, 2**-0.5])
-    with pytest.raises(LensError, match="weight"):
-        mix_query_vectors(a, b, 1.5)
-
-    table = pd.DataFrame({"id": ["100", "2100", "300"], "title": ["Red shirt", "Blue 100 jeans", "shirt"]})
-    assert query.find_products(table, "100", title_column="title") == ["100", "2100"], "id prefix first"
-    assert query.find_products(table, "SHIRT", title_column="title") == ["100", "300"]
-    assert query.find_products(table, " ", title_column=None, limit=2) == ["100", "2100"]
-
-    with pytest.raises(LensError, match="not a JPEG, PNG or WebP"):
-        query.read_upload("photo.gif", png_bytes(0))
-    assert query.read_upload("photo.PNG", png_bytes(0)).mode == "RGB"
 
 
 def test_result_captions_mark_correct_results() -> None:
