@@ -20,22 +20,27 @@ pytest.importorskip("streamlit")
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from app_pages import APP as APP_PATH  # noqa: E402
+from app_pages import app_pages  # noqa: E402
 from fixtures import draw_item  # noqa: E402
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGES = ("overview", "search", "compare", "projections", "metrics", "failures")
+APP = str(APP_PATH)
+SCRIPTS = {page.name: page.script for page in app_pages()}
+"""``{page name: script}`` of every page app.py declares (``pages/search.py`` is ``search``)."""
+PAGES = tuple(SCRIPTS)
+HOME = next(page.name for page in app_pages() if page.default)
 TIMEOUT = 180  # seconds per script run; the first UMAP in a process compiles numba code (10-30 s on 2 cores)
 
 
-def start(page: str = "overview", **state: object) -> AppTest:
+def start(page: str = HOME, **state: object) -> AppTest:
     """Run the app, then switch to ``page``; ``state`` pre-sets session keys (widget values) before the first run."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.session_state["proj_right"] = "tiny"  # keep Projections on the weight-free encoder
     for key, value in state.items():
         at.session_state[key] = value
     at.run()
-    if page != "overview":
-        at.switch_page(f"pages/{page}.py").run()
+    if page != HOME:
+        at.switch_page(SCRIPTS[page]).run()
     return at
 
 
@@ -333,7 +338,7 @@ def test_catalog_without_the_label_column(dashboard_env: dict[str, Path], monkey
     # The sidebar offers the real columns, and the pages work with the first of them.
     assert "articleType" in at.selectbox(key="label_column").options
     for page in ("search", "metrics"):
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(SCRIPTS[page]).run()
         assert not at.exception and not at.error, page
         assert any("has no 'category' column" in w.value for w in at.warning), page
 
@@ -358,6 +363,15 @@ def test_similarity_colour_bands() -> None:
     ]
     assert similarity_badge(0.696) == ":green-badge[70 %]", "the colour follows the percentage shown"
     assert similarity_badge(0.394) == ":red-badge[39 %]"
+
+
+def test_app_declares_every_page_file() -> None:
+    """The page list the tests use comes from app.py; it must name every file in pages/, once, with one home page."""
+    pages = app_pages()
+    root = APP_PATH.parent
+    assert sorted(page.script for page in pages) == sorted(p.relative_to(root).as_posix() for p in root.glob("pages/*.py"))
+    assert len({page.url_path for page in pages}) == len(pages), "one URL per page"
+    assert [page.url_path for page in pages if page.default] == [""], "exactly one default page, served at /"
 
 
 def test_result_captions_mark_correct_results() -> None:
