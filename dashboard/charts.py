@@ -128,7 +128,9 @@ def projection(frame: pd.DataFrame, colour_column: str, *, title: str) -> Any:
         height=620,
         margin=MARGIN,
         # Legend under the map, so that the map keeps the column's width.
-        legend=dict(title=colour_column, itemsizing="constant", font=dict(size=10), orientation="h", yanchor="top", y=-0.02),
+        legend=dict(
+            title=colour_column, itemsizing="constant", font=dict(size=10), orientation="h", yanchor="top", y=-0.02
+        ),
         xaxis=dict(showticklabels=False, title=None),
         yaxis=dict(showticklabels=False, title=None),
         dragmode="select",  # drag = box selection; lasso and zoom are in the toolbar

@@ -168,7 +168,11 @@ def build_query(parts: QueryParts, encoders: QueryEncoders) -> Query:
 
 def query_label(parts: QueryParts) -> str:
     """``"product <id>"`` or ``"uploaded image"``, ``"text: <text>"``, or both joined by ``" + "``."""
-    image_side = f"product {parts.product_id}" if parts.product_id is not None else "uploaded image" if parts.upload is not None else ""
+    image_side = ""
+    if parts.product_id is not None:
+        image_side = f"product {parts.product_id}"
+    elif parts.upload is not None:
+        image_side = "uploaded image"
     text_side = f"text: {parts.text}" if parts.text is not None and parts.mode in (TEXT, IMAGE_TEXT) else ""
     return " + ".join(side for side in (image_side, text_side) if side)
 

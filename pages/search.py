@@ -145,8 +145,8 @@ with left:
     except LensError as exc:
         st.error(str(exc))
     if found is not None and found.image is not None:
-        cropped = not query.is_full_crop(crop_x, crop_y)
-        st.image(resources.image_bytes(found.image), caption="Query" + (" (cropped)" if cropped else ""), width="stretch")
+        caption = "Query" if query.is_full_crop(crop_x, crop_y) else "Query (cropped)"
+        st.image(resources.image_bytes(found.image), caption=caption, width="stretch")
     elif product_id is not None:
         st.image(ctx.thumb(product_id, 2 * config.THUMBNAIL_PX), caption=ctx.title(product_id), width="stretch")
 

@@ -398,6 +398,6 @@ def test_metrics_summary_is_lens_summary_table() -> None:
         assert list(table.columns) == ["model", "average", "label", "queries", "skipped", *keys]
         assert table["model"].tolist() == ["x", "y"] and set(table["label"]) == {"articleType"}
         assert table["queries"].tolist() == [4, 4] and table["skipped"].tolist() == [1, 1]
-        lens_table = summary_table(reports, macro=macro)
-        pd.testing.assert_frame_equal(table[["model", "average", "label", *keys]], lens_table[["model", "average", "label", *keys]])
+        shared = ["model", "average", "label", *keys]
+        pd.testing.assert_frame_equal(table[shared], summary_table(reports, macro=macro)[shared])
     assert metrics_summary(reports, macro=True)["average"].tolist() == ["macro", "macro"]

@@ -34,11 +34,6 @@ def test_no_streamlit_needed() -> None:
 
 
 def test_query_helpers() -> None:
-    from PIL import Image
-
-    from dashboard import query
-    from lens.errors import LensError
-
     assert query.crop_box((200, 100), (0, 50), (50, 100)) == (0, 50, 100, 100)
     assert query.crop_box((10, 10), (100, 100), (0, 0)) == (9, 0, 10, 1), "never an empty box"
     image = Image.new("RGB", (200, 100))
@@ -175,7 +170,10 @@ def test_charts_are_figures() -> None:
     assert fig.data[0].z.shape == (40, 2) and "40 largest of 45" in fig.layout.title.text
 
     pairs = pd.DataFrame(
-        {"label_a": ["A", "B"], "label_b": ["C", "D"], "count": [5, 3], "a_to_b": [3, 2], "b_to_a": [2, 1], "share": [0.1, 0.05]}
+        {
+            "label_a": ["A", "B"], "label_b": ["C", "D"], "count": [5, 3],
+            "a_to_b": [3, 2], "b_to_a": [2, 1], "share": [0.1, 0.05],
+        }
     )
     fig = charts.confused_pairs(pairs)
     assert list(fig.data[0].y) == ["B ↔ D", "A ↔ C"], "most confused on top"
