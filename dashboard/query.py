@@ -161,8 +161,9 @@ def build_query(parts: QueryParts, encoders: QueryEncoders) -> Query:
         vector = None if parts.text is None else encoders.text_vector(parts.text)
     elif parts.mode == IMAGE_TEXT:
         # The text is embedded only when there is an image to mix it with (an empty upload shows a hint, not a search).
-        ready = parts.text is not None and image_vector is not None
-        vector = mix_query_vectors(image_vector, encoders.text_vector(parts.text), parts.weight) if ready else None
+        vector = None
+        if parts.text is not None and image_vector is not None:
+            vector = mix_query_vectors(image_vector, encoders.text_vector(parts.text), parts.weight)
     return Query(vector=vector, label=query_label(parts), image=image)
 
 
