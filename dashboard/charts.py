@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-MARGIN = dict(l=10, r=10, t=40, b=10)
+MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
 """Margins of every chart: tight, with room for a title on top."""
 
 
@@ -89,7 +89,7 @@ def confused_pairs(pairs: pd.DataFrame, *, top: int = 15) -> Any:
 
     chart = pairs.head(top).assign(pair=lambda t: t["label_a"] + " ↔ " + t["label_b"])
     fig = px.bar(chart.iloc[::-1], x="count", y="pair", orientation="h", hover_data=["a_to_b", "b_to_a", "share"])
-    fig.update_layout(height=max(260, 26 * len(chart) + 80), margin=dict(MARGIN, t=10), yaxis_title=None)
+    fig.update_layout(height=max(260, 26 * len(chart) + 80), margin={**MARGIN, "t": 10}, yaxis_title=None)
     return fig
 
 
@@ -123,16 +123,21 @@ def projection(frame: pd.DataFrame, colour_column: str, *, title: str) -> Any:
         render_mode="svg" if len(frame) <= 5000 else "webgl",
         title=title,
     )
-    fig.update_traces(marker=dict(size=5, opacity=0.8))
+    fig.update_traces(marker={"size": 5, "opacity": 0.8})
     fig.update_layout(
         height=620,
         margin=MARGIN,
         # Legend under the map, so that the map keeps the column's width.
-        legend=dict(
-            title=colour_column, itemsizing="constant", font=dict(size=10), orientation="h", yanchor="top", y=-0.02
-        ),
-        xaxis=dict(showticklabels=False, title=None),
-        yaxis=dict(showticklabels=False, title=None),
+        legend={
+            "title": colour_column,
+            "itemsizing": "constant",
+            "font": {"size": 10},
+            "orientation": "h",
+            "yanchor": "top",
+            "y": -0.02,
+        },
+        xaxis={"showticklabels": False, "title": None},
+        yaxis={"showticklabels": False, "title": None},
         dragmode="select",  # drag = box selection; lasso and zoom are in the toolbar
     )
     return fig

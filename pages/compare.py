@@ -58,7 +58,7 @@ means = summary.groupby("model", sort=False)["precision_at_k"].mean()
 for column, model in zip(st.columns(max(1, len(ready))), ready):
     column.metric(f"{model}: mean P@{k}", f"{means.get(model, float('nan')):.2f}")
 
-cells = {key: frame for key, frame in grid.groupby(["query_id", "model"], sort=False)}
+cells = dict(list(grid.groupby(["query_id", "model"], sort=False)))  # {(query_id, model): its rows}
 strip = components.strip_width(k, 1000 // max(1, len(ready)) - 20)
 widths = [1] + [3] * len(ready)
 head = st.columns(widths)

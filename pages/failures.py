@@ -47,7 +47,7 @@ worst_results = resources.get_compare_grid(
     ctx.path, ctx.load_label, ctx.fingerprint, ctx.cache_dir, (model,), tuple(worst["query_id"]), label, k
 )
 with st.expander(f"Results of the {min(n_worst, 10)} worst queries", expanded=True):
-    cells = {q: frame for q, frame in worst_results.groupby("query_id", sort=False)}
+    cells = dict(list(worst_results.groupby("query_id", sort=False)))  # {query_id: its rows}
     for query_id in worst["query_id"].head(10):
         row = st.columns([1, 6])
         with row[0]:

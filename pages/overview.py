@@ -75,11 +75,13 @@ if todo:
         "Models to build", todo, default=todo, key="overview_build_models",
         help="Embedding takes about 4 minutes per model for 8,000 photos on 2 CPU cores; it is cached on disk.",
     )
-    if st.button("Build embeddings and indexes", key="overview_build", type="primary", disabled=not chosen,
-                 icon=":material/build:"):
-        if components.build_models(ctx, chosen, index=True):
-            st.session_state["overview_built"] = f"Built embeddings and indexes for {', '.join(chosen)}."
-            st.rerun()
+    clicked = st.button(
+        "Build embeddings and indexes", key="overview_build", type="primary", disabled=not chosen,
+        icon=":material/build:",
+    )
+    if clicked and components.build_models(ctx, chosen, index=True):
+        st.session_state["overview_built"] = f"Built embeddings and indexes for {', '.join(chosen)}."
+        st.rerun()
 else:
     st.success("Every available model has its embeddings and index for this catalog.")
 st.caption(

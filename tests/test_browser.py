@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from app_pages import app_pages
+
 from fixtures import draw_item
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

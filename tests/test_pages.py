@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("streamlit")
+from app_pages import APP as APP_PATH  # noqa: E402
+from app_pages import app_pages  # noqa: E402
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from app_pages import APP as APP_PATH  # noqa: E402
-from app_pages import app_pages  # noqa: E402
 from fixtures import draw_item  # noqa: E402
 
 APP = str(APP_PATH)
@@ -82,12 +82,11 @@ def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
 @pytest.fixture()
 def test_encoders() -> Iterator[None]:
     """Register ``tiny-text`` (image + text) and ``tiny-missing`` (no weights) for one test."""
+    from dashboard import resources
     from lens.encoders import EncoderSpec, Preprocess, TorchImageEncoder, WeightsFile, l2_normalize, register_encoder
     from lens.encoders._registry import _REGISTRY
     from lens.encoders.base import state_dict_hash
     from lens.encoders.tiny import build_tiny_model
-
-    from dashboard import resources
 
     class TextTiny(TorchImageEncoder):
         def embed_texts(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
@@ -98,7 +97,7 @@ def test_encoders() -> Iterator[None]:
             return l2_normalize(out)
 
     preprocess = Preprocess(input_size=32, crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    common = dict(family="test", dim=64, preprocess=preprocess, precision="fp32", channels_last=False)
+    common = {"family": "test", "dim": 64, "preprocess": preprocess, "precision": "fp32", "channels_last": False}
     text_spec = EncoderSpec(name="tiny-text", modalities=("image", "text"), description="test: image + text", **common)
     missing_spec = EncoderSpec(name="tiny-missing", description="test: weights missing", **common)
 
