@@ -45,7 +45,7 @@ from lens.catalog import Catalog, default_catalog_path, load_catalog
 from lens.embed import EmbeddingSet, embed_catalog, embedding_key
 from lens.encoders import Encoder, create_encoder, list_encoders, single_query_threads
 from lens.errors import CatalogError
-from lens.evaluate import evaluate_embeddings
+from lens.evaluate import evaluate_embeddings, summary_table
 from lens.images import open_image, try_open_image
 from lens.index import ExactIndex, VectorIndex, build_index, cache_state
 from lens.metrics import RetrievalReport
@@ -357,6 +357,17 @@ def get_report(
         rows = np.sort(rng.choice(len(embeddings), size=max_queries, replace=False))
         query_ids = [embeddings.ids[i] for i in rows]
     return evaluate_embeddings(embeddings, catalog, label_column=label_column, ks=ks, query_ids=query_ids)
+
+
+def metrics_summary(reports: dict[str, RetrievalReport], *, macro: bool) -> pd.DataFrame:
+    """:func:`lens.evaluate.summary_table` as the Metrics page shows and exports it: ``model, average, label,
+    queries, skipped``, then the metric keys. ``queries``/``skipped`` count the evaluated and the left-out queries
+    (the same for micro and macro averages)."""
+    table = summary_table(reports, macro=macro)
+    table.insert(3, "queries", [int(report.summary["n_queries"]) for report in reports.values()])
+    table.insert(4, "skipped", [int(report.summary["n_skipped"]) for report in reports.values()])
+    keys = next(iter(reports.values())).metric_keys
+    return table[["model", "average", "label", "queries", "skipped", *keys]]
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

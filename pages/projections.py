@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import components, resources
+from dashboard import charts, components, resources
 from lens.errors import LensError
 
 components.run_through_app()
@@ -78,7 +78,7 @@ try:
             pca = resources.get_projection(*args, *pca_args)
             frame = components.projection_frame(ctx, pca.ids, pca.coords, colour_column)
             entry["chart"].plotly_chart(
-                components.projection_figure(frame, colour_column, title=title_of(entry["model"], "PCA preview", pca)),
+                charts.projection(frame, colour_column, title=title_of(entry["model"], "PCA preview", pca)),
                 key=f"proj_pca_{entry['side']}",
             )
             entry["note"].info(f"PCA preview — computing the UMAP of {len(pca):,} points (about 10–60 s, once)…")
@@ -90,14 +90,14 @@ try:
         projection = resources.get_projection(*args, *chosen)
         frame = components.projection_frame(ctx, projection.ids, projection.coords, colour_column)
         event = entry["chart"].plotly_chart(
-            components.projection_figure(frame, colour_column, title=title_of(entry["model"], method, projection)),
+            charts.projection(frame, colour_column, title=title_of(entry["model"], method, projection)),
             key=f"proj_{entry['side']}_{method}",
             on_select="rerun",
             selection_mode=("points", "box", "lasso"),
         )
         how = "from the cache" if projection.from_cache else f"computed in {projection.seconds:.1f} s"
         entry["note"].caption(f"{method} {how}" + (f", n_neighbors = {projection.params.get('n_neighbors_used')}" if method == "UMAP" else ""))
-        picked = components.selected_ids(event)
+        picked = charts.selected_ids(event)
         with entry["below"]:
             if picked:
                 st.markdown(f"**{len(picked)} selected**" + (" (showing 24)" if len(picked) > 24 else ""))
