@@ -27,7 +27,11 @@ def category_counts(counts: pd.DataFrame, label: str, *, total: int, top: int = 
 
     shown = counts.head(top)
     fig = px.bar(
-        shown.iloc[::-1], x="items", y=label, orientation="h", text="items",
+        shown.iloc[::-1],
+        x="items",
+        y=label,
+        orientation="h",
+        text="items",
         title=f"Items per {label}" + (f" (top {top} of {total})" if total > top else ""),
     )
     fig.update_layout(height=max(260, 22 * len(shown) + 80), margin=MARGIN, yaxis_title=None)

@@ -177,7 +177,9 @@ def _format_model(row: dict[str, Any]) -> str:
 
 
 def cached_models(ctx: Context) -> list[str]:
-    states = resources.model_states(ctx.path, ctx.load_label, ctx.fingerprint, ctx.cache_dir, config.show_test_encoders())
+    states = resources.model_states(
+        ctx.path, ctx.load_label, ctx.fingerprint, ctx.cache_dir, config.show_test_encoders()
+    )
     if states.empty:
         return []
     return states.loc[(states["embeddings"] == "cached") & (states["weights"] == "available"), "encoder"].tolist()
@@ -198,7 +200,9 @@ def model_select(ctx: Context, label: str, key: str, *, exclude: Sequence[str] =
         or config.pick_default_model(usable, cached)
         or names[0]
     )
-    name = st.selectbox(label, names, index=names.index(default), key=key, format_func=lambda n: _format_model(by_name[n]))
+    name = st.selectbox(
+        label, names, index=names.index(default), key=key, format_func=lambda n: _format_model(by_name[n])
+    )
     return by_name[name]
 
 

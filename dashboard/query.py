@@ -48,10 +48,14 @@ def read_upload(name: str, data: bytes, *, max_mb: float = config.MAX_UPLOAD_MB)
         return open_image(data, name=name)
     except ImageLoadError as exc:
         reason = getattr(exc, "reason", str(exc))
-        raise LensError(f"'{name}' cannot be used as a query image: {reason}. Upload a valid {allowed} photo.") from None
+        raise LensError(
+            f"'{name}' cannot be used as a query image: {reason}. Upload a valid {allowed} photo."
+        ) from None
 
 
-def crop_box(size: tuple[int, int], x_range: tuple[float, float], y_range: tuple[float, float]) -> tuple[int, int, int, int]:
+def crop_box(
+    size: tuple[int, int], x_range: tuple[float, float], y_range: tuple[float, float]
+) -> tuple[int, int, int, int]:
     """Pixel box ``(left, top, right, bottom)`` of an image of ``size`` for ranges given in percent (0-100).
 
     The box is at least one pixel wide and high, so any slider position gives a usable image.

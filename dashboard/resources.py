@@ -108,7 +108,9 @@ def column_values(path: str, load_label: str, fingerprint: str, column: str) -> 
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
-def allowed_ids(path: str, load_label: str, fingerprint: str, filters: tuple[tuple[str, tuple[str, ...]], ...]) -> frozenset[str] | None:
+def allowed_ids(
+    path: str, load_label: str, fingerprint: str, filters: tuple[tuple[str, tuple[str, ...]], ...]
+) -> frozenset[str] | None:
     """Ids passing every ``(column, values)`` filter (``None`` when no filter has values)."""
     from lens.search import filter_mask
 
@@ -379,7 +381,9 @@ def get_neighbors(
     return top_neighbors(embeddings.vectors, k)
 
 
-def row_labels(path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, label_column: str) -> list[str]:
+def row_labels(
+    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, label_column: str
+) -> list[str]:
     """Label of every embedding row (items whose image failed have no row)."""
     embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
     return get_catalog(path, load_label).labels(label_column, ids=embeddings.ids).tolist()
@@ -406,8 +410,16 @@ def get_confused_pairs(
 
 
 def get_confusion_examples(
-    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, label_column: str, k: int,
-    label_a: str, label_b: str, limit: int = 8,
+    path: str,
+    load_label: str,
+    model: str,
+    fingerprint: str,
+    cache_dir: str,
+    label_column: str,
+    k: int,
+    label_a: str,
+    label_b: str,
+    limit: int = 8,
 ) -> pd.DataFrame:
     embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
     neighbors, sims = get_neighbors(path, load_label, model, fingerprint, cache_dir, k)
@@ -416,7 +428,9 @@ def get_confusion_examples(
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def sample_queries(path: str, load_label: str, fingerprint: str, label_column: str, n_categories: int, seed: int) -> list[str]:
+def sample_queries(
+    path: str, load_label: str, fingerprint: str, label_column: str, n_categories: int, seed: int
+) -> list[str]:
     """One random query from each of ``n_categories`` random labels (Compare page)."""
     catalog = get_catalog(path, load_label)
     return sample_queries_per_category(catalog.ids, catalog.labels(label_column).tolist(), n_categories, seed=seed)
@@ -424,7 +438,13 @@ def sample_queries(path: str, load_label: str, fingerprint: str, label_column: s
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def get_near_duplicates(
-    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, threshold: float, label_column: str,
+    path: str,
+    load_label: str,
+    model: str,
+    fingerprint: str,
+    cache_dir: str,
+    threshold: float,
+    label_column: str,
     max_pairs: int = 1000,
 ) -> NearDuplicates:
     embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
@@ -453,9 +473,15 @@ def get_compare_grid(
     return compare_grid(list(query_ids), sets, labels, k)
 
 
-def projection_params(method: str, n_neighbors: int, min_dist: float, max_points: int | None, seed: int) -> ProjectionParams:
+def projection_params(
+    method: str, n_neighbors: int, min_dist: float, max_points: int | None, seed: int
+) -> ProjectionParams:
     return ProjectionParams(
-        method=method, n_neighbors=n_neighbors, min_dist=min_dist, max_points=max_points, seed=seed  # type: ignore[arg-type]
+        method=method,
+        n_neighbors=n_neighbors,
+        min_dist=min_dist,
+        max_points=max_points,
+        seed=seed,  # type: ignore[arg-type]
     )
 
 
@@ -498,7 +524,6 @@ def clear_caches() -> None:
     """Forget every cached table and resource (after files change on disk)."""
     st.cache_data.clear()
     st.cache_resource.clear()
-
 
 
 def search(

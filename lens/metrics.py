@@ -400,7 +400,9 @@ def _validate_ks(ks: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted({int(k) for k in values}))
 
 
-def _validate_items(labels: Sequence[Any], ids: Sequence[str] | None, n_items: int) -> tuple[np.ndarray, list[str]]:
+def _validate_items(
+    labels: Sequence[Any] | np.ndarray, ids: Sequence[str] | None, n_items: int
+) -> tuple[np.ndarray, list[str]]:
     """Labels as an object array and ids as strings, both of length ``n_items``."""
     try:
         label_arr = _as_object_array(labels)

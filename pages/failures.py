@@ -57,7 +57,10 @@ with st.expander(f"Results of the {min(n_worst, 10)} worst queries", expanded=Tr
             if cell is not None:
                 components.result_strip(ctx, cell, width=components.strip_width(k, 760))
 components.download_csv(
-    worst_results, "Download worst queries CSV (one row per query × rank)", f"lens-worst-{model}.csv", key="failures_worst_csv"
+    worst_results,
+    "Download worst queries CSV (one row per query × rank)",
+    f"lens-worst-{model}.csv",
+    key="failures_worst_csv",
 )
 
 # --------------------------------------------------------------------------------------------- confused pairs
@@ -72,24 +75,39 @@ else:
     with right:
         st.dataframe(pairs, hide_index=True, column_config={"share": st.column_config.NumberColumn(format="%.3f")})
     choice = st.selectbox(
-        "Examples of", list(range(len(pairs))), key="failures_pair",
+        "Examples of",
+        list(range(len(pairs))),
+        key="failures_pair",
         format_func=lambda i: f"{pairs['label_a'].iat[i]} ↔ {pairs['label_b'].iat[i]} ({pairs['count'].iat[i]})",
     )
-    examples = resources.get_confusion_examples(*args, label, k, pairs["label_a"].iat[choice], pairs["label_b"].iat[choice])
+    examples = resources.get_confusion_examples(
+        *args, label, k, pairs["label_a"].iat[choice], pairs["label_b"].iat[choice]
+    )
     for column, example in zip(st.columns(4), examples.head(4).itertuples()):
         with column:
             components.image_strip(
                 ctx,
                 [example.query_id, example.result_id],
-                [f"query: {example.query_label[:14]}", f"#{example.rank} {example.result_label[:14]} {100 * example.similarity:.0f}%"],
+                [
+                    f"query: {example.query_label[:14]}",
+                    f"#{example.rank} {example.result_label[:14]} {100 * example.similarity:.0f}%",
+                ],
                 width=96,
             )
-    components.download_csv(pairs, "Download confused pairs CSV", f"lens-confused-{model}.csv", key="failures_pairs_csv")
+    components.download_csv(
+        pairs, "Download confused pairs CSV", f"lens-confused-{model}.csv", key="failures_pairs_csv"
+    )
 
 # ----------------------------------------------------------------------------------------------- near duplicates
 st.subheader("Near-duplicate products")
 threshold = st.slider(
-    "Cosine similarity at least", 0.80, 1.00, 0.97, 0.005, format="%.3f", key="failures_threshold",
+    "Cosine similarity at least",
+    0.80,
+    1.00,
+    0.97,
+    0.005,
+    format="%.3f",
+    key="failures_threshold",
     help="Pairs of different products whose vectors are this close: duplicate listings, or variants the model "
     "cannot tell apart.",
 )
@@ -101,11 +119,16 @@ if not dups.pairs.empty:
     table = dups.pairs.copy()
     table.insert(1, "title_a", [ctx.title(i) for i in table["id_a"]])
     table.insert(3, "title_b", [ctx.title(i) for i in table["id_b"]])
-    st.dataframe(table, hide_index=True, height=260, column_config={"similarity": st.column_config.NumberColumn(format="%.4f")})
+    st.dataframe(
+        table, hide_index=True, height=260, column_config={"similarity": st.column_config.NumberColumn(format="%.4f")}
+    )
     for column, pair in zip(st.columns(4) + st.columns(4), table.head(8).itertuples()):
         with column:
             colour = config.similarity_color(100 * pair.similarity)
-            st.markdown(f":{colour}-badge[{100 * pair.similarity:.1f} %]" + ("" if pair.same_label else " :red-badge[labels differ]"))
+            st.markdown(
+                f":{colour}-badge[{100 * pair.similarity:.1f} %]"
+                + ("" if pair.same_label else " :red-badge[labels differ]")
+            )
             components.image_strip(ctx, [pair.id_a, pair.id_b], [pair.id_a, pair.id_b], width=96)
     components.download_csv(
         pd.DataFrame(table), "Download near-duplicates CSV", f"lens-duplicates-{model}.csv", key="failures_dups_csv"

@@ -39,7 +39,9 @@ queries = controls[1].radio(
 sample_size = None
 if queries == "A random sample":
     sizes = [s for s in SAMPLE_SIZES if s < len(catalog)] or [len(catalog)]
-    sample_size = controls[1].select_slider("Sample size", sizes, value=2000 if 2000 in sizes else sizes[-1], key="metrics_n")
+    sample_size = controls[1].select_slider(
+        "Sample size", sizes, value=2000 if 2000 in sizes else sizes[-1], key="metrics_n"
+    )
 average = controls[2].radio(
     "Average", ("micro (over queries)", "macro (over categories)"), horizontal=True, key="metrics_average"
 )
@@ -78,7 +80,9 @@ components.download_csv(summary, "Download summary CSV", f"lens-metrics-{label}.
 st.plotly_chart(charts.metrics_by_model(summary, keys), key="metrics_chart")
 
 st.subheader(f"Per {label}")
-metric = st.selectbox("Metric", keys, index=keys.index(f"precision@{ks_t[min(1, len(ks_t) - 1)]}"), key="metrics_metric")
+metric = st.selectbox(
+    "Metric", keys, index=keys.index(f"precision@{ks_t[min(1, len(ks_t) - 1)]}"), key="metrics_metric"
+)
 matrix = resources.per_category_matrix(reports, metric)
 if not matrix.empty:
     st.plotly_chart(charts.category_heatmap(matrix, metric, label), key="metrics_heatmap")
@@ -86,10 +90,16 @@ if not matrix.empty:
     table = matrix.reset_index()
     table.insert(1, "queries", table["label"].map(sizes).fillna(0).astype(int))
     st.dataframe(
-        table, hide_index=True,
-        column_config={m: st.column_config.ProgressColumn(m, min_value=0.0, max_value=1.0, format="%.2f") for m in reports},
+        table,
+        hide_index=True,
+        column_config={
+            m: st.column_config.ProgressColumn(m, min_value=0.0, max_value=1.0, format="%.2f") for m in reports
+        },
     )
 per_category = pd.concat(
-    [report.per_category.assign(model=model, label_column=label) for model, report in reports.items()], ignore_index=True
+    [report.per_category.assign(model=model, label_column=label) for model, report in reports.items()],
+    ignore_index=True,
 )
-components.download_csv(per_category, f"Download per-{label} CSV", f"lens-metrics-per-{label}.csv", key="metrics_cat_csv")
+components.download_csv(
+    per_category, f"Download per-{label} CSV", f"lens-metrics-per-{label}.csv", key="metrics_cat_csv"
+)

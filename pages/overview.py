@@ -72,11 +72,17 @@ todo = states.loc[
 if todo:
     st.markdown("**Build what is missing**")
     chosen = st.multiselect(
-        "Models to build", todo, default=todo, key="overview_build_models",
+        "Models to build",
+        todo,
+        default=todo,
+        key="overview_build_models",
         help="Embedding takes about 4 minutes per model for 8,000 photos on 2 CPU cores; it is cached on disk.",
     )
     clicked = st.button(
-        "Build embeddings and indexes", key="overview_build", type="primary", disabled=not chosen,
+        "Build embeddings and indexes",
+        key="overview_build",
+        type="primary",
+        disabled=not chosen,
         icon=":material/build:",
     )
     if clicked and components.build_models(ctx, chosen, index=True):

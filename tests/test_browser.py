@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_pages import app_pages
 
+from app_pages import app_pages
 from fixtures import draw_item
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,12 +83,21 @@ def server(small_catalog_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     env.pop("LENS_LABEL", None)
     log_path = folder / "streamlit.log"
     command = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.address", "127.0.0.1",
-        "--server.port", str(port),
-        "--server.headless", "true",
-        "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
     ]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

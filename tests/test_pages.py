@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("streamlit")
-from app_pages import APP as APP_PATH  # noqa: E402
-from app_pages import app_pages  # noqa: E402
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from app_pages import APP as APP_PATH  # noqa: E402
+from app_pages import app_pages  # noqa: E402
 from fixtures import draw_item  # noqa: E402
 
 APP = str(APP_PATH)
@@ -294,7 +294,15 @@ def test_compare_grid_and_csv(dashboard_env: dict[str, Path], downloads: dict[st
     assert_clean(at)
     table = pd.read_csv(io.BytesIO(downloads["lens-compare.csv"]), dtype={"query_id": str, "result_id": str})
     assert list(table.columns) == [
-        "query_id", "query_label", "model", "k", "rank", "result_id", "result_label", "similarity", "correct",
+        "query_id",
+        "query_label",
+        "model",
+        "k",
+        "rank",
+        "result_id",
+        "result_label",
+        "similarity",
+        "correct",
         "precision_at_k",
     ]
     assert len(table) == 4 * 1 * 3  # 4 categories (one query each) x 1 model x k = 3
@@ -358,7 +366,12 @@ def test_similarity_colour_bands() -> None:
     from dashboard.config import similarity_color
 
     assert [similarity_color(p) for p in (100, 70, 69.9, 40, 39.9, -5)] == [
-        "green", "green", "orange", "orange", "red", "red",
+        "green",
+        "green",
+        "orange",
+        "orange",
+        "red",
+        "red",
     ]
     assert similarity_badge(0.696) == ":green-badge[70 %]", "the colour follows the percentage shown"
     assert similarity_badge(0.394) == ":red-badge[39 %]"
@@ -368,7 +381,9 @@ def test_app_declares_every_page_file() -> None:
     """The page list the tests use comes from app.py; it must name every file in pages/, once, with one home page."""
     pages = app_pages()
     root = APP_PATH.parent
-    assert sorted(page.script for page in pages) == sorted(p.relative_to(root).as_posix() for p in root.glob("pages/*.py"))
+    assert sorted(page.script for page in pages) == sorted(
+        p.relative_to(root).as_posix() for p in root.glob("pages/*.py")
+    )
     assert len({page.url_path for page in pages}) == len(pages), "one URL per page"
     assert [page.url_path for page in pages if page.default] == [""], "exactly one default page, served at /"
 

@@ -151,7 +151,12 @@ def test_annotate_results_columns() -> None:
 def test_filters() -> None:
     # The preferred columns first, in config.FILTER_PREFERENCE's order, then the others by name.
     assert query.filter_columns(["brand", "season", "baseColour", "articleType", "gender", "fit"]) == [
-        "articleType", "gender", "baseColour", "season", "brand", "fit",
+        "articleType",
+        "gender",
+        "baseColour",
+        "season",
+        "brand",
+        "fit",
     ]
     assert query.active_filters({"gender": ["Women", "Men"], "baseColour": []}) == (("gender", ("Men", "Women")),)
 
@@ -171,16 +176,26 @@ def test_charts_are_figures() -> None:
 
     pairs = pd.DataFrame(
         {
-            "label_a": ["A", "B"], "label_b": ["C", "D"], "count": [5, 3],
-            "a_to_b": [3, 2], "b_to_a": [2, 1], "share": [0.1, 0.05],
+            "label_a": ["A", "B"],
+            "label_b": ["C", "D"],
+            "count": [5, 3],
+            "a_to_b": [3, 2],
+            "b_to_a": [2, 1],
+            "share": [0.1, 0.05],
         }
     )
     fig = charts.confused_pairs(pairs)
     assert list(fig.data[0].y) == ["B ↔ D", "A ↔ C"], "most confused on top"
 
     frame = pd.DataFrame(
-        {"x": [0.0, 1.0, 2.0], "y": [0.0, 1.0, 0.5], "id": ["1", "2", "3"], "title": ["t1", "t2", "t3"],
-         "gender": ["Men", "Women", "Boys"], "colour": ["Men", "Women", "other"]}
+        {
+            "x": [0.0, 1.0, 2.0],
+            "y": [0.0, 1.0, 0.5],
+            "id": ["1", "2", "3"],
+            "title": ["t1", "t2", "t3"],
+            "gender": ["Men", "Women", "Boys"],
+            "colour": ["Men", "Women", "other"],
+        }
     )
     fig = charts.projection(frame, "gender", title="UMAP of tiny")
     assert [trace.name for trace in fig.data][-1] == "other" and fig.data[-1].marker.color == "#c7c7c7"
