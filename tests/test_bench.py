@@ -48,6 +48,7 @@ CSVS = {
 }
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_finite_figures(small_catalog_dir: Path, lens_cache_dir: Path, tmp_path: Path) -> None:
     catalog = load_catalog(small_catalog_dir)
     get_split(catalog)  # the saved held-out split that `train` would have made

@@ -24,6 +24,9 @@ import pytest
 from app_pages import app_pages
 from fixtures import draw_item
 
+# A real `streamlit run` and Chromium: a minute or two in all, so it runs with the slow tests.
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO_ROOT / "test-artifacts" / "screenshots"
 CHROMIUM = Path(os.environ.get("LENS_CHROMIUM", "/usr/bin/chromium"))
