@@ -22,4 +22,5 @@ PAGES = [
 
 navigation = st.navigation(PAGES)
 components.sidebar()
-navigation.run()
+with components.inside_app():  # what components.run_through_app checks on every page
+    navigation.run()

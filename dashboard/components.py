@@ -4,8 +4,10 @@ strips and CSV exports. Errors from lens arrive here as ``LensError`` and leave 
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import config, resources
+from dashboard import config, query, resources
 from lens.cache import resolve_cache_dir
 from lens.catalog import Catalog
 from lens.embed import EmbeddingSet
@@ -55,21 +57,36 @@ class Context:
 
 APP_SCRIPT = Path(__file__).resolve().parents[1] / "app.py"
 
+_APP_RUN = threading.local()  # .active: this script run is inside app.py's navigation (script runs are per thread)
+
+
+@contextlib.contextmanager
+def inside_app() -> Iterator[None]:
+    """Mark the page that app.py runs as running inside app.py (app.py wraps ``navigation.run()`` in it)."""
+    previous = getattr(_APP_RUN, "active", False)
+    _APP_RUN.active = True
+    try:
+        yield
+    finally:
+        _APP_RUN.active = previous
+
 
 def run_through_app() -> None:
     """Make sure a page runs inside app.py (its ``st.navigation``, layout and sidebar); call it first on every page.
 
-    Streamlit decides at server start that an app with a ``pages/`` folder is a v1 multipage app, and only the first
-    ``st.navigation`` call switches that off. So until some session has run app.py, opening a URL such as ``/search``
-    runs ``pages/search.py`` alone: narrow layout, no sidebar, the folder's file names as navigation (AppTest starts
-    every run that way). When that happens, switch the v1 mode off and run app.py here, in this same run (a rerun
-    would drop a button click): its ``st.navigation`` runs this page again, properly; then this outer run stops.
+    ``st.navigation`` alone cannot serve these pages, because their folder is named ``pages/``. Streamlit (1.67)
+    decides when it starts (``PagesManager.__init__``) that an entry script with a ``pages/`` folder beside it is a
+    legacy v1 multipage app; each script run then builds a navigation from that folder and runs the page named by the
+    URL *without* the entry script (``script_runner._mpa_v1``), until the first public ``st.navigation`` call switches
+    v1 off for the whole process. So on a fresh server, a session that first opens ``/search`` runs
+    ``pages/search.py`` alone (narrow layout, no sidebar, the folder's file names as navigation), and AppTest resets
+    that switch before every run, so every AppTest run of a page starts that way. When a page finds itself outside
+    app.py, it runs app.py here, in this same run (a rerun would drop a button click): app.py's ``st.navigation``
+    switches v1 off and runs this page again, properly; then this outer run stops. Renaming the folder (anything but
+    ``pages/``) would let ``st.navigation`` alone serve the pages and this function go.
     """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if not PagesManager.uses_pages_directory:
+    if getattr(_APP_RUN, "active", False):
         return
-    PagesManager.uses_pages_directory = False
     code = compile(APP_SCRIPT.read_text(encoding="utf-8"), str(APP_SCRIPT), "exec")
     exec(code, {"__name__": "__main__", "__file__": str(APP_SCRIPT)})  # noqa: S102 - our own entry script
     st.stop()
@@ -160,7 +177,9 @@ def _format_model(row: dict[str, Any]) -> str:
 
 
 def cached_models(ctx: Context) -> list[str]:
-    states = resources.model_states(ctx.path, ctx.load_label, ctx.fingerprint, ctx.cache_dir, config.show_test_encoders())
+    states = resources.model_states(
+        ctx.path, ctx.load_label, ctx.fingerprint, ctx.cache_dir, config.show_test_encoders()
+    )
     if states.empty:
         return []
     return states.loc[(states["embeddings"] == "cached") & (states["weights"] == "available"), "encoder"].tolist()
@@ -181,7 +200,9 @@ def model_select(ctx: Context, label: str, key: str, *, exclude: Sequence[str] =
         or config.pick_default_model(usable, cached)
         or names[0]
     )
-    name = st.selectbox(label, names, index=names.index(default), key=key, format_func=lambda n: _format_model(by_name[n]))
+    name = st.selectbox(
+        label, names, index=names.index(default), key=key, format_func=lambda n: _format_model(by_name[n])
+    )
     return by_name[name]
 
 
@@ -201,6 +222,13 @@ def models_multiselect(ctx: Context, label: str, key: str, *, max_default: int =
             for r in missing:
                 st.caption(f"~~{r['name']}~~ — {escape_md(r['remedy'])}")
     return chosen
+
+
+def require_choice(chosen: object, message: str) -> None:
+    """``st.info(message)`` and the page stops when nothing is ``chosen`` (an empty multiselect, no query yet)."""
+    if not chosen:
+        st.info(message)
+        st.stop()
 
 
 def require_available(row: dict[str, Any]) -> bool:
@@ -261,6 +289,17 @@ def ensure_embeddings(ctx: Context, model: str, *, key: str) -> EmbeddingSet | N
         return None
 
 
+def query_encoders(ctx: Context, model: str, embeddings: EmbeddingSet) -> query.QueryEncoders:
+    """The cached loaders that turn a Search query's parts into ``model``'s vectors (see ``query.build_query``)."""
+    catalog = ctx.catalog
+    return query.QueryEncoders(
+        product_vector=lambda item_id: embeddings.vectors[embeddings.position(item_id)],
+        product_image=lambda item_id: resources.load_image(str(catalog.image_path(catalog.index_of(item_id)))),
+        image_vector=lambda key, image: resources.image_query_vector(model, key, image),
+        text_vector=lambda text: resources.text_query_vector(model, text),
+    )
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Rendering
 
@@ -307,6 +346,30 @@ def image_strip(ctx: Context, ids: Sequence[str], captions: Sequence[str], *, wi
     """A row of thumbnails with captions (Compare and Failures cells)."""
     if ids:
         st.image([ctx.thumb(i) for i in ids], caption=list(captions), width=width)
+
+
+def result_captions(results: pd.DataFrame) -> list[str]:
+    """Captions of one query's results: ✓ (same label as the query) or ✗, the result's label, its similarity in %.
+
+    Args:
+        results: rows of :func:`lens.analysis.compare_grid` for one query (and model): ``correct``,
+            ``result_label`` and ``similarity`` (cosine).
+    """
+    return [
+        f"{'✓' if ok else '✗'} {result_label[:14]} {100 * sim:.0f}%"
+        for ok, result_label, sim in zip(results["correct"], results["result_label"], results["similarity"])
+    ]
+
+
+def result_strip(ctx: Context, results: pd.DataFrame, *, width: int) -> None:
+    """One query's results as a row of thumbnails captioned by :func:`result_captions` (Compare and Failures)."""
+    image_strip(ctx, results["result_id"].tolist(), result_captions(results), width=width)
+
+
+def query_tile(ctx: Context, query_id: str, label: str, *, width: int) -> None:
+    """A query product: its thumbnail, then its ``label`` value and id (the first cell of a Compare or Failures row)."""
+    st.image(ctx.thumb(query_id), width=width)
+    st.caption(escape_md(f"{ctx.catalog.row(query_id).get(label, '')} · {query_id}"))
 
 
 def product_grid(ctx: Context, ids: Sequence[str], *, n_cols: int = 6, caption_columns: Sequence[str] = ()) -> None:
@@ -362,53 +425,3 @@ def projection_frame(ctx: Context, ids: Sequence[str], coords: Any, colour_colum
             "colour": colour,
         }
     )
-
-
-def projection_figure(frame: pd.DataFrame, colour_column: str, *, title: str) -> Any:
-    """Plotly scatter of a projection frame; hover shows the title, id and colour value; ``customdata`` = id."""
-    import plotly.express as px
-
-    order = [v for v in frame["colour"].value_counts().index if v != "other"]
-    if (frame["colour"] == "other").any():
-        order.append("other")
-    palette = px.colors.qualitative.D3 + px.colors.qualitative.Pastel
-    colours = {value: palette[i % len(palette)] for i, value in enumerate(order)}
-    colours["other"] = "#c7c7c7"
-    fig = px.scatter(
-        frame,
-        x="x",
-        y="y",
-        color="colour",
-        category_orders={"colour": order},
-        color_discrete_map=colours,
-        hover_name="title",
-        hover_data={"id": True, colour_column: True, "x": False, "y": False, "colour": False},
-        custom_data=["id"],
-        render_mode="svg" if len(frame) <= 5000 else "webgl",
-        title=title,
-    )
-    fig.update_traces(marker=dict(size=5, opacity=0.8))
-    fig.update_layout(
-        height=620,
-        margin=dict(l=10, r=10, t=40, b=10),
-        # Legend under the map, so that the map keeps the column's width.
-        legend=dict(title=colour_column, itemsizing="constant", font=dict(size=10), orientation="h", yanchor="top", y=-0.02),
-        xaxis=dict(showticklabels=False, title=None),
-        yaxis=dict(showticklabels=False, title=None),
-        dragmode="select",  # drag = box selection; lasso and zoom are in the toolbar
-    )
-    return fig
-
-
-def selected_ids(event: Any) -> list[str]:
-    """Catalog ids of the points selected in a ``st.plotly_chart(on_select=...)`` event (customdata[0] = id)."""
-    selection = getattr(event, "selection", None) or (event.get("selection") if isinstance(event, dict) else None)
-    points = (selection or {}).get("points", []) if isinstance(selection, dict) else getattr(selection, "points", [])
-    ids: list[str] = []
-    for point in points or []:
-        custom = point.get("customdata") if isinstance(point, dict) else None
-        if isinstance(custom, (list, tuple)) and custom:
-            custom = custom[0]
-        if custom is not None and str(custom) not in ids:
-            ids.append(str(custom))
-    return ids

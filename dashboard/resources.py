@@ -16,14 +16,10 @@ here: :func:`build_model` writes to lens's disk cache, then the cached loaders r
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from types import SimpleNamespace
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,14 +41,13 @@ from lens.analysis import (  # noqa: F401  (compare_summary, per_category_matrix
     top_neighbors,
     worst_queries,
 )
-from lens.cache import cache_key, read_json, resolve_cache_dir
 from lens.catalog import Catalog, default_catalog_path, load_catalog
-from lens.embed import EmbeddingSet, embed_catalog, embedding_identity, embedding_paths
-from lens.encoders import Encoder, create_encoder, list_encoders
+from lens.embed import EmbeddingSet, embed_catalog, embedding_key
+from lens.encoders import Encoder, create_encoder, list_encoders, single_query_threads
 from lens.errors import CatalogError
-from lens.evaluate import evaluate_embeddings
+from lens.evaluate import evaluate_embeddings, summary_table
 from lens.images import open_image, try_open_image
-from lens.index import DEFAULT_N_TREES, ExactIndex, VectorIndex, build_index, index_path
+from lens.index import ExactIndex, VectorIndex, build_index, cache_state
 from lens.metrics import RetrievalReport
 from lens.projection import Projection, ProjectionParams, cached_projection, project_embeddings
 
@@ -113,7 +108,9 @@ def column_values(path: str, load_label: str, fingerprint: str, column: str) -> 
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
-def allowed_ids(path: str, load_label: str, fingerprint: str, filters: tuple[tuple[str, tuple[str, ...]], ...]) -> frozenset[str] | None:
+def allowed_ids(
+    path: str, load_label: str, fingerprint: str, filters: tuple[tuple[str, tuple[str, ...]], ...]
+) -> frozenset[str] | None:
     """Ids passing every ``(column, values)`` filter (``None`` when no filter has values)."""
     from lens.search import filter_mask
 
@@ -181,25 +178,20 @@ def get_encoder(name: str) -> Encoder:
     tens of ms after), and that belongs to loading, not to the user's first query.
     """
     encoder = create_encoder(name)
-    with one_torch_thread():
+    with single_query_threads():
         encoder.embed_images([Image.new("RGB", (64, 64), (255, 255, 255))])
     return encoder
 
 
-def _cache_root(cache_dir: str) -> Path:
-    return resolve_cache_dir(cache_dir or None)
-
-
 def embeddings_key(path: str, load_label: str, model: str) -> str:
     """The exact cache key of ``model``'s embeddings of the catalog (loads the encoder, once per server)."""
-    catalog = get_catalog(path, load_label)
-    return cache_key(embedding_identity(catalog, get_encoder(model)))
+    return embedding_key(get_catalog(path, load_label), get_encoder(model))
 
 
 def embeddings_cached(path: str, load_label: str, model: str, cache_dir: str) -> bool:
     """Whether ``model``'s embeddings of the catalog are in the disk cache (no embedding is computed)."""
-    npy, sidecar = embedding_paths(_cache_root(cache_dir), model, embeddings_key(path, load_label, model))
-    return npy.is_file() and sidecar.is_file()
+    key = embeddings_key(path, load_label, model)
+    return cache_state(get_catalog(path, load_label), model, cache_dir or None, key=key).embedded
 
 
 @st.cache_resource(max_entries=12, show_spinner="Loading embeddings…")
@@ -231,25 +223,16 @@ def build_annoy(path: str, load_label: str, model: str, fingerprint: str, cache_
     model_states.clear()
 
 
-def _annoy_path(cache_dir: str, model: str, key: str) -> Path:
-    # lens.index.index_path needs only the encoder name and the embeddings' key.
-    return index_path(_cache_root(cache_dir), SimpleNamespace(encoder=model, key=key), DEFAULT_N_TREES)  # type: ignore[arg-type]
-
-
 @st.cache_data(ttl=15, show_spinner=False)
 def model_states(path: str, load_label: str, fingerprint: str, cache_dir: str, show_test: bool) -> pd.DataFrame:
     """One row per registered encoder: weights available? embeddings cached? index built? — without loading any
-    model: embedding sidecars are matched on the catalog fingerprint and the encoder's default precision, so a
-    change of weights files shows up only when the model is next loaded."""
-    root = _cache_root(cache_dir)
+    model: :func:`lens.index.cache_state` matches embedding sidecars on the catalog fingerprint and the encoder's
+    default precision, so a change of weights files shows up only when the model is next loaded."""
+    catalog = get_catalog(path, load_label)
     rows = []
     for row in encoder_rows(show_test, os.environ.get("LENS_WEIGHTS_DIR", "")):
         name = row["name"]
-        found = _find_embedding_sidecar(root, name, fingerprint, row["precision"])
-        index_built = False
-        if found is not None:
-            ann = _annoy_path(cache_dir, name, found["key"])
-            index_built = ann.is_file() and ann.with_suffix(".json").is_file()
+        state = cache_state(catalog, name, cache_dir or None, precision=row["precision"])
         rows.append(
             {
                 "encoder": name,
@@ -257,37 +240,14 @@ def model_states(path: str, load_label: str, fingerprint: str, cache_dir: str, s
                 "dim": row["dim"],
                 "text": "yes" if row["text"] else "no",
                 "weights": "available" if row["available"] else "missing",
-                "embeddings": "cached" if found else "not built",
-                "vectors": int(found["n"]) if found else 0,
-                "unreadable": int(found["failed"]) if found else 0,
-                "index": "built" if index_built else ("not built" if found else "—"),
+                "embeddings": "cached" if state.embedded else "not built",
+                "vectors": state.n,
+                "unreadable": state.failed,
+                "index": "built" if state.indexed else ("not built" if state.embedded else "—"),
                 "remedy": "" if row["available"] else row["remedy"],
             }
         )
     return pd.DataFrame(rows)
-
-
-def _find_embedding_sidecar(root: Path, model: str, fingerprint: str, precision: str) -> dict[str, Any] | None:
-    folder = root / "embeddings" / model
-    if not folder.is_dir():
-        return None
-    best: dict[str, Any] | None = None
-    for sidecar in sorted(folder.glob("*.json")):
-        meta = read_json(sidecar)
-        if not meta or not sidecar.with_suffix(".npy").is_file():
-            continue
-        identity = meta.get("identity") or {}
-        if identity.get("catalog") != fingerprint or identity.get("precision", precision) != precision:
-            continue
-        candidate = {
-            "key": str(meta.get("key", sidecar.stem)),
-            "n": len(meta.get("ids") or []),
-            "failed": len(meta.get("failed") or []),
-            "created": str(meta.get("created", "")),
-        }
-        if best is None or candidate["created"] > best["created"]:
-            best = candidate
-    return best
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -298,7 +258,8 @@ def index_kind(path: str, load_label: str, model: str, cache_dir: str, n_items: 
     """``"annoy"`` when an Annoy index is on disk or the catalog is large, else ``"exact"``."""
     if n_items > config.EXACT_INDEX_MAX_ITEMS:
         return "annoy"
-    return "annoy" if _annoy_path(cache_dir, model, embeddings_key(path, load_label, model)).is_file() else "exact"
+    key = embeddings_key(path, load_label, model)
+    return "annoy" if cache_state(get_catalog(path, load_label), model, cache_dir or None, key=key).indexed else "exact"
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading index…")
@@ -310,33 +271,11 @@ def get_index(path: str, load_label: str, model: str, fingerprint: str, cache_di
     return build_index(embeddings, cache_dir=cache_dir or None)
 
 
-_TORCH_THREADS_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run a single-query forward pass on one intra-op thread.
-
-    One image is too little work to split: on a busy 2-core machine, two OpenMP threads waiting for each other made
-    one EfficientNet-Lite0 query take 1.9 s instead of 16 ms (measured). The lock keeps concurrent sessions from
-    restoring each other's setting; a catalog being embedded meanwhile runs single-threaded for those milliseconds.
-    """
-    import torch  # lazy: only query embedding needs it here
-
-    with _TORCH_THREADS_LOCK:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
-
-
 @st.cache_data(max_entries=64, show_spinner=False)
 def image_query_vector(model: str, digest: str, _image: Image.Image) -> np.ndarray:
     """``(dim,)`` float32 vector of a query image; ``digest`` identifies the image (bytes hash + crop)."""
     encoder = get_encoder(model)
-    with one_torch_thread():
+    with single_query_threads():
         return encoder.embed_images([_image])[0]
 
 
@@ -344,7 +283,7 @@ def image_query_vector(model: str, digest: str, _image: Image.Image) -> np.ndarr
 def text_query_vector(model: str, text: str) -> np.ndarray:
     """``(dim,)`` float32 vector of a text query (raises ``LensError`` for image-only encoders)."""
     encoder = get_encoder(model)
-    with one_torch_thread():
+    with single_query_threads():
         return np.asarray(encoder.embed_texts([text]), dtype=np.float32)[0]
 
 
@@ -422,6 +361,17 @@ def get_report(
     return evaluate_embeddings(embeddings, catalog, label_column=label_column, ks=ks, query_ids=query_ids)
 
 
+def metrics_summary(reports: dict[str, RetrievalReport], *, macro: bool) -> pd.DataFrame:
+    """:func:`lens.evaluate.summary_table` as the Metrics page shows and exports it: ``model, average, label,
+    queries, skipped``, then the metric keys. ``queries``/``skipped`` count the evaluated and the left-out queries
+    (the same for micro and macro averages)."""
+    table = summary_table(reports, macro=macro)
+    table.insert(3, "queries", [int(report.summary["n_queries"]) for report in reports.values()])
+    table.insert(4, "skipped", [int(report.summary["n_skipped"]) for report in reports.values()])
+    keys = next(iter(reports.values())).metric_keys
+    return table[["model", "average", "label", "queries", "skipped", *keys]]
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def get_neighbors(
     path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, k: int
@@ -431,12 +381,12 @@ def get_neighbors(
     return top_neighbors(embeddings.vectors, k)
 
 
-def row_labels(path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, label_column: str) -> list[str]:
+def row_labels(
+    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, label_column: str
+) -> list[str]:
     """Label of every embedding row (items whose image failed have no row)."""
-    catalog = get_catalog(path, load_label)
-    labels = catalog.labels(label_column)
     embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
-    return [str(labels[catalog.index_of(i)]) for i in embeddings.ids]
+    return get_catalog(path, load_label).labels(label_column, ids=embeddings.ids).tolist()
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -460,8 +410,16 @@ def get_confused_pairs(
 
 
 def get_confusion_examples(
-    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, label_column: str, k: int,
-    label_a: str, label_b: str, limit: int = 8,
+    path: str,
+    load_label: str,
+    model: str,
+    fingerprint: str,
+    cache_dir: str,
+    label_column: str,
+    k: int,
+    label_a: str,
+    label_b: str,
+    limit: int = 8,
 ) -> pd.DataFrame:
     embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
     neighbors, sims = get_neighbors(path, load_label, model, fingerprint, cache_dir, k)
@@ -470,7 +428,9 @@ def get_confusion_examples(
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def sample_queries(path: str, load_label: str, fingerprint: str, label_column: str, n_categories: int, seed: int) -> list[str]:
+def sample_queries(
+    path: str, load_label: str, fingerprint: str, label_column: str, n_categories: int, seed: int
+) -> list[str]:
     """One random query from each of ``n_categories`` random labels (Compare page)."""
     catalog = get_catalog(path, load_label)
     return sample_queries_per_category(catalog.ids, catalog.labels(label_column).tolist(), n_categories, seed=seed)
@@ -478,14 +438,18 @@ def sample_queries(path: str, load_label: str, fingerprint: str, label_column: s
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def get_near_duplicates(
-    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, threshold: float, label_column: str,
+    path: str,
+    load_label: str,
+    model: str,
+    fingerprint: str,
+    cache_dir: str,
+    threshold: float,
+    label_column: str,
     max_pairs: int = 1000,
 ) -> NearDuplicates:
-    catalog = get_catalog(path, load_label)
     embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
-    labels = catalog.labels(label_column)
-    row_labels = [labels[catalog.index_of(i)] for i in embeddings.ids]
-    return near_duplicate_pairs(embeddings.vectors, embeddings.ids, threshold, labels=row_labels, max_pairs=max_pairs)
+    labels = row_labels(path, load_label, model, fingerprint, cache_dir, label_column)
+    return near_duplicate_pairs(embeddings.vectors, embeddings.ids, threshold, labels=labels, max_pairs=max_pairs)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -509,9 +473,15 @@ def get_compare_grid(
     return compare_grid(list(query_ids), sets, labels, k)
 
 
-def projection_params(method: str, n_neighbors: int, min_dist: float, max_points: int | None, seed: int) -> ProjectionParams:
+def projection_params(
+    method: str, n_neighbors: int, min_dist: float, max_points: int | None, seed: int
+) -> ProjectionParams:
     return ProjectionParams(
-        method=method, n_neighbors=n_neighbors, min_dist=min_dist, max_points=max_points, seed=seed  # type: ignore[arg-type]
+        method=method,
+        n_neighbors=n_neighbors,
+        min_dist=min_dist,
+        max_points=max_points,
+        seed=seed,  # type: ignore[arg-type]
     )
 
 
@@ -554,7 +524,6 @@ def clear_caches() -> None:
     """Forget every cached table and resource (after files change on disk)."""
     st.cache_data.clear()
     st.cache_resource.clear()
-
 
 
 def search(

@@ -189,18 +189,14 @@ def compare_summary(grid: pd.DataFrame) -> pd.DataFrame:
     """One row per query x model of a :func:`compare_grid` table: ``query_id, query_label, model, precision_at_k``."""
     if grid.empty:
         return pd.DataFrame(columns=["query_id", "query_label", "model", "precision_at_k"])
-    return (
-        grid.groupby(["query_id", "query_label", "model"], sort=False)["precision_at_k"].first().reset_index()
-    )
+    return grid.groupby(["query_id", "query_label", "model"], sort=False)["precision_at_k"].first().reset_index()
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Failures
 
 
-def precision_table(
-    neighbor_indices: np.ndarray, labels: Sequence[str], ids: Sequence[str], k: int
-) -> pd.DataFrame:
+def precision_table(neighbor_indices: np.ndarray, labels: Sequence[str], ids: Sequence[str], k: int) -> pd.DataFrame:
     """``precision@k`` and ``hit@k`` of every item as a query, from its top-``k`` neighbour rows.
 
     The cheap counterpart of a full :class:`~lens.metrics.RetrievalReport` when only the top ``k`` matter (the
@@ -343,7 +339,7 @@ def confusion_examples(
                 if r >= 0 and label_arr[r] == second:
                     rows.append(
                         {
-                            "query_id": str(ids[q]),
+                            "query_id": str(ids[int(q)]),
                             "query_label": first,
                             "result_id": str(ids[r]),
                             "result_label": second,
@@ -461,7 +457,9 @@ def per_category_matrix(reports: Mapping[str, RetrievalReport], metric: str) -> 
     for model, report in reports.items():
         table = report.per_category
         if metric not in table.columns:
-            raise LensError(f"No metric {metric!r} in the report of {model}; available: {', '.join(report.metric_keys)}.")
+            raise LensError(
+                f"No metric {metric!r} in the report of {model}; available: {', '.join(report.metric_keys)}."
+            )
         frames.append(table.set_index("label")[[metric]].rename(columns={metric: model}))
     if not frames:
         return pd.DataFrame()

@@ -310,7 +310,7 @@ def _recipe_parser(recipe: str) -> tuple[argparse.ArgumentParser, list[str]]:
     entry = RECIPES[parse_recipe(recipe)[0]]
     parser = argparse.ArgumentParser(
         prog=f"python -m lens train {recipe}", description=f"{entry.spelling()}: {entry.summary}.",
-        parents=[_common_options(), _train_run_options()],
+        parents=[shared_parsers()[0], _train_run_options()],
     )
     group = parser.add_argument_group(f"{entry.name} settings")
     hints = typing.get_type_hints(entry.config_cls)
@@ -327,7 +327,7 @@ def _recipe_parser(recipe: str) -> tuple[argparse.ArgumentParser, list[str]]:
 def cmd_train(args: argparse.Namespace) -> int:
     import json
 
-    from lens.cache import resolve_cache_dir
+    from lens.store import resolve_cache_dir
     from lens.train import RECIPES, RunContext, default_config, default_name, get_split, train_recipe
 
     if not args.recipe:
@@ -381,31 +381,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from lens.bench import run_from_cli
-
-    catalog = _catalog_options(args).load()
-    run = _run_options(args)
-    path = run_from_cli(catalog, _parse_models(args.models, run), args.out, quick=args.quick, cache_dir=run.cache_dir)
-    print(f"wrote {path}")
-    return 0
+    # The benchmark lives beside the library (benchmarks/), and lens never imports it: point there instead.
+    print("error: the benchmark moved out of lens: run `python -m benchmarks --out DIR [--quick] [--models ...]` from "
+          "the repository root (same options as before).", file=sys.stderr)
+    return EXIT_USAGE
 
 
 # ---------------------------------------------------------------------------------------------------- parser
 
 
-def _common_options() -> argparse.ArgumentParser:
+def shared_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The parent parsers of the catalog commands: (weights / cache / quiet, catalog / batch size / precision).
+
+    ``python -m benchmarks`` takes them too, so that its options read as lens's.
+    """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--weights-dir", default=None, help="folder with encoder checkpoints (or $LENS_WEIGHTS_DIR)")
     common.add_argument("--cache-dir", default=None, help="cache folder (or $LENS_CACHE_DIR; default ~/.cache/lens)")
     common.add_argument("--quiet", action="store_true", help="no progress bars")
-    return common
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lens", description="lens: visual product search workbench.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    common = _common_options()
 
     cat = argparse.ArgumentParser(add_help=False)
     cat.add_argument("--catalog", default=None, help="catalog folder, catalog.csv, class folders or Fashion-MNIST IDX folder "
@@ -416,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     cat.add_argument("--skip-missing", action="store_true", help="drop rows whose image file is missing instead of failing")
     cat.add_argument("--batch-size", type=int, default=32)
     cat.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="override the encoder's default precision")
+    return common, cat
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lens", description="lens: visual product search workbench.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common, cat = shared_parsers()
 
     p = sub.add_parser("encoders", parents=[common], help="list encoders and whether their weights are available")
     p.add_argument("--csv", default=None, help="write CSV to this file ('-' for stdout)")
@@ -465,10 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the run's flags (--catalog, --epochs, --out, ...) and the recipe's; see `<recipe> --help`")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("bench", parents=[common, cat], help="benchmark quality, throughput and index settings")
-    p.add_argument("--models", default=None, help="comma-separated encoder names, or 'all' available (default)")
-    p.add_argument("--quick", action="store_true", help="small samples: a few minutes on 2 cores")
-    p.add_argument("--out", default="bench-out", help="output folder for benchmark.md and CSVs")
+    # prefix "+": the old options (--out, --quick, -h...) are taken as plain words, so any of them gets the pointer
+    p = sub.add_parser("bench", prefix_chars="+", add_help=False, help="moved: `python -m benchmarks` (says where)")
+    p.add_argument("old_options", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("validate", parents=[common, cat], help="decode every image and list unreadable ones")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import io
 import os
 import time
 from collections.abc import Sequence
@@ -14,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from lens.cache import FORMAT_VERSION, atomic_write, bytes_sha256, cache_key, read_json, resolve_cache_dir, write_json
 from lens.catalog import Catalog
 from lens.encoders.base import Encoder, ProgressCallback
 from lens.errors import CacheError, LensError
 from lens.images import try_open_image
+from lens.store import FORMAT_VERSION, cache_key, read_json, resolve_cache_dir, save_array, verify_array
 
 
 @dataclass
@@ -82,8 +80,18 @@ def embedding_identity(catalog: Catalog, encoder: Encoder) -> dict[str, Any]:
     }
 
 
+def embedding_key(catalog: Catalog, encoder: Encoder) -> str:
+    """The cache key of ``encoder``'s embeddings of ``catalog`` (what :attr:`EmbeddingSet.key` will be)."""
+    return cache_key(embedding_identity(catalog, encoder))
+
+
+def _embeddings_folder(cache_dir: Path, encoder_name: str) -> Path:
+    return cache_dir / "embeddings" / encoder_name
+
+
 def embedding_paths(cache_dir: Path, encoder_name: str, key: str) -> tuple[Path, Path]:
-    folder = cache_dir / "embeddings" / encoder_name
+    """``(<cache>/embeddings/<encoder>/<key>.npy, ... .json)``: the vectors and their sidecar."""
+    folder = _embeddings_folder(cache_dir, encoder_name)
     return folder / f"{key}.npy", folder / f"{key}.json"
 
 
@@ -113,7 +121,7 @@ def embed_catalog(
         The embeddings, ``vectors`` of shape ``(len(ids), encoder.dim)``, float32, rows L2-normalised.
     """
     identity = embedding_identity(catalog, encoder)
-    key = cache_key(identity)
+    key = cache_key(identity)  # = embedding_key(catalog, encoder), without computing the identity twice
     root = resolve_cache_dir(cache_dir)
     if use_cache:
         try:
@@ -202,30 +210,21 @@ def _embed_files(
 
 def save_embeddings(embeddings: EmbeddingSet, cache_dir: str | os.PathLike | None = None) -> Path:
     """Write ``.npy`` + json sidecar atomically (vectors first, sidecar last: a sidecar always has its vectors)."""
-    root = resolve_cache_dir(cache_dir)
-    npy_path, json_path = embedding_paths(root, embeddings.encoder, embeddings.key)
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(embeddings.vectors, dtype=np.float32), allow_pickle=False)
-    data = buffer.getvalue()
-    atomic_write(npy_path, lambda tmp: tmp.write_bytes(data))
-    write_json(
-        json_path,
+    npy_path, _ = embedding_paths(resolve_cache_dir(cache_dir), embeddings.encoder, embeddings.key)
+    return save_array(
+        npy_path,
+        np.asarray(embeddings.vectors, dtype=np.float32),
         {
             "format": FORMAT_VERSION,
             "key": embeddings.key,
             "identity": embeddings.identity,
             "encoder": embeddings.encoder,
             "catalog": embeddings.catalog,
-            "shape": list(embeddings.vectors.shape),
-            "dtype": "float32",
-            "sha256": bytes_sha256(data),
             "ids": embeddings.ids,
             "failed": [list(pair) for pair in embeddings.failed],
             "seconds": round(embeddings.seconds, 3),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    return npy_path
 
 
 def load_embeddings(cache_dir: str | os.PathLike | None, encoder_name: str, key: str) -> EmbeddingSet | None:
@@ -234,32 +233,16 @@ def load_embeddings(cache_dir: str | os.PathLike | None, encoder_name: str, key:
     Raises:
         CacheError: an entry exists but does not verify (hash, shape, dtype, ids, key); callers recompute.
     """
-    root = resolve_cache_dir(cache_dir)
-    npy_path, json_path = embedding_paths(root, encoder_name, key)
-    meta = read_json(json_path)
-    if meta is None or not npy_path.exists():
+    npy_path, json_path = embedding_paths(resolve_cache_dir(cache_dir), encoder_name, key)
+    loaded = verify_array(npy_path, expect={"key": key, "format": FORMAT_VERSION})
+    if loaded is None:
         return None
-    try:
-        data = npy_path.read_bytes()
-    except OSError as exc:
-        raise CacheError(f"cannot read {npy_path}: {exc}") from exc
-    if meta.get("key") != key or meta.get("format") != FORMAT_VERSION:
-        raise CacheError(f"{json_path} belongs to another key or format; it will be rebuilt.")
-    if bytes_sha256(data) != meta.get("sha256"):
-        raise CacheError(f"{npy_path} does not match the checksum in its sidecar; it will be rebuilt.")
-    try:
-        vectors = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as exc:
-        raise CacheError(f"{npy_path} is not a valid .npy file: {exc}") from exc
+    vectors, meta = loaded
     ids = meta.get("ids")
-    if (
-        vectors.dtype != np.float32
-        or vectors.ndim != 2
-        or not isinstance(ids, list)
-        or list(vectors.shape) != meta.get("shape")
-        or vectors.shape[0] != len(ids)
-    ):
-        raise CacheError(f"{npy_path} has shape {vectors.shape}, sidecar says {meta.get('shape')}; it will be rebuilt.")
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or not isinstance(ids, list) or vectors.shape[0] != len(ids):
+        raise CacheError(
+            f"{npy_path} holds {vectors.dtype} {vectors.shape} for {len(ids or [])} ids; it will be rebuilt."
+        )
     try:
         failed = [(str(a), str(b)) for a, b in meta.get("failed", [])]
     except (TypeError, ValueError) as exc:
@@ -275,6 +258,78 @@ def load_embeddings(cache_dir: str | os.PathLike | None, encoder_name: str, key:
         seconds=float(meta.get("seconds", 0.0) or 0.0),
         from_cache=True,
     )
+
+
+@dataclass(frozen=True)
+class EmbeddingState:
+    """What the disk cache holds for one encoder and one catalog, found without loading the encoder or the vectors.
+
+    Attributes:
+        encoder: encoder name.
+        key: cache key of the entry found (``""`` when none).
+        embedded: whether the vectors and their sidecar are on disk (not checksummed here: loading does that).
+        indexed: whether an Annoy index of these vectors is on disk (filled in by :func:`lens.index.cache_state`).
+        n: number of vectors (catalog items whose image was read).
+        failed: number of catalog items whose image could not be read.
+        created: when the entry was written, ISO 8601 UTC (``""`` when none).
+    """
+
+    encoder: str
+    key: str = ""
+    embedded: bool = False
+    indexed: bool = False
+    n: int = 0
+    failed: int = 0
+    created: str = ""
+
+
+def embedding_state(
+    catalog: Catalog,
+    encoder_name: str,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    key: str | None = None,
+    precision: str | None = None,
+) -> EmbeddingState:
+    """The cached embeddings of ``catalog`` by ``encoder_name``, read from the sidecars only.
+
+    Args:
+        catalog: the catalog (its fingerprint identifies the entries).
+        encoder_name: registered encoder name.
+        cache_dir: cache root (default ``$LENS_CACHE_DIR`` or ``~/.cache/lens``).
+        key: the exact key (:func:`embedding_key`, which needs the encoder built); without it, the newest entry whose
+            identity has the catalog's fingerprint and ``precision`` is reported, so no model is loaded (a change of
+            weights files then shows up only once the model is loaded).
+        precision: the encoder's precision (``EncoderSpec.precision``) when ``key`` is not given.
+    """
+    root = resolve_cache_dir(cache_dir)
+    folder = _embeddings_folder(root, encoder_name)
+    if key is not None:
+        sidecars = [embedding_paths(root, encoder_name, key)[1]]
+    else:
+        sidecars = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    fingerprint = catalog.fingerprint()
+    best = EmbeddingState(encoder_name)
+    for sidecar in sidecars:
+        meta = read_json(sidecar)
+        if not meta or not sidecar.with_suffix(".npy").is_file():
+            continue
+        identity = meta.get("identity") or {}
+        if identity.get("catalog") != fingerprint:
+            continue
+        if precision is not None and identity.get("precision", precision) != precision:
+            continue
+        found = EmbeddingState(
+            encoder_name,
+            key=str(meta.get("key", sidecar.stem)),
+            embedded=True,
+            n=len(meta.get("ids") or []),
+            failed=len(meta.get("failed") or []),
+            created=str(meta.get("created", "")),
+        )
+        if not best.embedded or found.created > best.created:
+            best = found
+    return best
 
 
 def embed_images(encoder: Encoder, images: Sequence[Any], *, batch_size: int = 32) -> np.ndarray:

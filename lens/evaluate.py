@@ -24,8 +24,7 @@ def evaluate_embeddings(
     Items whose image failed have no vector and take part neither as queries nor in the gallery.
     """
     column = label_column or catalog.label_column
-    all_labels = catalog.labels(column)
-    labels = [all_labels[catalog.index_of(item_id)] for item_id in embeddings.ids]
+    labels = catalog.labels(column, ids=embeddings.ids)
     query_indices = None
     if query_ids is not None:
         query_indices = [embeddings.position(item_id) for item_id in query_ids]
@@ -41,3 +40,14 @@ def summary_table(reports: dict[str, RetrievalReport], *, macro: bool = False) -
         values = report.macro if macro else report.summary
         rows.append({"model": model, "average": "macro" if macro else "micro", "label": report.label_column, **values})
     return pd.DataFrame(rows)
+
+
+PUBLISHED_P5: dict[str, float] = {
+    "fine-tuned CLIP": 0.886,
+    "fine-tuned ResNet-50": 0.851,
+    "Siamese": 0.607,
+    "VAE": 0.490,
+}
+"""Published precision@5 on this data family (Fashion Product Images) by model kind: the seed figures lens set out to
+reach. They come from other papers' splits and label sets, so they are a reference beside lens's held-out figures, not
+a like-for-like comparison. The one copy: the benchmark report and the dashboard read them from here."""

@@ -9,19 +9,20 @@ catalogs.
 
 from __future__ import annotations
 
-import datetime as _dt
+import functools
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lens.cache import FORMAT_VERSION, read_json, resolve_cache_dir, write_json
-from lens.embed import EmbeddingSet
+from lens.catalog import Catalog
+from lens.embed import EmbeddingSet, EmbeddingState, embedding_state
 from lens.errors import IndexMismatchError, LensError
-from lens.vectors import l2_normalize, rank_by_cosine
+from lens.store import FORMAT_VERSION, atomic_write, read_json, resolve_cache_dir, utc_now, write_json
+from lens.vectors import CosineGallery, l2_normalize
 
 DEFAULT_N_TREES = 50
 DEFAULT_SEARCH_K = 5_000
@@ -70,7 +71,7 @@ class VectorIndex:
         vector = self._check_vector(vector)
         excluded = set(exclude)
         rows, scores = self._search_rows(vector, k + len(excluded))
-        hits = []
+        hits: list[Hit] = []
         for row, score in zip(rows, scores):
             item_id = self.ids[row]
             if item_id in excluded:
@@ -86,9 +87,9 @@ class VectorIndex:
         out = np.full((len(vectors), k), -1, dtype=np.int64)
         for q, vector in enumerate(vectors):
             skip = -1 if exclude_rows is None else int(exclude_rows[q])
-            rows, _ = self._search_rows(self._check_vector(vector), k + (skip >= 0))
-            rows = [r for r in rows if r != skip][:k]
-            out[q, : len(rows)] = rows
+            found, _ = self._search_rows(self._check_vector(vector), k + (skip >= 0))
+            kept = [r for r in found if r != skip][:k]
+            out[q, : len(kept)] = kept
         return out
 
     def _search_rows(self, vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +104,9 @@ class ExactIndex(VectorIndex):
     def __init__(self, vectors: np.ndarray, ids: Sequence[str], *, encoder: str = "") -> None:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(ids):
-            raise IndexMismatchError(f"ExactIndex needs (N, dim) vectors for N ids: got {vectors.shape}, {len(ids)} ids.")
+            raise IndexMismatchError(
+                f"ExactIndex needs (N, dim) vectors for N ids: got {vectors.shape}, {len(ids)} ids."
+            )
         # Scores must be cosines, as Annoy's are: rows that are not unit-norm (zero rows stay zero) would
         # otherwise rank by dot product, and the exact oracle would disagree with the approximate index.
         vectors = l2_normalize(vectors)
@@ -112,12 +115,16 @@ class ExactIndex(VectorIndex):
         self.dim = int(vectors.shape[1])
         self.encoder = encoder
 
+    @functools.cached_property
+    def _gallery(self) -> CosineGallery:
+        return CosineGallery(self.vectors)  # built on the first search, then reused
+
     @classmethod
     def from_embeddings(cls, embeddings: EmbeddingSet) -> ExactIndex:
         return cls(embeddings.vectors, embeddings.ids, encoder=embeddings.encoder)
 
     def _search_rows(self, vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        rows, sims = rank_by_cosine(vector[None, :], self.vectors, n)  # ties go to the lower row: deterministic
+        rows, sims = self._gallery.rank(vector[None, :], n)  # ties go to the lower row: deterministic
         return rows[0], sims[0]
 
 
@@ -167,20 +174,17 @@ def build_annoy(
     if len(embeddings) == 0:
         raise LensError("Cannot build an index of zero vectors: the catalog has no readable image.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     index = _Annoy(embeddings.dim, "angular")
     index.set_seed(seed)
     for row, vector in enumerate(embeddings.vectors):
         index.add_item(row, vector.tolist())
     index.build(n_trees, n_jobs=-1)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def save(tmp: Path) -> None:
         index.save(str(tmp))
-        index.unload()
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        index.unload()  # save() leaves the file mmapped: let go of it before it is renamed
+
+    atomic_write(path, save)
     meta = {
         "format": FORMAT_VERSION,
         "kind": "annoy",
@@ -194,15 +198,13 @@ def build_annoy(
         "n_items": len(embeddings),
         "file_size": path.stat().st_size,
         "ids": embeddings.ids,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
     }
     write_json(_sidecar_path(path), meta)
     return load_annoy(path)
 
 
-def load_annoy(
-    path: str | os.PathLike, *, expect_key: str | None = None, expect_dim: int | None = None
-) -> AnnoyIndex:
+def load_annoy(path: str | os.PathLike, *, expect_key: str | None = None, expect_dim: int | None = None) -> AnnoyIndex:
     """Load an Annoy index by mmap after checking its sidecar.
 
     Raises:
@@ -237,9 +239,34 @@ def load_annoy(
     return AnnoyIndex(index, meta, path)
 
 
+def annoy_path(cache_dir: str | os.PathLike | None, encoder: str, embedding_key: str, n_trees: int) -> Path:
+    """``<cache>/indexes/<encoder>/<embedding key>-t<n_trees>.ann``: where :func:`build_index` keeps an Annoy index."""
+    return resolve_cache_dir(cache_dir) / "indexes" / encoder / f"{embedding_key}-t{n_trees}.ann"
+
+
 def index_path(cache_dir: str | os.PathLike | None, embeddings: EmbeddingSet, n_trees: int) -> Path:
-    root = resolve_cache_dir(cache_dir)
-    return root / "indexes" / embeddings.encoder / f"{embeddings.key}-t{n_trees}.ann"
+    """:func:`annoy_path` of ``embeddings``."""
+    return annoy_path(cache_dir, embeddings.encoder, embeddings.key, n_trees)
+
+
+def cache_state(
+    catalog: Catalog,
+    encoder_name: str,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    key: str | None = None,
+    precision: str | None = None,
+    n_trees: int = DEFAULT_N_TREES,
+) -> EmbeddingState:
+    """:func:`lens.embed.embedding_state` plus whether an Annoy index of ``n_trees`` trees is built on those vectors.
+
+    Reads file names and sidecars only: no encoder, vector or index is loaded, nothing is verified (loading does).
+    """
+    state = embedding_state(catalog, encoder_name, cache_dir, key=key, precision=precision)
+    if not state.embedded:
+        return state
+    ann = annoy_path(cache_dir, encoder_name, state.key, n_trees)
+    return replace(state, indexed=ann.is_file() and _sidecar_path(ann).is_file())
 
 
 def build_index(
@@ -272,7 +299,12 @@ def build_index(
 
 
 def recall_at_k_vs_exact(
-    approximate: VectorIndex, exact: ExactIndex, queries: np.ndarray, k: int = 10, *, exclude_rows: Sequence[int] | None = None
+    approximate: VectorIndex,
+    exact: ExactIndex,
+    queries: np.ndarray,
+    k: int = 10,
+    *,
+    exclude_rows: Sequence[int] | None = None,
 ) -> float:
     """Mean share of the exact top ``k`` that the approximate index also returns (the usual ANN recall@k)."""
     truth = exact.search_rows(queries, k, exclude_rows=exclude_rows)

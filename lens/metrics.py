@@ -91,7 +91,7 @@ def _label_codes(*label_arrays: Any) -> list[np.ndarray]:
 
 
 def relevance_from_labels(
-    ranked_indices: np.ndarray, query_labels: Sequence[Any], gallery_labels: Sequence[Any]
+    ranked_indices: np.ndarray, query_labels: Sequence[Any] | np.ndarray, gallery_labels: Sequence[Any] | np.ndarray
 ) -> np.ndarray:
     """Marks which ranked results share their query's label.
 
@@ -126,7 +126,10 @@ def relevance_from_labels(
 
 
 def count_relevant(
-    query_labels: Sequence[Any], gallery_labels: Sequence[Any], *, query_in_gallery: bool = True
+    query_labels: Sequence[Any] | np.ndarray,
+    gallery_labels: Sequence[Any] | np.ndarray,
+    *,
+    query_in_gallery: bool = True,
 ) -> np.ndarray:
     """Counts, per query, the gallery items that share its label.
 
@@ -389,15 +392,17 @@ def _metric_keys(ks: Sequence[int]) -> list[str]:
 
 def _validate_ks(ks: Sequence[int]) -> tuple[int, ...]:
     try:
-        values = list(ks)
-    except TypeError:
+        values: list[Any] = list(ks)
+    except TypeError:  # a bare int
         values = [ks]
     if not values or any(not isinstance(k, Integral) or isinstance(k, bool) or k < 1 for k in values):
         raise LensError(f"ks must be a non-empty list of positive ints such as (1, 5, 10); got {ks!r}")
     return tuple(sorted({int(k) for k in values}))
 
 
-def _validate_items(labels: Sequence[Any], ids: Sequence[str] | None, n_items: int) -> tuple[np.ndarray, list[str]]:
+def _validate_items(
+    labels: Sequence[Any] | np.ndarray, ids: Sequence[str] | None, n_items: int
+) -> tuple[np.ndarray, list[str]]:
     """Labels as an object array and ids as strings, both of length ``n_items``."""
     try:
         label_arr = _as_object_array(labels)
@@ -434,7 +439,7 @@ def _validate_query_indices(query_indices: Sequence[int] | None, n_items: int) -
 
 
 def _query_setup(
-    labels: Sequence[Any], ids: Sequence[str] | None, query_indices: Sequence[int] | None, n_items: int
+    labels: Sequence[Any] | np.ndarray, ids: Sequence[str] | None, query_indices: Sequence[int] | None, n_items: int
 ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Shared front half of both evaluators.
 
@@ -523,7 +528,7 @@ def _build_report(
 
 def evaluate_retrieval(
     vectors: np.ndarray,
-    labels: Sequence[Any],
+    labels: Sequence[Any] | np.ndarray,
     ids: Sequence[str] | None = None,
     *,
     ks: Sequence[int] = (1, 5, 10),
@@ -626,9 +631,7 @@ def evaluate_neighbors(
     n_items = len(_as_object_array(labels))
     label_arr, id_list, queries, n_relevant, evaluated = _query_setup(labels, ids, query_indices, n_items)
     if len(queries) != len(neighbors):
-        raise LensError(
-            f"got {len(neighbors)} neighbour rows for {len(queries)} query indices; pass one row per query"
-        )
+        raise LensError(f"got {len(neighbors)} neighbour rows for {len(queries)} query indices; pass one row per query")
     if neighbors.size and neighbors.max() >= n_items:
         raise LensError(
             f"neighbor_indices reach {int(neighbors.max())} but there are only {n_items} labels; "

@@ -13,8 +13,6 @@ stored, never the fitted reducer (that would need pickle, and nothing here trans
 
 from __future__ import annotations
 
-import datetime as _dt
-import io
 import os
 import time
 import warnings
@@ -24,9 +22,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lens.cache import FORMAT_VERSION, atomic_write, bytes_sha256, cache_key, read_json, resolve_cache_dir, write_json
 from lens.embed import EmbeddingSet
 from lens.errors import CacheError, LensError
+from lens.store import FORMAT_VERSION, bytes_sha256, cache_key, resolve_cache_dir, save_array, verify_array
 
 __all__ = [
     "DEFAULT_MAX_POINTS",
@@ -120,7 +118,9 @@ class Projection:
 
     def __post_init__(self) -> None:
         if self.coords.ndim != 2 or self.coords.shape != (len(self.ids), 2):
-            raise LensError(f"Projection needs (n, 2) coordinates for n ids: got {self.coords.shape}, {len(self.ids)} ids.")
+            raise LensError(
+                f"Projection needs (n, 2) coordinates for n ids: got {self.coords.shape}, {len(self.ids)} ids."
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -259,21 +259,15 @@ def projection_key(embedding_key: str, ids: list[str], params: ProjectionParams)
     )
 
 
-def _paths(cache_dir: Path, encoder: str, key: str) -> tuple[Path, Path]:
-    folder = cache_dir / "projections" / encoder
-    return folder / f"{key}.npy", folder / f"{key}.json"
+def _npy_path(cache_dir: str | os.PathLike | None, encoder: str, key: str) -> Path:
+    return resolve_cache_dir(cache_dir) / "projections" / encoder / f"{key}.npy"
 
 
 def save_projection(projection: Projection, cache_dir: str | os.PathLike | None = None) -> Path:
     """Write the coordinates (``.npy``) then the sidecar (JSON), each atomically."""
-    root = resolve_cache_dir(cache_dir)
-    npy_path, json_path = _paths(root, projection.encoder, projection.key)
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(projection.coords, dtype=np.float32), allow_pickle=False)
-    data = buffer.getvalue()
-    atomic_write(npy_path, lambda tmp: tmp.write_bytes(data))
-    write_json(
-        json_path,
+    return save_array(
+        _npy_path(cache_dir, projection.encoder, projection.key),
+        np.asarray(projection.coords, dtype=np.float32),
         {
             "format": FORMAT_VERSION,
             "kind": _KIND,
@@ -282,14 +276,10 @@ def save_projection(projection: Projection, cache_dir: str | os.PathLike | None 
             "method": projection.method,
             "params": projection.params,
             "n_total": projection.n_total,
-            "shape": list(projection.coords.shape),
-            "sha256": bytes_sha256(data),
             "ids": projection.ids,
             "seconds": round(projection.seconds, 3),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    return npy_path
 
 
 def load_projection(cache_dir: str | os.PathLike | None, encoder: str, key: str) -> Projection | None:
@@ -298,23 +288,11 @@ def load_projection(cache_dir: str | os.PathLike | None, encoder: str, key: str)
     Raises:
         CacheError: an entry exists but does not verify (key, checksum, shape, ids); callers recompute.
     """
-    root = resolve_cache_dir(cache_dir)
-    npy_path, json_path = _paths(root, encoder, key)
-    meta = read_json(json_path)
-    if meta is None or not npy_path.exists():
+    npy_path = _npy_path(cache_dir, encoder, key)
+    loaded = verify_array(npy_path, expect={"key": key, "format": FORMAT_VERSION, "kind": _KIND})
+    if loaded is None:
         return None
-    if meta.get("key") != key or meta.get("format") != FORMAT_VERSION or meta.get("kind") != _KIND:
-        raise CacheError(f"{json_path} belongs to another key or format; it will be recomputed.")
-    try:
-        data = npy_path.read_bytes()
-    except OSError as exc:
-        raise CacheError(f"cannot read {npy_path}: {exc}") from exc
-    if bytes_sha256(data) != meta.get("sha256"):
-        raise CacheError(f"{npy_path} does not match the checksum in its sidecar; it will be recomputed.")
-    try:
-        coords = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as exc:
-        raise CacheError(f"{npy_path} is not a valid .npy file: {exc}") from exc
+    coords, meta = loaded
     ids = meta.get("ids")
     if not isinstance(ids, list) or coords.dtype != np.float32 or coords.shape != (len(ids), 2):
         raise CacheError(f"{npy_path} has shape {coords.shape} for {len(ids or [])} ids; it will be recomputed.")

@@ -70,5 +70,12 @@ def results_table(hits: Sequence[Hit], catalog: Catalog, *, columns: Sequence[st
                 f"The index returned id '{hit.id}', which is not in catalog '{catalog.name}': the index was built "
                 "from another catalog; rebuild it with `python -m lens index`."
             ) from None
-        rows.append({"rank": hit.rank, "id": hit.id, "similarity": round(hit.score, 6), **{c: record.get(c, "") for c in meta_columns}})
+        rows.append(
+            {
+                "rank": hit.rank,
+                "id": hit.id,
+                "similarity": round(hit.score, 6),
+                **{c: record.get(c, "") for c in meta_columns},
+            }
+        )
     return pd.DataFrame(rows, columns=[*RESULT_COLUMNS, *meta_columns])

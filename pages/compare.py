@@ -42,12 +42,8 @@ with controls[2]:
             "Query products", options, key="compare_picked", format_func=lambda i: f"{i} — {ctx.title(i)}"[:80]
         )
 
-if not models:
-    st.info("Pick at least one model above.")
-    st.stop()
-if not query_ids:
-    st.info("Pick at least one query product (or choose random queries).")
-    st.stop()
+components.require_choice(models, "Pick at least one model above.")
+components.require_choice(query_ids, "Pick at least one query product (or choose random queries).")
 
 ready = [m for m in models if components.ensure_embeddings(ctx, m, key="compare") is not None]
 if not ready:
@@ -62,7 +58,7 @@ means = summary.groupby("model", sort=False)["precision_at_k"].mean()
 for column, model in zip(st.columns(max(1, len(ready))), ready):
     column.metric(f"{model}: mean P@{k}", f"{means.get(model, float('nan')):.2f}")
 
-cells = {key: frame for key, frame in grid.groupby(["query_id", "model"], sort=False)}
+cells = dict(list(grid.groupby(["query_id", "model"], sort=False)))  # {(query_id, model): its rows}
 strip = components.strip_width(k, 1000 // max(1, len(ready)) - 20)
 widths = [1] + [3] * len(ready)
 head = st.columns(widths)
@@ -73,8 +69,7 @@ for query_id in query_ids:
     st.divider()
     row = st.columns(widths)
     with row[0]:
-        st.image(ctx.thumb(query_id), width=110)
-        st.caption(components.escape_md(f"{catalog.row(query_id).get(label, '')} · {query_id}"))
+        components.query_tile(ctx, query_id, label, width=110)
     for column, model in zip(row[1:], ready):
         with column:
             cell = cells.get((query_id, model))
@@ -84,11 +79,7 @@ for query_id in query_ids:
             precision = float(cell["precision_at_k"].iat[0])
             colour = config.similarity_color(100 * precision)
             st.markdown(f":{colour}-badge[P@{k} = {precision:.2f}]")
-            captions = [
-                f"{'✓' if ok else '✗'} {result_label[:14]} {100 * sim:.0f}%"
-                for ok, result_label, sim in zip(cell["correct"], cell["result_label"], cell["similarity"])
-            ]
-            components.image_strip(ctx, cell["result_id"].tolist(), captions, width=strip)
+            components.result_strip(ctx, cell, width=strip)
 
 st.divider()
 components.download_csv(grid, "Download CSV (one row per query × model × rank)", "lens-compare.csv", key="compare_csv")

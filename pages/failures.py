@@ -4,10 +4,9 @@ mixes up most, and near-duplicate products above a similarity threshold; CSV exp
 from __future__ import annotations
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
-from dashboard import components, config, resources
+from dashboard import charts, components, config, resources
 
 components.run_through_app()
 
@@ -15,7 +14,6 @@ st.title("Failures")
 st.caption("Exact top-k neighbours of every product (the product itself left out); relevant = same label column value.")
 ctx = components.require_context()
 label = components.require_label(ctx)
-catalog = ctx.catalog
 
 controls = st.columns([2, 1, 1])
 with controls[0]:
@@ -49,22 +47,20 @@ worst_results = resources.get_compare_grid(
     ctx.path, ctx.load_label, ctx.fingerprint, ctx.cache_dir, (model,), tuple(worst["query_id"]), label, k
 )
 with st.expander(f"Results of the {min(n_worst, 10)} worst queries", expanded=True):
-    cells = {q: frame for q, frame in worst_results.groupby("query_id", sort=False)}
+    cells = dict(list(worst_results.groupby("query_id", sort=False)))  # {query_id: its rows}
     for query_id in worst["query_id"].head(10):
         row = st.columns([1, 6])
         with row[0]:
-            st.image(ctx.thumb(query_id), width=96)
-            st.caption(components.escape_md(f"{catalog.row(query_id).get(label, '')} · {query_id}"))
+            components.query_tile(ctx, query_id, label, width=96)
         with row[1]:
             cell = cells.get(query_id)
             if cell is not None:
-                captions = [
-                    f"{'✓' if ok else '✗'} {result_label[:14]} {100 * sim:.0f}%"
-                    for ok, result_label, sim in zip(cell["correct"], cell["result_label"], cell["similarity"])
-                ]
-                components.image_strip(ctx, cell["result_id"].tolist(), captions, width=components.strip_width(k, 760))
+                components.result_strip(ctx, cell, width=components.strip_width(k, 760))
 components.download_csv(
-    worst_results, "Download worst queries CSV (one row per query × rank)", f"lens-worst-{model}.csv", key="failures_worst_csv"
+    worst_results,
+    "Download worst queries CSV (one row per query × rank)",
+    f"lens-worst-{model}.csv",
+    key="failures_worst_csv",
 )
 
 # --------------------------------------------------------------------------------------------- confused pairs
@@ -73,33 +69,45 @@ pairs = resources.get_confused_pairs(*args, label, k)
 if pairs.empty:
     st.success(f"No query has a result with another {label} in its top {k}.")
 else:
-    chart = pairs.head(15).assign(pair=lambda t: t["label_a"] + " ↔ " + t["label_b"])
-    fig = px.bar(chart.iloc[::-1], x="count", y="pair", orientation="h", hover_data=["a_to_b", "b_to_a", "share"])
-    fig.update_layout(height=max(260, 26 * len(chart) + 80), margin=dict(l=10, r=10, t=10, b=10), yaxis_title=None)
     left, right = st.columns([1, 1], gap="large")
     with left:
-        st.plotly_chart(fig, key="failures_pairs_chart")
+        st.plotly_chart(charts.confused_pairs(pairs), key="failures_pairs_chart")
     with right:
         st.dataframe(pairs, hide_index=True, column_config={"share": st.column_config.NumberColumn(format="%.3f")})
     choice = st.selectbox(
-        "Examples of", list(range(len(pairs))), key="failures_pair",
+        "Examples of",
+        list(range(len(pairs))),
+        key="failures_pair",
         format_func=lambda i: f"{pairs['label_a'].iat[i]} ↔ {pairs['label_b'].iat[i]} ({pairs['count'].iat[i]})",
     )
-    examples = resources.get_confusion_examples(*args, label, k, pairs["label_a"].iat[choice], pairs["label_b"].iat[choice])
+    examples = resources.get_confusion_examples(
+        *args, label, k, pairs["label_a"].iat[choice], pairs["label_b"].iat[choice]
+    )
     for column, example in zip(st.columns(4), examples.head(4).itertuples()):
         with column:
             components.image_strip(
                 ctx,
                 [example.query_id, example.result_id],
-                [f"query: {example.query_label[:14]}", f"#{example.rank} {example.result_label[:14]} {100 * example.similarity:.0f}%"],
+                [
+                    f"query: {example.query_label[:14]}",
+                    f"#{example.rank} {example.result_label[:14]} {100 * example.similarity:.0f}%",
+                ],
                 width=96,
             )
-    components.download_csv(pairs, "Download confused pairs CSV", f"lens-confused-{model}.csv", key="failures_pairs_csv")
+    components.download_csv(
+        pairs, "Download confused pairs CSV", f"lens-confused-{model}.csv", key="failures_pairs_csv"
+    )
 
 # ----------------------------------------------------------------------------------------------- near duplicates
 st.subheader("Near-duplicate products")
 threshold = st.slider(
-    "Cosine similarity at least", 0.80, 1.00, 0.97, 0.005, format="%.3f", key="failures_threshold",
+    "Cosine similarity at least",
+    0.80,
+    1.00,
+    0.97,
+    0.005,
+    format="%.3f",
+    key="failures_threshold",
     help="Pairs of different products whose vectors are this close: duplicate listings, or variants the model "
     "cannot tell apart.",
 )
@@ -111,11 +119,16 @@ if not dups.pairs.empty:
     table = dups.pairs.copy()
     table.insert(1, "title_a", [ctx.title(i) for i in table["id_a"]])
     table.insert(3, "title_b", [ctx.title(i) for i in table["id_b"]])
-    st.dataframe(table, hide_index=True, height=260, column_config={"similarity": st.column_config.NumberColumn(format="%.4f")})
+    st.dataframe(
+        table, hide_index=True, height=260, column_config={"similarity": st.column_config.NumberColumn(format="%.4f")}
+    )
     for column, pair in zip(st.columns(4) + st.columns(4), table.head(8).itertuples()):
         with column:
             colour = config.similarity_color(100 * pair.similarity)
-            st.markdown(f":{colour}-badge[{100 * pair.similarity:.1f} %]" + ("" if pair.same_label else " :red-badge[labels differ]"))
+            st.markdown(
+                f":{colour}-badge[{100 * pair.similarity:.1f} %]"
+                + ("" if pair.same_label else " :red-badge[labels differ]")
+            )
             components.image_strip(ctx, [pair.id_a, pair.id_b], [pair.id_a, pair.id_b], width=96)
     components.download_csv(
         pd.DataFrame(table), "Download near-duplicates CSV", f"lens-duplicates-{model}.csv", key="failures_dups_csv"

@@ -4,10 +4,9 @@ as a table, charts, a per-category heatmap and table; CSV exports."""
 from __future__ import annotations
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
-from dashboard import components, resources
+from dashboard import charts, components, resources
 
 components.run_through_app()
 
@@ -40,14 +39,14 @@ queries = controls[1].radio(
 sample_size = None
 if queries == "A random sample":
     sizes = [s for s in SAMPLE_SIZES if s < len(catalog)] or [len(catalog)]
-    sample_size = controls[1].select_slider("Sample size", sizes, value=2000 if 2000 in sizes else sizes[-1], key="metrics_n")
+    sample_size = controls[1].select_slider(
+        "Sample size", sizes, value=2000 if 2000 in sizes else sizes[-1], key="metrics_n"
+    )
 average = controls[2].radio(
     "Average", ("micro (over queries)", "macro (over categories)"), horizontal=True, key="metrics_average"
 )
 
-if not models:
-    st.info("Pick at least one model above.")
-    st.stop()
+components.require_choice(models, "Pick at least one model above.")
 if not ks:
     st.warning("Pick at least one cut-off k.")
     st.stop()
@@ -64,23 +63,9 @@ for model in models:
 if not reports:
     st.stop()
 
-macro = average.startswith("macro")
 first = next(iter(reports.values()))
 keys = first.metric_keys
-rows = []
-for model, report in reports.items():
-    values = report.macro if macro else report.summary
-    rows.append(
-        {
-            "model": model,
-            "average": "macro" if macro else "micro",
-            "label": label,
-            "queries": int(report.summary["n_queries"]),
-            "skipped": int(report.summary["n_skipped"]),
-            **{key: values[key] for key in keys},
-        }
-    )
-summary = pd.DataFrame(rows)
+summary = resources.metrics_summary(reports, macro=average.startswith("macro"))
 st.subheader("Summary")
 st.dataframe(
     summary.drop(columns=["average", "label"]),
@@ -92,38 +77,29 @@ if skipped:
     st.caption(f"{skipped:,} queries have no other product with their label and are left out of every mean.")
 components.download_csv(summary, "Download summary CSV", f"lens-metrics-{label}.csv", key="metrics_csv")
 
-long = summary.melt(id_vars=["model"], value_vars=keys, var_name="metric", value_name="value")
-fig = px.bar(long, x="metric", y="value", color="model", barmode="group", range_y=[0, 1], title="Metrics by model")
-fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), legend_title_text=None)
-st.plotly_chart(fig, key="metrics_chart")
+st.plotly_chart(charts.metrics_by_model(summary, keys), key="metrics_chart")
 
 st.subheader(f"Per {label}")
-metric = st.selectbox("Metric", keys, index=keys.index(f"precision@{ks_t[min(1, len(ks_t) - 1)]}"), key="metrics_metric")
+metric = st.selectbox(
+    "Metric", keys, index=keys.index(f"precision@{ks_t[min(1, len(ks_t) - 1)]}"), key="metrics_metric"
+)
 matrix = resources.per_category_matrix(reports, metric)
 if not matrix.empty:
-    shown = matrix.head(40)
-    heat = px.imshow(
-        shown.to_numpy(),
-        x=list(shown.columns),
-        y=[str(i) for i in shown.index],
-        color_continuous_scale="RdYlGn",
-        zmin=0,
-        zmax=1,
-        text_auto=".2f",
-        aspect="auto",
-        labels={"color": metric},
-        title=f"{metric} per {label}" + (f" (40 largest of {len(matrix)})" if len(matrix) > 40 else ""),
-    )
-    heat.update_layout(height=max(300, 24 * len(shown) + 120), margin=dict(l=10, r=10, t=40, b=10))
-    st.plotly_chart(heat, key="metrics_heatmap")
+    st.plotly_chart(charts.category_heatmap(matrix, metric, label), key="metrics_heatmap")
     sizes = first.per_category.set_index("label")["n_queries"]
     table = matrix.reset_index()
     table.insert(1, "queries", table["label"].map(sizes).fillna(0).astype(int))
     st.dataframe(
-        table, hide_index=True,
-        column_config={m: st.column_config.ProgressColumn(m, min_value=0.0, max_value=1.0, format="%.2f") for m in reports},
+        table,
+        hide_index=True,
+        column_config={
+            m: st.column_config.ProgressColumn(m, min_value=0.0, max_value=1.0, format="%.2f") for m in reports
+        },
     )
 per_category = pd.concat(
-    [report.per_category.assign(model=model, label_column=label) for model, report in reports.items()], ignore_index=True
+    [report.per_category.assign(model=model, label_column=label) for model, report in reports.items()],
+    ignore_index=True,
 )
-components.download_csv(per_category, f"Download per-{label} CSV", f"lens-metrics-per-{label}.csv", key="metrics_cat_csv")
+components.download_csv(
+    per_category, f"Download per-{label} CSV", f"lens-metrics-per-{label}.csv", key="metrics_cat_csv"
+)

@@ -3,10 +3,9 @@ embeddings, index), with a button that builds what is missing."""
 
 from __future__ import annotations
 
-import plotly.express as px
 import streamlit as st
 
-from dashboard import components, config, resources
+from dashboard import charts, components, config, resources
 
 components.run_through_app()
 
@@ -26,13 +25,7 @@ st.caption(f"Folder: `{catalog.root}`")
 counts = catalog.table[label].astype(str).value_counts().rename_axis(label).reset_index(name="items")
 left, right = st.columns([1, 1], gap="large")
 with left:
-    shown = counts.head(25)
-    fig = px.bar(
-        shown.iloc[::-1], x="items", y=label, orientation="h", text="items",
-        title=f"Items per {label}" + (f" (top 25 of {len(counts)})" if len(counts) > 25 else ""),
-    )
-    fig.update_layout(height=max(260, 22 * len(shown) + 80), margin=dict(l=10, r=10, t=40, b=10), yaxis_title=None)
-    st.plotly_chart(fig, key="overview_counts")
+    st.plotly_chart(charts.category_counts(counts, label, total=len(counts)), key="overview_counts")
     with st.expander(f"All {len(counts)} values of {label}"):
         st.dataframe(counts, hide_index=True, height=240)
 with right:
@@ -79,14 +72,22 @@ todo = states.loc[
 if todo:
     st.markdown("**Build what is missing**")
     chosen = st.multiselect(
-        "Models to build", todo, default=todo, key="overview_build_models",
+        "Models to build",
+        todo,
+        default=todo,
+        key="overview_build_models",
         help="Embedding takes about 4 minutes per model for 8,000 photos on 2 CPU cores; it is cached on disk.",
     )
-    if st.button("Build embeddings and indexes", key="overview_build", type="primary", disabled=not chosen,
-                 icon=":material/build:"):
-        if components.build_models(ctx, chosen, index=True):
-            st.session_state["overview_built"] = f"Built embeddings and indexes for {', '.join(chosen)}."
-            st.rerun()
+    clicked = st.button(
+        "Build embeddings and indexes",
+        key="overview_build",
+        type="primary",
+        disabled=not chosen,
+        icon=":material/build:",
+    )
+    if clicked and components.build_models(ctx, chosen, index=True):
+        st.session_state["overview_built"] = f"Built embeddings and indexes for {', '.join(chosen)}."
+        st.rerun()
 else:
     st.success("Every available model has its embeddings and index for this catalog.")
 st.caption(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import components, resources
+from dashboard import charts, components, resources
 from lens.errors import LensError
 
 components.run_through_app()
@@ -26,11 +26,16 @@ with pick[1]:
 options = st.columns([2, 2, 2])
 colour_options = list(ctx.categorical) or [ctx.load_label]
 default_colour = ctx.label_column if ctx.label_column in colour_options else colour_options[0]
-colour_column = options[0].selectbox("Colour by", colour_options, index=colour_options.index(default_colour), key="proj_colour")
+colour_column = options[0].selectbox(
+    "Colour by", colour_options, index=colour_options.index(default_colour), key="proj_colour"
+)
 sizes = [s for s in SAMPLE_CHOICES if s < len(catalog)] + [len(catalog)]
 if len(sizes) > 1:
     max_points = options[1].select_slider(
-        "Products per map", sizes, value=3000 if 3000 in sizes else sizes[-1], key="proj_points",
+        "Products per map",
+        sizes,
+        value=3000 if 3000 in sizes else sizes[-1],
+        key="proj_points",
         format_func=lambda n: f"all {n:,}" if n == len(catalog) else f"{n:,}",
         help="Large catalogs are sampled (uniformly at random, seed 0): UMAP time grows with the number of points.",
     )
@@ -39,7 +44,9 @@ else:
     options[1].metric("Products per map", f"all {len(catalog):,}")
 method = options[2].radio("Map", ("UMAP", "PCA"), horizontal=True, key="proj_method")
 with st.expander("UMAP settings"):
-    n_neighbors = st.slider("n_neighbors", 2, 100, 15, key="proj_neighbors", help="Clamped to the number of points − 1.")
+    n_neighbors = st.slider(
+        "n_neighbors", 2, 100, 15, key="proj_neighbors", help="Clamped to the number of points − 1."
+    )
     min_dist = st.slider("min_dist", 0.0, 0.99, 0.1, 0.01, key="proj_min_dist")
 
 n_shown = min(max_points, len(catalog))
@@ -58,7 +65,9 @@ for column, row, side in zip(st.columns(2, gap="large"), (left_row, right_row), 
         embeddings = components.ensure_embeddings(ctx, row["name"], key=f"proj_{side}")
         if embeddings is None:
             continue
-        sides.append({"side": side, "model": row["name"], "note": st.empty(), "chart": st.empty(), "below": st.container()})
+        sides.append(
+            {"side": side, "model": row["name"], "note": st.empty(), "chart": st.empty(), "below": st.container()}
+        )
 
 limit = None if max_points >= len(catalog) else int(max_points)
 umap_args = ("umap", int(n_neighbors), float(min_dist), limit, 0)
@@ -78,7 +87,7 @@ try:
             pca = resources.get_projection(*args, *pca_args)
             frame = components.projection_frame(ctx, pca.ids, pca.coords, colour_column)
             entry["chart"].plotly_chart(
-                components.projection_figure(frame, colour_column, title=title_of(entry["model"], "PCA preview", pca)),
+                charts.projection(frame, colour_column, title=title_of(entry["model"], "PCA preview", pca)),
                 key=f"proj_pca_{entry['side']}",
             )
             entry["note"].info(f"PCA preview — computing the UMAP of {len(pca):,} points (about 10–60 s, once)…")
@@ -90,14 +99,17 @@ try:
         projection = resources.get_projection(*args, *chosen)
         frame = components.projection_frame(ctx, projection.ids, projection.coords, colour_column)
         event = entry["chart"].plotly_chart(
-            components.projection_figure(frame, colour_column, title=title_of(entry["model"], method, projection)),
+            charts.projection(frame, colour_column, title=title_of(entry["model"], method, projection)),
             key=f"proj_{entry['side']}_{method}",
             on_select="rerun",
             selection_mode=("points", "box", "lasso"),
         )
         how = "from the cache" if projection.from_cache else f"computed in {projection.seconds:.1f} s"
-        entry["note"].caption(f"{method} {how}" + (f", n_neighbors = {projection.params.get('n_neighbors_used')}" if method == "UMAP" else ""))
-        picked = components.selected_ids(event)
+        entry["note"].caption(
+            f"{method} {how}"
+            + (f", n_neighbors = {projection.params.get('n_neighbors_used')}" if method == "UMAP" else "")
+        )
+        picked = charts.selected_ids(event)
         with entry["below"]:
             if picked:
                 st.markdown(f"**{len(picked)} selected**" + (" (showing 24)" if len(picked) > 24 else ""))

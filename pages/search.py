@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import streamlit as st
 
 from dashboard import components, config, query, resources
 from lens.errors import LensError
-from lens.vectors import mix_query_vectors
 
 components.run_through_app()
 
-MODES = ("Catalog product", "Upload an image", "Text", "Image + text")
-IMAGE_SOURCES = ("Catalog product", "Upload an image")
 RESULTS_KEY = "search_results"  # session key of the last results table (what the CSV export holds)
 
 st.title("Search")
@@ -30,7 +26,7 @@ with top[0]:
 with top[1]:
     k = st.slider("Results (k)", 1, 50, 10, key="search_k")
 with top[2]:
-    mode = st.radio("Query by", MODES, horizontal=True, key="search_mode")
+    mode = st.radio("Query by", query.MODES, horizontal=True, key="search_mode")
 
 model = model_row["name"]
 text_models = [r["name"] for r in resources.encoders() if r["text"] and r["available"]]
@@ -94,87 +90,69 @@ def text_input(image_too: bool) -> str | None:
         )
         return None
     if not model_row["text"]:
-        others = ", ".join(text_models)
-        remedy = (
-            f"pick a text-capable model: {others}."
-            if others
-            else "no text-capable model is available on this machine; `python -m lens encoders` lists the "
-            "text-capable ones and how to install their weights."
-        )
-        st.error(f"'{model}' embeds images only, so it cannot search by text: {remedy}")
+        st.error(query.text_unsupported(model, text_models))
         return None
     return text.strip()
 
 
 # ------------------------------------------------------------------------------------------------ query inputs
 left, right = st.columns([1, 2], gap="large")
-vector: np.ndarray | None = None
+found: query.Query | None = None
 exclude: list[str] = []
-query_label = ""
 with left:
     if not components.require_available(model_row):
         st.stop()
     embeddings = components.ensure_embeddings(ctx, model, key="search")
     if embeddings is None:
         st.stop()
-    source = mode if mode in IMAGE_SOURCES else None
-    if mode == "Image + text":
-        source = st.radio("Image from", IMAGE_SOURCES, horizontal=True, key="search_image_source")
-    image = None
+    source = mode if mode in query.IMAGE_SOURCES else None
+    if mode == query.IMAGE_TEXT:
+        source = st.radio("Image from", query.IMAGE_SOURCES, horizontal=True, key="search_image_source")
+    upload = None
     image_key = ""
     product_id = None
-    if source == "Catalog product":
+    if source == query.PRODUCT:
         product_id = pick_product()
         if product_id is not None:
             image_key = resources.digest(ctx.fingerprint, product_id)
-    elif source == "Upload an image":
+    elif source == query.UPLOAD:
         loaded = uploaded_image()
         if loaded is not None:
-            image, data = loaded
+            upload, data = loaded
             image_key = resources.digest(data)
-    crop_x, crop_y = crop_controls() if source else ((0, 100), (0, 100))
-    cropped = not query.is_full_crop(crop_x, crop_y)
-    text = text_input(image_too=mode == "Image + text") if mode in ("Text", "Image + text") else None
+    crop_x, crop_y = crop_controls() if source else (query.FULL_RANGE, query.FULL_RANGE)
+    text = text_input(image_too=mode == query.IMAGE_TEXT) if mode in (query.TEXT, query.IMAGE_TEXT) else None
     weight = 0.5
-    if mode == "Image + text":
+    if mode == query.IMAGE_TEXT:
         weight = st.slider("Weight of the text", 0.0, 1.0, 0.5, 0.05, key="search_text_weight")
+    if product_id is not None and st.checkbox(
+        "Leave the product itself out of the results", value=True, key="search_exclude_self"
+    ):
+        exclude = [product_id]
+    parts = query.QueryParts(
+        mode=mode,
+        product_id=product_id,
+        upload=upload,
+        image_key=resources.digest(image_key, crop_x, crop_y),
+        crop_x=crop_x,
+        crop_y=crop_y,
+        text=text,
+        weight=weight,
+    )
     started = time.perf_counter()
     try:
-        image_vector = None
-        if product_id is not None:
-            if cropped:
-                image = resources.load_image(str(catalog.image_path(catalog.index_of(product_id))))
-            else:
-                image_vector = np.asarray(embeddings.vectors[embeddings.position(product_id)])
-            if st.checkbox("Leave the product itself out of the results", value=True, key="search_exclude_self"):
-                exclude = [product_id]
-            query_label = f"product {product_id}"
-        if image is not None:
-            image = query.crop_image(image, crop_x, crop_y)
-            image_vector = resources.image_query_vector(model, resources.digest(image_key, crop_x, crop_y), image)
-            st.image(resources.image_bytes(image), caption="Query" + (" (cropped)" if cropped else ""), width="stretch")
-            query_label = query_label or "uploaded image"
-        elif product_id is not None:
-            st.image(ctx.thumb(product_id, 2 * config.THUMBNAIL_PX), caption=ctx.title(product_id), width="stretch")
-        if mode == "Text":
-            if text is not None:
-                vector = resources.text_query_vector(model, text)
-                query_label = f"text: {text}"
-        elif mode == "Image + text":
-            if text is not None and image_vector is not None:
-                vector = mix_query_vectors(image_vector, resources.text_query_vector(model, text), weight)
-                query_label = f"{query_label} + text: {text}"
-        else:
-            vector = image_vector
+        found = query.build_query(parts, components.query_encoders(ctx, model, embeddings))
     except LensError as exc:
         st.error(str(exc))
-        vector = None
+    if found is not None and found.image is not None:
+        caption = "Query" if query.is_full_crop(crop_x, crop_y) else "Query (cropped)"
+        st.image(resources.image_bytes(found.image), caption=caption, width="stretch")
+    elif product_id is not None:
+        st.image(ctx.thumb(product_id, 2 * config.THUMBNAIL_PX), caption=ctx.title(product_id), width="stretch")
 
 # ----------------------------------------------------------------------------------------------------- filters
 with right:
-    filter_columns = sorted(
-        ctx.categorical, key=lambda c: (config.FILTER_PREFERENCE.index(c) if c in config.FILTER_PREFERENCE else 99, c)
-    )
+    filter_columns = query.filter_columns(ctx.categorical)
     filters: dict[str, list[str]] = {}
 
     def filter_widget(column: str) -> None:
@@ -190,27 +168,24 @@ with right:
         with st.expander("More filters"):
             for column in more_filters:
                 filter_widget(column)
-    active = tuple((c, tuple(sorted(v))) for c, v in filters.items() if v)
+    active = query.active_filters(filters)
     allowed = resources.allowed_ids(ctx.path, ctx.load_label, ctx.fingerprint, active) if active else None
     if allowed is not None:
         st.caption(f"{len(allowed):,} of {len(catalog):,} products pass the filters.")
 
 # ----------------------------------------------------------------------------------------------------- results
 st.divider()
-if vector is None:
+if found is None or found.vector is None:
     st.stop()
 if allowed is not None and not (allowed - set(exclude)):
     st.warning("No product passes these filters; remove a filter value to see results.")
     st.stop()
 try:
-    results = resources.search(*ctx.emb(model), vector, k, exclude=exclude, allowed=allowed)
+    results = resources.search(*ctx.emb(model), found.vector, k, exclude=exclude, allowed=allowed)
 except LensError as exc:
     st.error(str(exc))
     st.stop()
-
-results.insert(3, "similarity_pct", (results["similarity"] * 100).round(1))
-results.insert(4, "model", model)
-results.insert(5, "query", query_label)
+results = query.annotate_results(results, model=model, label=found.label)
 st.session_state[RESULTS_KEY] = results
 
 header = st.columns([3, 1, 1], vertical_alignment="bottom")
@@ -226,5 +201,5 @@ elif as_table:
 else:
     components.result_cards(ctx, results, meta_columns=meta_columns)
 elapsed = time.perf_counter() - started
-timing.markdown(f"**{len(results)} results** for {query_label} · {model} · {elapsed * 1000:.0f} ms")
+timing.markdown(f"**{len(results)} results** for {found.label} · {model} · {elapsed * 1000:.0f} ms")
 st.session_state["search_elapsed_s"] = elapsed

@@ -21,7 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app_pages import app_pages
 from fixtures import draw_item
+
+# A real `streamlit run` and Chromium: a minute or two in all, so it runs with the slow tests.
+pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO_ROOT / "test-artifacts" / "screenshots"
@@ -48,15 +52,16 @@ if not CHROMIUM.is_file():
         allow_module_level=True,
     )
 
-# (url path, title on the page, text that appears once the page has rendered its content)
-PAGES = [
-    ("", "lens — visual product search", "A sample of products"),
-    ("search", "Search", "results for"),
-    ("compare", "Compare models", "queries ×"),
-    ("projections", "Projections", "UMAP"),
-    ("metrics", "Metrics", "Per articleType"),
-    ("failures", "Failures", "pairs at cosine"),
-]
+# {page name: (title on the page, text that appears once the page has rendered its content)}; the pages themselves
+# and their URLs come from app.py's st.Page calls.
+PAGE_TEXT = {
+    "overview": ("lens — visual product search", "A sample of products"),
+    "search": ("Search", "results for"),
+    "compare": ("Compare models", "queries ×"),
+    "projections": ("Projections", "UMAP"),
+    "metrics": ("Metrics", "Per articleType"),
+    "failures": ("Failures", "pairs at cosine"),
+}
 
 
 def _free_port() -> int:
@@ -81,12 +86,21 @@ def server(small_catalog_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     env.pop("LENS_LABEL", None)
     log_path = folder / "streamlit.log"
     command = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.address", "127.0.0.1",
-        "--server.port", str(port),
-        "--server.headless", "true",
-        "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
     ]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -179,7 +193,11 @@ def test_a_page_url_opened_first_runs_inside_the_app(server: str, page: object) 
 
 def test_every_page_in_a_browser(server: str, page: object) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for number, (path, title, ready_text) in enumerate(PAGES, start=1):
+    pages = app_pages()
+    assert set(PAGE_TEXT) == {p.name for p in pages}, "PAGE_TEXT: a title and a ready text for every page of app.py"
+    for number, app_page in enumerate(pages, start=1):
+        path = app_page.url_path
+        title, ready_text = PAGE_TEXT[app_page.name]
         page.goto(f"{server}/{path}", wait_until="domcontentloaded")
         wait_until_rendered(page, title, ready_text)
         assert_no_traceback(page, path or "overview")

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures import class_names, make_fashion_mnist_idx, write_idx
 
+from fixtures import class_names, make_fashion_mnist_idx, write_idx
 from lens.catalog import (
     DEFAULT_LABEL_COLUMN,
     FASHION_MNIST_CLASSES,
@@ -94,7 +94,9 @@ def test_csv_file_path_and_renamed_columns(tmp_path, small_catalog_dir):
 
 
 def test_unknown_column_lists_available_and_remedy(small_catalog_dir):
-    with pytest.raises(CatalogError, match=r"no label column 'style'.*Available columns: id, image, articleType.*--label"):
+    with pytest.raises(
+        CatalogError, match=r"no label column 'style'.*Available columns: id, image, articleType.*--label"
+    ):
         load_catalog(small_catalog_dir, label_column="style")
     with pytest.raises(CatalogError, match=r"no id column 'sku'.*--id-column"):
         load_catalog(small_catalog_dir, id_column="sku")
@@ -124,9 +126,13 @@ def test_empty_ids_named(small_catalog_copy):
 
 @pytest.mark.parametrize(
     "bad,why",
-    [("../outside.jpg", "escapes the catalog folder"), ("/etc/passwd", "absolute path"),
-     ("images/../../x.jpg", "escapes"), ("C:\\photos\\a.jpg", "absolute path"),
-     ("https://example.com/a.jpg", "URL")],
+    [
+        ("../outside.jpg", "escapes the catalog folder"),
+        ("/etc/passwd", "absolute path"),
+        ("images/../../x.jpg", "escapes"),
+        ("C:\\photos\\a.jpg", "absolute path"),
+        ("https://example.com/a.jpg", "URL"),
+    ],
 )
 def test_image_paths_must_stay_inside(small_catalog_copy, bad, why):
     header, rows = read_rows(small_catalog_copy)
@@ -254,7 +260,7 @@ def test_fingerprint_stable_and_sensitive(small_catalog_copy):
 def test_fingerprint_same_for_a_copied_catalog_and_reads_each_file_once(small_catalog_copy, tmp_path, monkeypatch):
     import hashlib
 
-    import lens.catalog as catalog_module
+    import lens.store as store_module  # the file-digest memo lives in the store
 
     fp = load_catalog(small_catalog_copy).fingerprint()
     copy = tmp_path / "copy"
@@ -262,7 +268,7 @@ def test_fingerprint_same_for_a_copied_catalog_and_reads_each_file_once(small_ca
     assert load_catalog(copy).fingerprint() == fp
     calls = []
     real = hashlib.file_digest
-    monkeypatch.setattr(catalog_module.hashlib, "file_digest", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(store_module.hashlib, "file_digest", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert load_catalog(copy).fingerprint() == fp
     assert calls == [], "digests come from the on-disk memo when size and mtime are unchanged"
     (copy / "images" / "000103.jpg").unlink()
@@ -294,6 +300,20 @@ def test_subset_keeps_order_and_root(small_catalog_dir):
         cat.subset([1, 1])
     with pytest.raises(CatalogError, match="Unknown item id 'zzz'"):
         cat.index_of("zzz")
+
+
+def test_labels_of_given_ids_follow_their_order(small_catalog_dir):
+    cat = load_catalog(small_catalog_dir)
+    ids = ["000110", "000100", "000121"]
+    labels = cat.labels(ids=ids)
+    assert labels.dtype == object and labels.tolist() == [cat.labels()[cat.index_of(i)] for i in ids]
+    assert cat.labels("baseColour", ids=["000101", "000100"]).tolist() == ["", "Red"]  # empty cells are ""
+    assert cat.labels(ids=[]).tolist() == []
+    np.testing.assert_array_equal(cat.positions(ids), [10, 0, 21])
+    with pytest.raises(CatalogError, match="Unknown item id 'zzz'"):
+        cat.labels(ids=["000100", "zzz"])
+    with pytest.raises(CatalogError, match="no column 'nope'"):
+        cat.labels("nope", ids=ids)
 
 
 def test_sample_is_deterministic(small_catalog_dir):
@@ -376,7 +396,7 @@ def test_fashion_mnist_bad_files(tmp_path):
         load_catalog(folder, cache_dir=tmp_path / "cache")
 
     folder, _ = make_fashion_mnist_idx(tmp_path / "idx3", n=10)
-    raw = (folder / "t10k-images-idx3-ubyte.gz")
+    raw = folder / "t10k-images-idx3-ubyte.gz"
     raw.write_bytes(raw.read_bytes()[:40])
     with pytest.raises(CatalogError, match="damaged|truncated"):
         load_catalog(folder, cache_dir=tmp_path / "cache")
@@ -388,7 +408,9 @@ def test_fashion_mnist_bad_files(tmp_path):
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp")]
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed"
+)
 def test_debian_fashion_mnist_loads_with_limit(tmp_path):
     cat = load_catalog("/usr/share/datasets/fashion-mnist", limit=50, cache_dir=tmp_path)
     assert len(cat) == 50 and cat.source == "fashion-mnist"

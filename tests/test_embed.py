@@ -1,4 +1,4 @@
-"""lens.embed + lens.cache: embedding a catalog, the disk cache and its verification, unreadable images."""
+"""lens.embed + lens.store: embedding a catalog, the disk cache and its verification, unreadable images."""
 
 from __future__ import annotations
 

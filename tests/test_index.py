@@ -235,3 +235,31 @@ def test_build_annoy_refuses_empty_and_bad_trees(tmp_path: Path) -> None:
         build_annoy(empty, tmp_path / "e.ann")
     with pytest.raises(LensError, match="n_trees must be a positive integer"):
         build_annoy(_hand_set(), tmp_path / "t.ann", n_trees=0)
+
+
+def test_cache_state_reports_embeddings_and_index_without_loading_them(
+    small_catalog_dir: Path, lens_cache_dir: Path
+) -> None:
+    from lens.catalog import load_catalog
+    from lens.embed import embed_catalog, embedding_key
+    from lens.encoders import create_encoder
+    from lens.index import DEFAULT_N_TREES, cache_state
+
+    catalog, encoder = load_catalog(small_catalog_dir), create_encoder("tiny")
+    key = embedding_key(catalog, encoder)
+    assert not cache_state(catalog, "tiny", key=key).embedded
+    assert cache_state(catalog, "no-such-encoder").key == ""
+    embeddings = embed_catalog(catalog, encoder)
+    assert embeddings.key == key
+    state = cache_state(catalog, "tiny", lens_cache_dir, key=key)
+    assert state.embedded and not state.indexed and state.key == key
+    assert (state.n, state.failed, state.encoder) == (24, 0, "tiny") and state.created
+    precision = encoder.spec.precision
+    assert cache_state(catalog, "tiny", precision=precision) == state  # found by fingerprint, no key needed
+    assert not cache_state(catalog, "tiny", precision="int3").embedded
+    assert not cache_state(catalog.subset(range(5)), "tiny", precision=precision).embedded  # another fingerprint
+    build_index(embeddings, n_trees=3)
+    assert not cache_state(catalog, "tiny", key=key).indexed  # the dashboard's default tree count is not built
+    assert cache_state(catalog, "tiny", key=key, n_trees=3).indexed
+    build_index(embeddings, n_trees=DEFAULT_N_TREES)
+    assert cache_state(catalog, "tiny", precision=precision).indexed

@@ -20,23 +20,27 @@ pytest.importorskip("streamlit")
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from app_pages import APP as APP_PATH  # noqa: E402
+from app_pages import app_pages  # noqa: E402
 from fixtures import draw_item  # noqa: E402
-from lens.vectors import mix_query_vectors  # noqa: E402
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGES = ("overview", "search", "compare", "projections", "metrics", "failures")
+APP = str(APP_PATH)
+SCRIPTS = {page.name: page.script for page in app_pages()}
+"""``{page name: script}`` of every page app.py declares (``pages/search.py`` is ``search``)."""
+PAGES = tuple(SCRIPTS)
+HOME = next(page.name for page in app_pages() if page.default)
 TIMEOUT = 180  # seconds per script run; the first UMAP in a process compiles numba code (10-30 s on 2 cores)
 
 
-def start(page: str = "overview", **state: object) -> AppTest:
+def start(page: str = HOME, **state: object) -> AppTest:
     """Run the app, then switch to ``page``; ``state`` pre-sets session keys (widget values) before the first run."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.session_state["proj_right"] = "tiny"  # keep Projections on the weight-free encoder
     for key, value in state.items():
         at.session_state[key] = value
     at.run()
-    if page != "overview":
-        at.switch_page(f"pages/{page}.py").run()
+    if page != HOME:
+        at.switch_page(SCRIPTS[page]).run()
     return at
 
 
@@ -78,12 +82,11 @@ def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
 @pytest.fixture()
 def test_encoders() -> Iterator[None]:
     """Register ``tiny-text`` (image + text) and ``tiny-missing`` (no weights) for one test."""
+    from dashboard import resources
     from lens.encoders import EncoderSpec, Preprocess, TorchImageEncoder, WeightsFile, l2_normalize, register_encoder
     from lens.encoders._registry import _REGISTRY
     from lens.encoders.base import state_dict_hash
     from lens.encoders.tiny import build_tiny_model
-
-    from dashboard import resources
 
     class TextTiny(TorchImageEncoder):
         def embed_texts(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
@@ -94,7 +97,7 @@ def test_encoders() -> Iterator[None]:
             return l2_normalize(out)
 
     preprocess = Preprocess(input_size=32, crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    common = dict(family="test", dim=64, preprocess=preprocess, precision="fp32", channels_last=False)
+    common = {"family": "test", "dim": 64, "preprocess": preprocess, "precision": "fp32", "channels_last": False}
     text_spec = EncoderSpec(name="tiny-text", modalities=("image", "text"), description="test: image + text", **common)
     missing_spec = EncoderSpec(name="tiny-missing", description="test: weights missing", **common)
 
@@ -291,7 +294,15 @@ def test_compare_grid_and_csv(dashboard_env: dict[str, Path], downloads: dict[st
     assert_clean(at)
     table = pd.read_csv(io.BytesIO(downloads["lens-compare.csv"]), dtype={"query_id": str, "result_id": str})
     assert list(table.columns) == [
-        "query_id", "query_label", "model", "k", "rank", "result_id", "result_label", "similarity", "correct",
+        "query_id",
+        "query_label",
+        "model",
+        "k",
+        "rank",
+        "result_id",
+        "result_label",
+        "similarity",
+        "correct",
         "precision_at_k",
     ]
     assert len(table) == 4 * 1 * 3  # 4 categories (one query each) x 1 model x k = 3
@@ -334,7 +345,7 @@ def test_catalog_without_the_label_column(dashboard_env: dict[str, Path], monkey
     # The sidebar offers the real columns, and the pages work with the first of them.
     assert "articleType" in at.selectbox(key="label_column").options
     for page in ("search", "metrics"):
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(SCRIPTS[page]).run()
         assert not at.exception and not at.error, page
         assert any("has no 'category' column" in w.value for w in at.warning), page
 
@@ -355,36 +366,52 @@ def test_similarity_colour_bands() -> None:
     from dashboard.config import similarity_color
 
     assert [similarity_color(p) for p in (100, 70, 69.9, 40, 39.9, -5)] == [
-        "green", "green", "orange", "orange", "red", "red",
+        "green",
+        "green",
+        "orange",
+        "orange",
+        "red",
+        "red",
     ]
     assert similarity_badge(0.696) == ":green-badge[70 %]", "the colour follows the percentage shown"
     assert similarity_badge(0.394) == ":red-badge[39 %]"
 
 
-def test_query_helpers() -> None:
-    from PIL import Image
+def test_app_declares_every_page_file() -> None:
+    """The page list the tests use comes from app.py; it must name every file in pages/, once, with one home page."""
+    pages = app_pages()
+    root = APP_PATH.parent
+    assert sorted(page.script for page in pages) == sorted(
+        p.relative_to(root).as_posix() for p in root.glob("pages/*.py")
+    )
+    assert len({page.url_path for page in pages}) == len(pages), "one URL per page"
+    assert [page.url_path for page in pages if page.default] == [""], "exactly one default page, served at /"
 
-    from dashboard import query
-    from lens.errors import LensError
 
-    assert query.crop_box((200, 100), (0, 50), (50, 100)) == (0, 50, 100, 100)
-    assert query.crop_box((10, 10), (100, 100), (0, 0)) == (9, 0, 10, 1), "never an empty box"
-    image = Image.new("RGB", (200, 100))
-    assert query.crop_image(image, (0, 100), (0, 100)) is image
-    assert query.crop_image(image, (25, 75), (0, 100)).size == (100, 100)
+def test_result_captions_mark_correct_results() -> None:
+    from dashboard.components import result_captions
 
-    a, b = np.array([1.0, 0.0]), np.array([0.0, 2.0])
-    assert np.allclose(mix_query_vectors(a, b, 0.0), [1, 0]) and np.allclose(mix_query_vectors(a, b, 1.0), [0, 1])
-    mixed = mix_query_vectors(a, b, 0.5)
-    assert np.isclose(np.linalg.norm(mixed), 1.0) and np.allclose(mixed, [2**-0.5, 2**-0.5])
-    with pytest.raises(LensError, match="weight"):
-        mix_query_vectors(a, b, 1.5)
+    cell = pd.DataFrame(
+        {"correct": [True, False], "result_label": ["BlueSquareWithALongName", "RedCircle"], "similarity": [0.914, 0.4]}
+    )
+    assert result_captions(cell) == ["✓ BlueSquareWith 91%", "✗ RedCircle 40%"]
 
-    table = pd.DataFrame({"id": ["100", "2100", "300"], "title": ["Red shirt", "Blue 100 jeans", "shirt"]})
-    assert query.find_products(table, "100", title_column="title") == ["100", "2100"], "id prefix first"
-    assert query.find_products(table, "SHIRT", title_column="title") == ["100", "300"]
-    assert query.find_products(table, " ", title_column=None, limit=2) == ["100", "2100"]
 
-    with pytest.raises(LensError, match="not a JPEG, PNG or WebP"):
-        query.read_upload("photo.gif", png_bytes(0))
-    assert query.read_upload("photo.PNG", png_bytes(0)).mode == "RGB"
+def test_metrics_summary_is_lens_summary_table() -> None:
+    from dashboard.resources import metrics_summary
+    from lens.evaluate import summary_table
+    from lens.metrics import evaluate_retrieval
+
+    vectors = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0.1, 0.9, 0], [0, 0, 1]], dtype=np.float32)
+    labels = ["a", "a", "b", "b", "c"]  # "c" has no other item: skipped
+    ids = [f"{i:06d}" for i in range(5)]
+    reports = {m: evaluate_retrieval(vectors, labels, ids, ks=(1, 5), label_column="articleType") for m in ("x", "y")}
+    keys = reports["x"].metric_keys
+    for macro in (False, True):
+        table = metrics_summary(reports, macro=macro)
+        assert list(table.columns) == ["model", "average", "label", "queries", "skipped", *keys]
+        assert table["model"].tolist() == ["x", "y"] and set(table["label"]) == {"articleType"}
+        assert table["queries"].tolist() == [4, 4] and table["skipped"].tolist() == [1, 1]
+        shared = ["model", "average", "label", *keys]
+        pd.testing.assert_frame_equal(table[shared], summary_table(reports, macro=macro)[shared])
+    assert metrics_summary(reports, macro=True)["average"].tolist() == ["macro", "macro"]

@@ -33,10 +33,10 @@ from PIL import Image
 from lens.encoders import create_encoder, encoder_status, get_spec, list_encoders
 from lens.encoders import weights as weights_module
 from lens.encoders.base import RANDOM_WEIGHTS_ID, Preprocess, preprocess_images
-from lens.vectors import l2_normalize
 from lens.encoders.hub import HubWeights, hf_hub_cache
 from lens.encoders.weights import WeightsFile, file_sha256, resolve_weights
 from lens.errors import LensError, WeightsUnavailableError
+from lens.vectors import l2_normalize
 
 # name -> (dim, input size, family)
 ZOO = {
@@ -331,9 +331,7 @@ def _torchvision_resolution(name: str, isolated: Path, monkeypatch: pytest.Monke
     np.testing.assert_allclose(create_encoder(name, precision="fp32").embed_images(_images()), expected, atol=2e-4)
 
 
-def test_torchvision_checkpoint_from_user_folder_and_torch_hub(
-    isolated: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_torchvision_checkpoint_from_user_folder_and_torch_hub(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _torchvision_resolution("efficientnet-b0", isolated, monkeypatch)
 
 
@@ -525,7 +523,6 @@ def test_failed_downloads_fail_fast_with_remedy(isolated: Path, monkeypatch: pyt
     assert calls == ["openai/clip-vit-base-patch32", "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"]
     assert time.perf_counter() - start < 5
     assert not list((isolated / "torch-home").rglob("*.part"))  # no half-written file left behind
-
 
 
 def test_download_checks_the_hash_in_the_file_name(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:

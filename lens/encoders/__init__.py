@@ -19,7 +19,7 @@ from lens.encoders._registry import (
     list_encoders,
     register_encoder,
 )
-from lens.encoders.base import Encoder, EncoderSpec, Preprocess, TorchImageEncoder
+from lens.encoders.base import Encoder, EncoderSpec, Preprocess, TorchImageEncoder, single_query_threads
 from lens.encoders.hub import HubWeights
 from lens.encoders.weights import WeightsFile, WeightsStatus
 from lens.vectors import l2_normalize  # re-exported: the encoder contract's normalisation
@@ -40,4 +40,5 @@ __all__ = [
     "l2_normalize",
     "list_encoders",
     "register_encoder",
+    "single_query_threads",
 ]

@@ -49,6 +49,8 @@ def build_tiny_model(dim: int = 64, seed: int = TINY_SEED) -> nn.Module:
         channels_last=False,
     )
 )
-def _build_tiny(spec: EncoderSpec, weights_path: Path | None, *, precision: Precision | None = None) -> TorchImageEncoder:
+def _build_tiny(
+    spec: EncoderSpec, weights_path: Path | None, *, precision: Precision | None = None
+) -> TorchImageEncoder:
     model = build_tiny_model(spec.dim)
     return TorchImageEncoder(spec, model, state_dict_hash(model.state_dict()), precision=precision)

@@ -6,8 +6,6 @@ Cache entries live under ``<cache>/train-cache/`` as ``.npy`` + json sidecar (no
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,38 +16,39 @@ import numpy as np
 import torch
 from torch import nn
 
-from lens.cache import atomic_write, bytes_sha256, cache_key, resolve_cache_dir
 from lens.catalog import Catalog
 from lens.encoders.base import Preprocess, fold_batchnorm, preprocess_images
 from lens.images import try_open_image
+from lens.store import cache_key, load_array, resolve_cache_dir, save_array
 
 Progress = Callable[[int, int], None]
 
 
 def _cache_paths(cache_dir: str | os.PathLike | None, kind: str, identity: dict[str, Any]) -> tuple[Path, Path]:
+    """``(<cache>/train-cache/<kind>/<key>.npy, ... .json)`` for ``identity``."""
     folder = resolve_cache_dir(cache_dir) / "train-cache" / kind
     key = cache_key(identity)
     return folder / f"{key}.npy", folder / f"{key}.json"
 
 
 def _load(npy: Path, meta_path: Path) -> tuple[np.ndarray, list[str]] | None:
-    try:
-        meta = json.loads(meta_path.read_text())
-        data = npy.read_bytes()
-    except (OSError, ValueError):
+    """The cached array and the ids of its rows, or ``None`` when absent or not verified (then recompute).
+
+    ``meta_path`` is always ``npy``'s ``.json`` twin (:func:`lens.store.sidecar_path`); the store finds it itself.
+    """
+    loaded = load_array(npy)
+    if loaded is None:
         return None
-    if bytes_sha256(data) != meta.get("sha256"):
-        return None
-    return np.load(io.BytesIO(data), allow_pickle=False), list(meta["kept"])
+    array, meta = loaded
+    kept = meta.get("kept")
+    if not isinstance(kept, list) or len(kept) != len(array):
+        return None  # the checksum covers the array, not the id list beside it
+    return array, [str(i) for i in kept]
 
 
 def _save(npy: Path, meta_path: Path, array: np.ndarray, kept: list[str], identity: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    data = buffer.getvalue()
-    atomic_write(npy, lambda tmp: tmp.write_bytes(data))
-    text = json.dumps({"identity": identity, "sha256": bytes_sha256(data), "kept": kept, "shape": list(array.shape)})
-    atomic_write(meta_path, lambda tmp: tmp.write_text(text))
+    """Store ``array`` (row ``i`` belongs to ``kept[i]``) with a sidecar recording what made it."""
+    save_array(npy, array, {"identity": identity, "kept": kept})
 
 
 def _decoded_batches(catalog: Catalog, ids: Sequence[str], batch_size: int, convert: Callable[[list], torch.Tensor]):

@@ -6,7 +6,6 @@ so no trained model has seen them. The split is a pure function of (catalog ids,
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -14,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lens.cache import atomic_write, resolve_cache_dir
 from lens.catalog import Catalog
 from lens.errors import LensError
+from lens.store import resolve_cache_dir, utc_now, write_json
 
 SPLIT_FORMAT = "lens-split-v1"
 
@@ -101,9 +100,8 @@ def save_split(split: Split, path: str | os.PathLike) -> Path:
     """Write the split as JSON (atomically)."""
     target = Path(path)
     data = split.to_json()
-    data["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    text = json.dumps(data, indent=1)
-    atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    data["created"] = utc_now()
+    write_json(target, data)
     return target
 
 

@@ -1,0 +1,162 @@
+"""Every plotly figure of the dashboard: plain functions from tables to figures (no Streamlit), so that the pages only
+place them with ``st.plotly_chart`` and every chart shares the same margins and sizing rules.
+
+plotly is imported inside the functions: it takes about a second to import, and only pages that draw a chart need it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
+"""Margins of every chart: tight, with room for a title on top."""
+
+
+def category_counts(counts: pd.DataFrame, label: str, *, total: int, top: int = 25) -> Any:
+    """Horizontal bars of the ``top`` largest categories, largest on top (Overview).
+
+    Args:
+        counts: one row per value of ``label``, most frequent first: ``label`` and ``items``.
+        label: the category column.
+        total: how many distinct values there are (said in the title when only ``top`` are drawn).
+        top: how many bars to draw.
+    """
+    import plotly.express as px
+
+    shown = counts.head(top)
+    fig = px.bar(
+        shown.iloc[::-1],
+        x="items",
+        y=label,
+        orientation="h",
+        text="items",
+        title=f"Items per {label}" + (f" (top {top} of {total})" if total > top else ""),
+    )
+    fig.update_layout(height=max(260, 22 * len(shown) + 80), margin=MARGIN, yaxis_title=None)
+    return fig
+
+
+def metrics_by_model(summary: pd.DataFrame, keys: list[str]) -> Any:
+    """Grouped bars: one group per metric key, one bar per model, on a 0-1 axis (Metrics).
+
+    Args:
+        summary: one row per model: ``model`` and a column per metric key.
+        keys: the metric keys to draw, in order.
+    """
+    import plotly.express as px
+
+    long = summary.melt(id_vars=["model"], value_vars=keys, var_name="metric", value_name="value")
+    fig = px.bar(long, x="metric", y="value", color="model", barmode="group", range_y=[0, 1], title="Metrics by model")
+    fig.update_layout(height=380, margin=MARGIN, legend_title_text=None)
+    return fig
+
+
+def category_heatmap(matrix: pd.DataFrame, metric: str, label: str, *, top: int = 40) -> Any:
+    """Heatmap of ``metric`` per category (rows) and model (columns), red 0 to green 1, values written in (Metrics).
+
+    Args:
+        matrix: one row per category (index), one column per model; values in [0, 1], largest categories first.
+        metric: the metric key shown (colour bar title).
+        label: the category column.
+        top: how many categories to draw.
+    """
+    import plotly.express as px
+
+    shown = matrix.head(top)
+    fig = px.imshow(
+        shown.to_numpy(),
+        x=list(shown.columns),
+        y=[str(i) for i in shown.index],
+        color_continuous_scale="RdYlGn",
+        zmin=0,
+        zmax=1,
+        text_auto=".2f",
+        aspect="auto",
+        labels={"color": metric},
+        title=f"{metric} per {label}" + (f" ({top} largest of {len(matrix)})" if len(matrix) > top else ""),
+    )
+    fig.update_layout(height=max(300, 24 * len(shown) + 120), margin=MARGIN)
+    return fig
+
+
+def confused_pairs(pairs: pd.DataFrame, *, top: int = 15) -> Any:
+    """Horizontal bars of the ``top`` most confused label pairs, most confused on top (Failures).
+
+    Args:
+        pairs: :func:`lens.analysis.confused_pairs` output, most confused first: ``label_a``, ``label_b``,
+            ``count``, ``a_to_b``, ``b_to_a``, ``share``.
+        top: how many pairs to draw.
+    """
+    import plotly.express as px
+
+    chart = pairs.head(top).assign(pair=lambda t: t["label_a"] + " ↔ " + t["label_b"])
+    fig = px.bar(chart.iloc[::-1], x="count", y="pair", orientation="h", hover_data=["a_to_b", "b_to_a", "share"])
+    fig.update_layout(height=max(260, 26 * len(chart) + 80), margin={**MARGIN, "t": 10}, yaxis_title=None)
+    return fig
+
+
+def projection(frame: pd.DataFrame, colour_column: str, *, title: str) -> Any:
+    """Scatter of a 2-D projection; hover shows the title, id and colour value; ``customdata`` = id (Projections).
+
+    Args:
+        frame: ``x, y, id, title, colour`` and ``colour_column`` (see ``components.projection_frame``); the value
+            ``"other"`` of ``colour`` is drawn grey, after every other value.
+        colour_column: the metadata column the points are coloured by (legend title).
+        title: the chart title.
+    """
+    import plotly.express as px
+
+    order = [v for v in frame["colour"].value_counts().index if v != "other"]
+    if (frame["colour"] == "other").any():
+        order.append("other")
+    palette = px.colors.qualitative.D3 + px.colors.qualitative.Pastel
+    colours = {value: palette[i % len(palette)] for i, value in enumerate(order)}
+    colours["other"] = "#c7c7c7"
+    fig = px.scatter(
+        frame,
+        x="x",
+        y="y",
+        color="colour",
+        category_orders={"colour": order},
+        color_discrete_map=colours,
+        hover_name="title",
+        hover_data={"id": True, colour_column: True, "x": False, "y": False, "colour": False},
+        custom_data=["id"],
+        render_mode="svg" if len(frame) <= 5000 else "webgl",
+        title=title,
+    )
+    fig.update_traces(marker={"size": 5, "opacity": 0.8})
+    fig.update_layout(
+        height=620,
+        margin=MARGIN,
+        # Legend under the map, so that the map keeps the column's width.
+        legend={
+            "title": colour_column,
+            "itemsizing": "constant",
+            "font": {"size": 10},
+            "orientation": "h",
+            "yanchor": "top",
+            "y": -0.02,
+        },
+        xaxis={"showticklabels": False, "title": None},
+        yaxis={"showticklabels": False, "title": None},
+        dragmode="select",  # drag = box selection; lasso and zoom are in the toolbar
+    )
+    return fig
+
+
+def selected_ids(event: Any) -> list[str]:
+    """Catalog ids of the points selected in a ``st.plotly_chart(on_select=...)`` event (customdata[0] = id), in
+    selection order without repeats."""
+    selection = getattr(event, "selection", None) or (event.get("selection") if isinstance(event, dict) else None)
+    points = (selection or {}).get("points", []) if isinstance(selection, dict) else getattr(selection, "points", [])
+    ids: list[str] = []
+    for point in points or []:
+        custom = point.get("customdata") if isinstance(point, dict) else None
+        if isinstance(custom, (list, tuple)) and custom:
+            custom = custom[0]
+        if custom is not None and str(custom) not in ids:
+            ids.append(str(custom))
+    return ids
