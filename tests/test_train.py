@@ -308,10 +308,10 @@ def test_head_models_embed_a_catalog_from_the_base_vectors(recipe, settings, tra
 
 def test_text_align_serves_text_and_image_text_queries(train_catalog, models_env, tmp_path: Path) -> None:
     from lens.encoders import create_encoder
-    from lens.vectors import mix_query_vectors
     from lens.errors import LensError
     from lens.images import open_image
     from lens.train import RunContext, default_config, make_split, train_recipe
+    from lens.vectors import mix_query_vectors
 
     cache, models = models_env
     config = default_config("text-align", epochs=2, batch_size=16, backbone="tiny", embedding_dim=32)

@@ -17,7 +17,8 @@ from lens.catalog import Catalog
 from lens.encoders.trained import save_trained_model
 from lens.errors import LensError
 from lens.metrics import evaluate_retrieval
-from lens.train.data import _cache_paths, _decoded_batches, _load, _save, cache_key, small_images
+from lens.store import cache_key
+from lens.train.data import _cache_paths, _decoded_batches, _load, _save, small_images
 from lens.train.loop import StepProgress, TrainConfig, epoch_seed, fit
 from lens.train.samplers import class_balanced_batches, shuffled_batches
 from lens.train.split import Split
@@ -69,16 +70,10 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def label_codes(labels: Sequence[Any]) -> np.ndarray:
+def label_codes(labels: Sequence[Any] | np.ndarray) -> np.ndarray:
     """Integer codes of labels (sorted order), shape (N,), int64."""
     _, codes = np.unique(np.asarray(labels).astype(str), return_inverse=True)
     return codes.astype(np.int64)
-
-
-def row_labels(catalog: Catalog, ids: Sequence[str], column: str) -> np.ndarray:
-    """Labels (column ``column``) of the catalog items ``ids``, in that order: object array ``(len(ids),)``."""
-    labels = catalog.labels(column)
-    return np.array([labels[catalog.index_of(i)] for i in ids], dtype=object)
 
 
 def shuffled_epoch(rows: np.ndarray, config: TrainConfig, epoch: int) -> list[np.ndarray]:
@@ -106,7 +101,8 @@ def inference_vectors(module: Callable[[torch.Tensor], torch.Tensor], x: torch.T
         return F.normalize(module(x), dim=-1).numpy().astype(np.float32)
 
 
-def precision_at(vectors: np.ndarray, labels: Sequence[Any], query_idx: Sequence[int], k: int = 5) -> float:
+def precision_at(vectors: np.ndarray, labels: Sequence[Any] | np.ndarray, query_idx: Sequence[int] | np.ndarray,
+                 k: int = 5) -> float:
     """Mean precision@k of ``query_idx`` against all other rows of ``vectors`` (relevant = same label)."""
     report = evaluate_retrieval(vectors, list(labels), ks=(k,), query_indices=list(query_idx))
     return float(report.summary[f"precision@{k}"])
@@ -139,7 +135,7 @@ def heldout_metrics(vectors: np.ndarray, ids: Sequence[str], catalog: Catalog, s
                     ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Metrics with queries = the split's held-out ``query`` ids, gallery = every other catalog item."""
     query_idx = split_positions(ids, split)["query"]
-    report = evaluate_retrieval(vectors, list(row_labels(catalog, ids, split.label_column)), list(ids), ks=ks,
+    report = evaluate_retrieval(vectors, list(catalog.labels(split.label_column, ids=ids)), list(ids), ks=ks,
                                 query_indices=query_idx.tolist())
     return {k: float(v) for k, v in report.summary.items()}
 
@@ -200,7 +196,7 @@ def load_small_images(catalog: Catalog, split: Split, size: int, ctx: RunContext
         images_np, ids = small_images(catalog, catalog.ids, size, cache_dir=ctx.cache_dir, progress=bar)
     finally:
         close()
-    return SmallImages(torch.from_numpy(images_np), ids, row_labels(catalog, ids, split.label_column),
+    return SmallImages(torch.from_numpy(images_np), ids, catalog.labels(split.label_column, ids=ids),
                        split_positions(ids, split))
 
 
@@ -256,7 +252,7 @@ def val_precision_callback(
 
 #: Augmentation strengths: ``simclr`` is SimCLR's recipe (contrastive views must be hard to match); ``light`` keeps the
 #: product recognisable (supervised triplet training: a re-shot photo, not a different object).
-AUGMENT = {
+AUGMENT: dict[str, dict[str, Any]] = {
     "simclr": {"scale": (0.35, 1.0), "jitter": (0.4, 0.4, 0.4, 0.1), "jitter_p": 0.8, "grey_p": 0.2},
     "light": {"scale": (0.6, 1.0), "jitter": (0.2, 0.2, 0.2, 0.02), "jitter_p": 0.5, "grey_p": 0.05},
 }

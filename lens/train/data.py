@@ -7,7 +7,7 @@ Cache entries live under ``<cache>/train-cache/`` as ``.npy`` + json sidecar (no
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -51,11 +51,13 @@ def _save(npy: Path, meta_path: Path, array: np.ndarray, kept: list[str], identi
     save_array(npy, array, {"identity": identity, "kept": kept})
 
 
-def _decoded_batches(catalog: Catalog, ids: Sequence[str], batch_size: int, convert: Callable[[list], torch.Tensor]):
-    """Yield ``(kept_ids, tensor)`` per batch; JPEG decoding of the next batch overlaps the caller's work."""
+def _decoded_batches(
+    catalog: Catalog, ids: Sequence[str], batch_size: int, convert: Callable[[list], Any]
+) -> Iterator[tuple[list[str], Any]]:
+    """Yield ``(kept_ids, convert(images))`` per batch; JPEG decoding of the next batch overlaps the caller's work."""
     chunks = [list(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
 
-    def decode(chunk: list[str]) -> tuple[list[str], torch.Tensor | None]:
+    def decode(chunk: list[str]) -> tuple[list[str], Any]:
         kept, images = [], []
         for item_id in chunk:
             image, _reason = try_open_image(catalog.image_path(catalog.index_of(item_id)))
@@ -67,6 +69,7 @@ def _decoded_batches(catalog: Catalog, ids: Sequence[str], batch_size: int, conv
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(decode, chunks[0]) if chunks else None
         for n in range(len(chunks)):
+            assert pending is not None  # one decode is submitted ahead for every chunk
             kept, tensor = pending.result()
             pending = pool.submit(decode, chunks[n + 1]) if n + 1 < len(chunks) else None
             if tensor is not None:

@@ -27,7 +27,6 @@ from lens.train.common import (
     embed_with_base,
     heldout_metrics,
     inference_vectors,
-    row_labels,
     save_run,
     split_positions,
 )
@@ -75,7 +74,7 @@ def head_setup(catalog: Catalog, split: Split, config: BackboneConfig, ctx: RunC
     torch.manual_seed(config.seed)
     arch = {"type": "head", "base_encoder": config.backbone, "base_weights_id": base.weights_id,
             "base_precision": base.precision, "in_dim": base.dim, "hidden": config.hidden, "dim": dim or base.dim}
-    return HeadSetup(base, ids, torch.from_numpy(image_set.vectors), row_labels(catalog, ids, split.label_column),
+    return HeadSetup(base, ids, torch.from_numpy(image_set.vectors), catalog.labels(split.label_column, ids=ids),
                      split_positions(ids, split), arch, build_head(arch))
 
 
@@ -126,7 +125,7 @@ def blocks_setup(catalog: Catalog, split: Split, config: BackboneConfig, ctx: Ru
             "embedding_dim": embedding_dim, "backbone_dim": backbone.dim}
     model = Embedder(freeze(backbone.stem), backbone.top, embedder_head(backbone.dim, embedding_dim))
     features, ids = _stem_features(model, arch, backbone.weights_id, catalog, ctx, backbone.preprocess)
-    return BlocksSetup(backbone, model, arch, features, ids, row_labels(catalog, ids, split.label_column),
+    return BlocksSetup(backbone, model, arch, features, ids, catalog.labels(split.label_column, ids=ids),
                        split_positions(ids, split))
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lens.cache import atomic_write
 from lens.errors import LensError
+from lens.store import atomic_write
 
 StepProgress = Callable[[int, int], None]
 """``progress(step, steps_in_epoch)`` after each optimisation step (the CLI passes tqdm)."""

@@ -10,6 +10,7 @@ only to report validation P@5.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +60,9 @@ def _views_per_image(ids: list[str], train_rows: np.ndarray, config: SimCLRConfi
     return train_ids
 
 
-def _pair_loss(embed: nn.Module, projection: nn.Module, views: torch.Tensor, loss_fn: NTXentPairLoss):  # noqa: ANN202
+def _pair_loss(
+    embed: Callable[[torch.Tensor], torch.Tensor], projection: nn.Module, views: torch.Tensor, loss_fn: NTXentPairLoss
+) -> Callable[[np.ndarray], torch.Tensor]:
     """``loss_step(batch)``: two different random views of every image of the batch, through ``embed`` then
     ``projection``, scored by NT-Xent."""
     n_views = views.shape[1]

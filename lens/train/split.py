@@ -6,7 +6,6 @@ so no trained model has seen them. The split is a pure function of (catalog ids,
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 
 from lens.catalog import Catalog
 from lens.errors import LensError
-from lens.store import resolve_cache_dir, utc_now, write_json
+from lens.store import read_json, resolve_cache_dir, utc_now, write_json
 
 SPLIT_FORMAT = "lens-split-v1"
 
@@ -112,12 +111,11 @@ def load_split(path: str | os.PathLike, catalog: Catalog | None = None) -> Split
         LensError: the file is missing or malformed, parts overlap, or ids are unknown to ``catalog``.
     """
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LensError(f"split file not found: {p}. Create one with `python -m lens train ... --split {p}`.") from None
-    except (OSError, ValueError) as exc:
-        raise LensError(f"cannot read split file {p}: {exc}") from None
+    data = read_json(p)
+    if data is None:
+        if not p.is_file():
+            raise LensError(f"split file not found: {p}. Create one with `python -m lens train ... --split {p}`.")
+        raise LensError(f"cannot read split file {p}: not a JSON object.")
     if data.get("format") != SPLIT_FORMAT:
         raise LensError(f"{p} is not a lens split file (format {data.get('format')!r}, expected {SPLIT_FORMAT!r}).")
     split = Split(

@@ -16,7 +16,6 @@ from these modules; nothing here imports the training package (inference needs n
 
 from __future__ import annotations
 
-import datetime as _dt
 import importlib
 import json
 import os
@@ -27,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from lens.cache import atomic_write, default_cache_dir
 from lens.encoders import _registry
 from lens.encoders.base import Encoder, EncoderSpec, Precision, Preprocess, TorchImageEncoder
 from lens.encoders.weights import file_sha256
 from lens.errors import LensError, UnknownEncoderError
+from lens.store import atomic_write, default_cache_dir, read_json, utc_now
 
 MODELS_DIR_ENV = "LENS_MODELS_DIR"
 FAMILY = "trained"
@@ -90,7 +89,7 @@ def save_trained_model(
         "name": name,
         **config,
         "weights_sha256": file_sha256(folder / WEIGHTS_NAME),
-        "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "saved": utc_now(),
     }
     text = json.dumps(meta, indent=1, default=_json_default)
     atomic_write(folder / CONFIG_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -113,12 +112,10 @@ def read_model_config(folder: str | os.PathLike) -> dict[str, Any]:
         LensError: missing or malformed.
     """
     path = Path(folder) / CONFIG_NAME
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LensError(f"{path} not found: {folder} is not a trained lens model.") from None
-    except (OSError, ValueError) as exc:
-        raise LensError(f"cannot read {path}: {exc}") from None
+    config = read_json(path)
+    if config is None:
+        raise LensError(f"{path} {'is not a JSON object' if path.is_file() else 'not found'}: {folder} is not a "
+                        "trained lens model.")
     if config.get("format") != FORMAT:
         raise LensError(f"{path} has format {config.get('format')!r}, expected {FORMAT!r}.")
     return config

@@ -37,7 +37,7 @@ class _Pool(nn.Module):
 
 
 class _EffStem(nn.Module):
-    def __init__(self, net: nn.Module, blocks: list[nn.Module]) -> None:
+    def __init__(self, net: Any, blocks: list[nn.Module]) -> None:  # net: efficientnet_lite_pytorch's EfficientNet
         super().__init__()
         self.conv_stem, self.bn0, self.act = net._conv_stem, net._bn0, net._swish
         self.blocks = nn.ModuleList(blocks)
@@ -50,7 +50,7 @@ class _EffStem(nn.Module):
 
 
 class _EffTop(nn.Module):
-    def __init__(self, net: nn.Module, blocks: list[nn.Module]) -> None:
+    def __init__(self, net: Any, blocks: list[nn.Module]) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.conv_head, self.bn1, self.act = net._conv_head, net._bn1, net._swish
@@ -115,7 +115,7 @@ def build_split_backbone(name: str, trainable_blocks: int = 3, *, pretrained: bo
     if name == "tiny":
         from lens.encoders.tiny import build_tiny_model
 
-        layers = list(build_tiny_model(64))  # conv relu conv relu conv relu pool flatten
+        layers = list(build_tiny_model(64).children())  # conv relu conv relu conv relu pool flatten
         return SplitBackbone(
             name, nn.Sequential(*layers[:2]), nn.Sequential(*layers[2:]), 64, get_spec(name).preprocess, "tiny-seed0"
         )

@@ -61,7 +61,7 @@ def make_head(dim: int, in_dim: int = FEATURE_DIM) -> nn.Module:
 class EmbeddingModel(nn.Module):
     """The encoder: shared backbone + Siamese/triplet head."""
 
-    def __init__(self, backbone: SmallMobileNet, head: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
 
