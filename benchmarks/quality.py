@@ -124,7 +124,7 @@ def bench_heldout(
         encoder = create_encoder(model)
         if title is None or not encoder.spec.supports_text:
             continue
-        texts = [str(catalog.table[title].iat[catalog.index_of(i)]) or i for i in query_ids]
+        texts = [t or i for t, i in zip(catalog.labels(title, ids=query_ids), query_ids)]
         started = time.perf_counter()
         text_vectors = encoder.embed_texts(texts)
         text_s = time.perf_counter() - started

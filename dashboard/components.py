@@ -16,10 +16,10 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import config, query, resources
-from lens.cache import resolve_cache_dir
 from lens.catalog import Catalog
 from lens.embed import EmbeddingSet
 from lens.errors import LensError
+from lens.store import resolve_cache_dir
 
 LABEL_KEY = "label_column"
 """Session key of the sidebar's label-column select (shared by Compare, Metrics, Failures and Projections)."""
@@ -45,7 +45,7 @@ class Context:
 
     def title(self, item_id: str) -> str:
         if self.title_column:
-            value = str(self.catalog.table[self.title_column].iat[self.catalog.index_of(item_id)]).strip()
+            value = str(self.catalog.labels(self.title_column, ids=[item_id])[0]).strip()
             if value:
                 return value
         return str(item_id)
@@ -411,8 +411,7 @@ MAX_COLOURS = 12
 
 def projection_frame(ctx: Context, ids: Sequence[str], coords: Any, colour_column: str) -> pd.DataFrame:
     """Plot data of a projection: ``x, y, id, title, colour`` and the colour column's raw value."""
-    positions = [ctx.catalog.index_of(i) for i in ids]
-    raw = ctx.catalog.table[colour_column].astype(str).to_numpy()[positions]
+    raw = ctx.catalog.labels(colour_column, ids=ids)
     top = pd.Series(raw).value_counts().index[:MAX_COLOURS]
     colour = [v if v in set(top) else "other" for v in raw]
     return pd.DataFrame(

@@ -69,6 +69,7 @@ class Catalog:
     column_names: dict[str, str] = field(default_factory=dict)
     _fingerprint: str | None = field(default=None, init=False, repr=False)
     _positions: dict[str, int] | None = field(default=None, init=False, repr=False)
+    _columns: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -130,8 +131,10 @@ class Catalog:
                 f"Catalog {self.name!r} has no column {col!r}. Available columns: {_cols(self.table)}. "
                 "Pick one of them (e.g. pass --label <col>)."
             )
-        values = np.array(self.table[col].astype(str).tolist(), dtype=object)
-        return values if ids is None else values[self.positions(ids)]
+        values = self._columns.get(col)
+        if values is None:  # the table is not edited after loading (positions are memoised the same way)
+            values = self._columns[col] = np.array(self.table[col].astype(str).tolist(), dtype=object)
+        return values.copy() if ids is None else values[self.positions(ids)]
 
     def _lookup(self) -> dict[str, int]:
         if self._positions is None:

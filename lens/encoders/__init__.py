@@ -10,6 +10,7 @@ from lens.encoders import (  # noqa: F401  (registration side effects; heavy lib
     timm_vit,
     tiny,
     torchvision_cnn,
+    trained,  # noqa: E402,F401  (registers models trained on a catalog; last, so built-in names win)
 )
 from lens.encoders._registry import (
     EncoderInfo,
@@ -23,7 +24,6 @@ from lens.encoders.base import Encoder, EncoderSpec, Preprocess, TorchImageEncod
 from lens.encoders.hub import HubWeights
 from lens.encoders.weights import WeightsFile, WeightsStatus
 from lens.vectors import l2_normalize  # re-exported: the encoder contract's normalisation
-from lens.encoders import trained  # noqa: E402,F401  (registers models trained on a catalog; last, so built-in names win)
 
 __all__ = [
     "Encoder",

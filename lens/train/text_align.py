@@ -81,7 +81,7 @@ def train_text_align(catalog: Catalog, split: Split, config: TextAlignConfig, ct
     elapsed = timer()
     base, image_set = embed_with_base(catalog, config.backbone, ctx)
     ids = image_set.ids
-    titles = [str(catalog.table[text_column].iat[catalog.index_of(i)]) for i in ids]
+    titles = [str(t) for t in catalog.labels(text_column, ids=ids)]
     ctx.log(f"text-align: embedding {len(titles)} titles with {MINILM_NAME}")
     text_feats = load_minilm().embed(titles)
     image_feats = image_set.vectors
