@@ -13,10 +13,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from lens.errors import LensError
+
+if TYPE_CHECKING:  # the CLI imports torch-backed modules lazily, so that `--help` and bad input answer at once
+    from lens.encoders.base import Precision
 
 EXIT_USAGE = 2
 
@@ -51,7 +55,7 @@ class RunOptions:
     cache_dir: str | None = None
     weights_dir: str | None = None
     batch_size: int = 32
-    precision: str | None = None
+    precision: Precision | None = None
 
 
 def _catalog_options(args: argparse.Namespace) -> CatalogOptions:
@@ -209,7 +213,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             embeddings, cache_dir=run.cache_dir, n_trees=trees, search_k=search_k,
             rebuild=args.rebuild,
         )
-        size = Path(index.path).stat().st_size / 2**20 if getattr(index, "path", None) else 0.0
+        path = getattr(index, "path", None)  # an Annoy index has a file; the exact one (tiny catalogs) has none
+        size = Path(path).stat().st_size / 2**20 if path else 0.0
         print(f"{model}: annoy index of {len(index)} items, {trees} trees, {size:.1f} MiB, "
               f"ready in {time.perf_counter() - started:.1f}s at {getattr(index, 'path', '')}")
     return 0

@@ -164,11 +164,11 @@ def test_evaluate_csv_file(capsys: pytest.CaptureFixture[str], small_catalog_dir
     assert code == 0, err
     table = pd.read_csv(target)
     assert list(table.columns[:3]) == ["model", "average", "label"]
-    assert ["precision@1", "precision@5", "recall@1", "recall@5", "hit@1", "hit@5", "map@1", "map@5", "map@r"] == [
+    assert [
         c
         for c in table.columns
         if c in ("precision@1", "precision@5", "recall@1", "recall@5", "hit@1", "hit@5", "map@1", "map@5", "map@r")
-    ]
+    ] == ["precision@1", "precision@5", "recall@1", "recall@5", "hit@1", "hit@5", "map@1", "map@5", "map@r"]
     assert table.loc[0, "model"] == "tiny" and table.loc[0, "n_queries"] == 24
     assert 0.5 < table.loc[0, "precision@1"] <= 1.0
     categories = pd.read_csv(per_cat)

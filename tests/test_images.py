@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 import pytest
-from fixtures import ODD_IMAGE_FAILURES, ODD_IMAGE_SIZES
 from PIL import Image
 
+from fixtures import ODD_IMAGE_FAILURES, ODD_IMAGE_SIZES
 from lens.errors import ImageLoadError, LensError
 from lens.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, max_image_pixels, open_image, to_rgb, try_open_image
 

@@ -177,8 +177,15 @@ def _fit_head(epochs: int, seed: int, checkpoint: Path | None = None, resume: bo
         idx = torch.from_numpy(batch)
         return loss_fn(torch.nn.functional.normalize(model(x[idx]), dim=-1), labels[idx])
 
-    history = fit(model, step, batches, config, checkpoint=checkpoint, resume=resume,
-                  on_epoch=lambda e, row: {"double": 2 * row["loss"]})
+    history = fit(
+        model,
+        step,
+        batches,
+        config,
+        checkpoint=checkpoint,
+        resume=resume,
+        on_epoch=lambda e, row: {"double": 2 * row["loss"]},
+    )
     return model, history
 
 
@@ -273,12 +280,16 @@ def test_recipe_trains_saves_and_loads_back_by_name(case: str, train_catalog, mo
     np.testing.assert_allclose(cached.vectors[:4], v1, atol=2e-3)
 
 
-@pytest.mark.parametrize("recipe, settings", [
-    ("triplet-tiny", dict(epochs=1, batch_size=20)),
-    ("text-align", dict(epochs=1, batch_size=16, backbone="tiny", embedding_dim=32)),
-])
-def test_head_models_embed_a_catalog_from_the_base_vectors(recipe, settings, train_catalog, models_env, tmp_path,
-                                                          monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "recipe, settings",
+    [
+        ("triplet-tiny", dict(epochs=1, batch_size=20)),
+        ("text-align", dict(epochs=1, batch_size=16, backbone="tiny", embedding_dim=32)),
+    ],
+)
+def test_head_models_embed_a_catalog_from_the_base_vectors(
+    recipe, settings, train_catalog, models_env, tmp_path, monkeypatch
+) -> None:
     import lens.embed as embed_module
     from lens.embed import embed_catalog
     from lens.encoders import create_encoder
@@ -375,17 +386,63 @@ def test_recipe_defaults_are_the_documented_ones() -> None:
 
     assert sorted(RECIPES) == ["autoencoder", "mobilenet-small", "simclr", "text-align", "triplet"]
     expected = {
-        "triplet": dict(epochs=20, batch_size=64, lr=1e-4, backbone_lr_scale=1.0, m_per_class=4, margin=0.2,
-                        trainable_blocks=0, embedding_dim=0, backbone="mobilenet-v2", hidden=1024, augment_views=0,
-                        weight_decay=1e-4),
-        "simclr": dict(epochs=10, batch_size=64, lr=1e-4, backbone_lr_scale=1.0, temperature=0.1, trainable_blocks=0,
-                       backbone="mobilenet-v2", max_images=1000, views=2, hidden=1024, weight_decay=1e-4),
-        "mobilenet-small": dict(epochs=8, batch_size=64, lr=3e-3, weight_decay=1e-4, input_size=96, embedding_dim=128,
-                                head_epochs=5, m_per_class=4, margin=0.2),
-        "autoencoder": dict(epochs=10, batch_size=64, lr=1e-4, weight_decay=0.0, input_size=64, embedding_dim=128,
-                            variant="ae", beta=1e-3),
-        "text-align": dict(epochs=20, batch_size=256, lr=1e-3, weight_decay=1e-2, temperature=0.07, embedding_dim=256,
-                           backbone="efficientnet-lite0"),
+        "triplet": dict(
+            epochs=20,
+            batch_size=64,
+            lr=1e-4,
+            backbone_lr_scale=1.0,
+            m_per_class=4,
+            margin=0.2,
+            trainable_blocks=0,
+            embedding_dim=0,
+            backbone="mobilenet-v2",
+            hidden=1024,
+            augment_views=0,
+            weight_decay=1e-4,
+        ),
+        "simclr": dict(
+            epochs=10,
+            batch_size=64,
+            lr=1e-4,
+            backbone_lr_scale=1.0,
+            temperature=0.1,
+            trainable_blocks=0,
+            backbone="mobilenet-v2",
+            max_images=1000,
+            views=2,
+            hidden=1024,
+            weight_decay=1e-4,
+        ),
+        "mobilenet-small": dict(
+            epochs=8,
+            batch_size=64,
+            lr=3e-3,
+            weight_decay=1e-4,
+            input_size=96,
+            embedding_dim=128,
+            head_epochs=5,
+            m_per_class=4,
+            margin=0.2,
+        ),
+        "autoencoder": dict(
+            epochs=10,
+            batch_size=64,
+            lr=1e-4,
+            weight_decay=0.0,
+            input_size=64,
+            embedding_dim=128,
+            variant="ae",
+            beta=1e-3,
+        ),
+        "text-align": dict(
+            epochs=20,
+            batch_size=256,
+            lr=1e-3,
+            weight_decay=1e-2,
+            temperature=0.07,
+            embedding_dim=256,
+            backbone="efficientnet-lite0",
+        ),
     }
     for recipe, settings in expected.items():
         config = asdict(default_config(recipe))
@@ -437,9 +494,19 @@ def test_small_mobilenet_is_torchvisions_and_loads_old_checkpoints(models_env) -
     state = model.state_dict()
     old_keys = {k.replace(".conv.", ".block."): v for k, v in state.items()}
     assert any(".block." in k for k in old_keys) and len(old_keys) == len(state)
-    config = {"kind": "image", "arch": arch, "dim": 16, "recipe": "mobilenet-small",
-              "preprocess": {"input_size": 32, "crop_pct": 1.0, "mean": [0.5] * 3, "std": [0.25] * 3,
-                             "interpolation": "bilinear"}}
+    config = {
+        "kind": "image",
+        "arch": arch,
+        "dim": 16,
+        "recipe": "mobilenet-small",
+        "preprocess": {
+            "input_size": 32,
+            "crop_pct": 1.0,
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+            "interpolation": "bilinear",
+        },
+    }
     new = load_trained_encoder(save_trained_model("msmall-new", state, config, models_dir=models))
     old = load_trained_encoder(save_trained_model("msmall-old", old_keys, config, models_dir=models))
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -505,8 +572,23 @@ def test_cli_train_then_evaluate_on_the_held_out_split(
 
     cache, models = models_env
     split_path, out = tmp_path / "split.json", tmp_path / "run"
-    argv = ["train", "triplet-tiny", "--catalog", str(train_catalog_dir), "--epochs", "2", "--batch", "20",
-            "--out", str(out), "--split", str(split_path), "--seed", "0", "--quiet"]
+    argv = [
+        "train",
+        "triplet-tiny",
+        "--catalog",
+        str(train_catalog_dir),
+        "--epochs",
+        "2",
+        "--batch",
+        "20",
+        "--out",
+        str(out),
+        "--split",
+        str(split_path),
+        "--seed",
+        "0",
+        "--quiet",
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "epoch 2: loss" in text and "val_p@5" in text and "saved encoder 'triplet-tiny'" in text
@@ -519,8 +601,23 @@ def test_cli_train_then_evaluate_on_the_held_out_split(
     capsys.readouterr()
     assert (models / "triplet-tiny" / "model.safetensors").read_bytes() == before
 
-    assert main(["evaluate", "--catalog", str(train_catalog_dir), "--models", "triplet-tiny,tiny",
-                 "--split", str(split_path), "--csv", "-", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--catalog",
+                str(train_catalog_dir),
+                "--models",
+                "triplet-tiny,tiny",
+                "--split",
+                str(split_path),
+                "--csv",
+                "-",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     rows = list(csv.DictReader(table.splitlines()))
     split = json.loads(split_path.read_text())

@@ -319,8 +319,9 @@ def fold_conv_bn(parent: torch.nn.Module, conv_name: str, bn_name: str) -> None:
 
     conv = parent.get_submodule(conv_name)
     bn = parent.get_submodule(bn_name)
-    if not isinstance(bn, torch.nn.BatchNorm2d):
+    if not isinstance(conv, torch.nn.Conv2d) or not isinstance(bn, torch.nn.BatchNorm2d):
         return
+    assert bn.running_mean is not None and bn.running_var is not None, "eval-mode BatchNorm tracks running stats"
     weight, bias = fuse_conv_bn_weights(
         conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
     )
@@ -349,19 +350,19 @@ def _conv_bn_pairs(model: torch.nn.Module) -> list[tuple[str, str]] | None:
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(model.get_submodule(node.target), torch.nn.BatchNorm2d):
+        if node.op != "call_module" or not isinstance(model.get_submodule(str(node.target)), torch.nn.BatchNorm2d):
             continue
         source = node.args[0] if node.args else None
         if (
             isinstance(source, torch.fx.Node)
             and source.op == "call_module"
-            and isinstance(model.get_submodule(source.target), torch.nn.Conv2d)
+            and isinstance(model.get_submodule(str(source.target)), torch.nn.Conv2d)
             and len(source.users) == 1
-            and calls[source.target] == 1  # a conv (or BatchNorm) used twice cannot take one BatchNorm's scale
-            and calls[node.target] == 1
+            and calls[str(source.target)] == 1  # a conv (or BatchNorm) used twice cannot take one BatchNorm's scale
+            and calls[str(node.target)] == 1
         ):
             pairs.append((str(source.target), str(node.target)))
     return pairs

@@ -170,7 +170,8 @@ def _builder(patch_size: int):  # noqa: ANN202
 
 _REPOS = {"clip-vit-b32": "openai/clip-vit-base-patch32", "clip-vit-b16": "openai/clip-vit-base-patch16"}
 
-for _name, _patch, _precision in (("clip-vit-b32", 32, "bf16"), ("clip-vit-b16", 16, "bf16")):
+_VARIANTS: tuple[tuple[str, int, Precision], ...] = (("clip-vit-b32", 32, "bf16"), ("clip-vit-b16", 16, "bf16"))
+for _name, _patch, _precision in _VARIANTS:
     register_encoder(
         EncoderSpec(
             name=_name,

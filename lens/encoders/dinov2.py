@@ -20,7 +20,7 @@ embeddings, trained at 518 px, are interpolated to the 16 x 16 patch grid by the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -34,9 +34,15 @@ from lens.errors import WeightsUnavailableError
 DINOV2_PREPROCESS = Preprocess(input_size=224, crop_pct=224 / 256, resize=256, interpolation="bicubic")
 
 # The architectures of the two repositories' config.json (for random builds; real loads read the folder's config).
+class _Arch(NamedTuple):
+    repo: str
+    hidden_size: int
+    num_attention_heads: int
+
+
 _ARCH = {
-    "dinov2-small": {"repo": "facebook/dinov2-small", "hidden_size": 384, "num_attention_heads": 6},
-    "dinov2-base": {"repo": "facebook/dinov2-base", "hidden_size": 768, "num_attention_heads": 12},
+    "dinov2-small": _Arch("facebook/dinov2-small", 384, 6),
+    "dinov2-base": _Arch("facebook/dinov2-base", 768, 12),
 }
 
 
@@ -56,8 +62,8 @@ def dinov2_config(name: str) -> Any:
 
     arch = _ARCH[name]
     return Dinov2Config(
-        hidden_size=arch["hidden_size"],
-        num_attention_heads=arch["num_attention_heads"],
+        hidden_size=arch.hidden_size,
+        num_attention_heads=arch.num_attention_heads,
         num_hidden_layers=12,
         mlp_ratio=4,
         patch_size=14,
@@ -78,7 +84,7 @@ def _build(spec: EncoderSpec, weights_path: Path | None, *, precision: Precision
         if model.config.hidden_size != spec.dim:
             raise WeightsUnavailableError(
                 f"The weights in {weights_path} are a DINOv2 with {model.config.hidden_size}-d tokens; "
-                f"'{spec.name}' needs {spec.dim}-d. To fix: put the files of {_ARCH[spec.name]['repo']} there."
+                f"'{spec.name}' needs {spec.dim}-d. To fix: put the files of {_ARCH[spec.name].repo} there."
             )
         weights_id = file_sha256(weights_path / "model.safetensors")
     return TorchImageEncoder(spec, _ClsToken(model.eval()), weights_id, precision=precision)
@@ -91,12 +97,12 @@ for _name, _dim, _size in (("dinov2-small", 384, "ViT-S/14"), ("dinov2-base", 76
             family="dinov2",
             dim=_dim,
             preprocess=DINOV2_PREPROCESS,
-            weights=f"DINOv2 {_size} self-supervised on LVD-142M, Hugging Face {_ARCH[_name]['repo']}",
+            weights=f"DINOv2 {_size} self-supervised on LVD-142M, Hugging Face {_ARCH[_name].repo}",
             license="Apache-2.0",
             pooling="CLS token after the final LayerNorm",
             description=f"DINOv2 {_size} (self-supervised), final-norm CLS token, 224px",
             precision="bf16",  # measured (random weights, 2 cores): about 1.6x fp32, min cosine >= 0.9999
             channels_last=False,
         ),
-        weights=HubWeights(repo_id=_ARCH[_name]["repo"], folder=_name, extra_files=("preprocessor_config.json",)),
+        weights=HubWeights(repo_id=_ARCH[_name].repo, folder=_name, extra_files=("preprocessor_config.json",)),
     )(_build)

@@ -41,9 +41,7 @@ def _build(spec: EncoderSpec, weights_path: Path | None, *, precision: Precision
         weights_id = file_sha256(weights_path)
     else:  # pragma: no cover - the registry always passes weights
         weights_id = "random"
-    return TorchImageEncoder(
-        spec, _PooledEfficientNet(net), weights_id, precision=precision, fold_bn=True
-    )
+    return TorchImageEncoder(spec, _PooledEfficientNet(net), weights_id, precision=precision, fold_bn=True)
 
 
 for _name, _size, _file, _pkg in (

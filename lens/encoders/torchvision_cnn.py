@@ -70,9 +70,7 @@ def _pooled_trunk(
     def build(spec: EncoderSpec, weights_path: Path | None, *, precision: Precision | None = None) -> TorchImageEncoder:
         model = constructor()
         weights_id = _load_state(model, weights_path)
-        return TorchImageEncoder(
-            spec, _PooledFeatures(model.features), weights_id, precision=precision, fold_bn=True
-        )
+        return TorchImageEncoder(spec, _PooledFeatures(model.features), weights_id, precision=precision, fold_bn=True)
 
     return build
 

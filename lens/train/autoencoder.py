@@ -80,8 +80,9 @@ def train_autoencoder(catalog: Catalog, split: Split, config: AutoencoderConfig,
 
     def embed(rows: np.ndarray) -> np.ndarray:
         encoder = model.encoder_module().eval()
-        return np.concatenate([inference_vectors(encoder, normalised(rows[start : start + 256]))
-                               for start in range(0, len(rows), 256)])
+        return np.concatenate(
+            [inference_vectors(encoder, normalised(rows[start : start + 256])) for start in range(0, len(rows), 256)]
+        )
 
     def loss_step(batch: np.ndarray) -> torch.Tensor:
         return autoencoder_loss(model, images[torch.from_numpy(batch)].float().div_(255.0), config.beta)
@@ -94,24 +95,40 @@ def train_autoencoder(catalog: Catalog, split: Split, config: AutoencoderConfig,
         with torch.inference_mode():
             x = images[torch.from_numpy(val_idx)].float() / 255.0
             val_mse = float(F.mse_loss(model((x - 0.5) / 0.5)[0], x))
-        return {"val_mse": val_mse,
-                "val_p@5": precision_at(embed(gallery), labels[gallery], np.arange(len(train_idx), len(gallery)), 5)}
+        return {
+            "val_mse": val_mse,
+            "val_p@5": precision_at(embed(gallery), labels[gallery], np.arange(len(train_idx), len(gallery)), 5),
+        }
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    history = fit_with_bar(model, loss_step, lambda epoch: shuffled_epoch(train_idx, config, epoch), config, ctx,
-                           optimizer=optimizer, on_epoch=on_epoch)
+    history = fit_with_bar(
+        model,
+        loss_step,
+        lambda epoch: shuffled_epoch(train_idx, config, epoch),
+        config,
+        ctx,
+        optimizer=optimizer,
+        on_epoch=on_epoch,
+    )
     train_seconds = elapsed()
     vectors = embed(np.arange(len(ids)))
     metrics = heldout_metrics(vectors, ids, catalog, split)
     config_json = {
-        "kind": "image", "recipe": config.recipe, "arch": arch, "dim": config.embedding_dim,
-        "preprocess": Preprocess(input_size=size, crop_pct=1.0, mean=MEAN, std=STD).key(), "precision": "fp32",
+        "kind": "image",
+        "recipe": config.recipe,
+        "arch": arch,
+        "dim": config.embedding_dim,
+        "preprocess": Preprocess(input_size=size, crop_pct=1.0, mean=MEAN, std=STD).key(),
+        "precision": "fp32",
         "pooling": "bottleneck" + (" (posterior mean)" if variant == "vae" else ""),
         "description": f"convolutional {'VAE' if variant == 'vae' else 'autoencoder'} ({size}px, "
-                       f"{config.embedding_dim}-d bottleneck) trained on {catalog.name}",
+        f"{config.embedding_dim}-d bottleneck) trained on {catalog.name}",
         "license": "trained from scratch by lens",
-        **base_config(config, catalog, split, ctx), "history": history, "train_seconds": train_seconds,
+        **base_config(config, catalog, split, ctx),
+        "history": history,
+        "train_seconds": train_seconds,
         "heldout": metrics,
     }
-    return save_run(ctx, catalog, model.encoder_module().state_dict(), config_json, history, train_seconds, metrics,
-                    ids, vectors)
+    return save_run(
+        ctx, catalog, model.encoder_module().state_dict(), config_json, history, train_seconds, metrics, ids, vectors
+    )

@@ -79,18 +79,28 @@ def label_codes(labels: Sequence[Any] | np.ndarray) -> np.ndarray:
 def shuffled_epoch(rows: np.ndarray, config: TrainConfig, epoch: int) -> list[np.ndarray]:
     """Epoch ``epoch``'s batches of ``rows``: a seeded shuffle cut into ``config.batch_size`` batches (one batch of
     everything when there are fewer rows), at most ``config.steps_per_epoch`` of them."""
-    chosen = [rows[b] for b in shuffled_batches(len(rows), batch_size=min(config.batch_size, len(rows)),
-                                                seed=epoch_seed(config.seed, epoch))]
+    chosen = [
+        rows[b]
+        for b in shuffled_batches(
+            len(rows), batch_size=min(config.batch_size, len(rows)), seed=epoch_seed(config.seed, epoch)
+        )
+    ]
     return chosen[: config.steps_per_epoch] if config.steps_per_epoch else chosen
 
 
-def balanced_epoch(rows: np.ndarray, codes: np.ndarray, config: TrainConfig, epoch: int, *, m: int,
-                   seed: int | None = None) -> list[np.ndarray]:
+def balanced_epoch(
+    rows: np.ndarray, codes: np.ndarray, config: TrainConfig, epoch: int, *, m: int, seed: int | None = None
+) -> list[np.ndarray]:
     """Epoch ``epoch``'s class-balanced batches of ``rows`` (``m`` per class, labels ``codes[rows]``):
     ``config.steps_per_epoch`` batches, default one pass over ``rows``."""
     n_batches = config.steps_per_epoch or max(1, len(rows) // config.batch_size)
-    local = class_balanced_batches(codes[rows], m=m, batch_size=config.batch_size, n_batches=n_batches,
-                                   seed=epoch_seed(config.seed if seed is None else seed, epoch))
+    local = class_balanced_batches(
+        codes[rows],
+        m=m,
+        batch_size=config.batch_size,
+        n_batches=n_batches,
+        seed=epoch_seed(config.seed if seed is None else seed, epoch),
+    )
     return [rows[b] for b in local]
 
 
@@ -101,8 +111,9 @@ def inference_vectors(module: Callable[[torch.Tensor], torch.Tensor], x: torch.T
         return F.normalize(module(x), dim=-1).numpy().astype(np.float32)
 
 
-def precision_at(vectors: np.ndarray, labels: Sequence[Any] | np.ndarray, query_idx: Sequence[int] | np.ndarray,
-                 k: int = 5) -> float:
+def precision_at(
+    vectors: np.ndarray, labels: Sequence[Any] | np.ndarray, query_idx: Sequence[int] | np.ndarray, k: int = 5
+) -> float:
     """Mean precision@k of ``query_idx`` against all other rows of ``vectors`` (relevant = same label)."""
     report = evaluate_retrieval(vectors, list(labels), ks=(k,), query_indices=list(query_idx))
     return float(report.summary[f"precision@{k}"])
@@ -131,17 +142,25 @@ def split_positions(ids: Sequence[str], split: Split) -> dict[str, np.ndarray]:
     }
 
 
-def heldout_metrics(vectors: np.ndarray, ids: Sequence[str], catalog: Catalog, split: Split,
-                    ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+def heldout_metrics(
+    vectors: np.ndarray, ids: Sequence[str], catalog: Catalog, split: Split, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
     """Metrics with queries = the split's held-out ``query`` ids, gallery = every other catalog item."""
     query_idx = split_positions(ids, split)["query"]
-    report = evaluate_retrieval(vectors, list(catalog.labels(split.label_column, ids=ids)), list(ids), ks=ks,
-                                query_indices=query_idx.tolist())
+    report = evaluate_retrieval(
+        vectors, list(catalog.labels(split.label_column, ids=ids)), list(ids), ks=ks, query_indices=query_idx.tolist()
+    )
     return {k: float(v) for k, v in report.summary.items()}
 
 
 def publish_embeddings(
-    name: str, catalog: Catalog, ids: Sequence[str], vectors: np.ndarray, ctx: RunContext, *, check: int = 8,
+    name: str,
+    catalog: Catalog,
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    ctx: RunContext,
+    *,
+    check: int = 8,
     check_tolerance: float = 2e-3,
 ) -> float:
     """Store ``vectors`` (one per catalog id in ``ids``) in the lens embedding cache under encoder ``name``'s key.
@@ -171,7 +190,11 @@ def publish_embeddings(
     save_embeddings(
         EmbeddingSet(
             vectors=np.ascontiguousarray(vectors[rows], dtype=np.float32),
-            ids=[ids[r] for r in rows], encoder=name, failed=failed, key=cache_key(identity), identity=identity,
+            ids=[ids[r] for r in rows],
+            encoder=name,
+            failed=failed,
+            key=cache_key(identity),
+            identity=identity,
             catalog=catalog.name,
         ),
         ctx.cache_dir,
@@ -196,8 +219,9 @@ def load_small_images(catalog: Catalog, split: Split, size: int, ctx: RunContext
         images_np, ids = small_images(catalog, catalog.ids, size, cache_dir=ctx.cache_dir, progress=bar)
     finally:
         close()
-    return SmallImages(torch.from_numpy(images_np), ids, catalog.labels(split.label_column, ids=ids),
-                       split_positions(ids, split))
+    return SmallImages(
+        torch.from_numpy(images_np), ids, catalog.labels(split.label_column, ids=ids), split_positions(ids, split)
+    )
 
 
 def timer() -> Callable[[], float]:
@@ -234,7 +258,10 @@ def embed_with_base(catalog: Catalog, base_name: str, ctx: RunContext) -> tuple[
 
 
 def val_precision_callback(
-    embed_rows: Callable[[np.ndarray], np.ndarray], labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+    embed_rows: Callable[[np.ndarray], np.ndarray],
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
     k: int = 5,
 ) -> Callable[[int, dict[str, float]], dict[str, float]]:
     """An ``on_epoch`` callback: P@k of the validation items against train + validation, with vectors from
@@ -264,23 +291,39 @@ def augmentation(preprocess, strength: str = "simclr"):  # noqa: ANN001, ANN201
     from torchvision.transforms import v2
 
     p = AUGMENT[strength]
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.RandomResizedCrop(preprocess.input_size, scale=p["scale"], antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(*p["jitter"])], p=p["jitter_p"]),
-        v2.RandomGrayscale(p=p["grey_p"]),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(preprocess.mean), list(preprocess.std)),
-    ])
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.RandomResizedCrop(preprocess.input_size, scale=p["scale"], antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(*p["jitter"])], p=p["jitter_p"]),
+            v2.RandomGrayscale(p=p["grey_p"]),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(preprocess.mean), list(preprocess.std)),
+        ]
+    )
 
 
-def augmented_base_views(base, catalog: Catalog, ids: list[str], *, views: int, seed: int,  # noqa: ANN001
-                         ctx: RunContext, strength: str = "simclr") -> tuple[np.ndarray, list[str]]:
+def augmented_base_views(
+    base,
+    catalog: Catalog,
+    ids: list[str],
+    *,
+    views: int,
+    seed: int,  # noqa: ANN001
+    ctx: RunContext,
+    strength: str = "simclr",
+) -> tuple[np.ndarray, list[str]]:
     """The frozen encoder's vectors of ``views`` seeded augmentations of each image: ``(n, views, dim)``, cached
     under ``<cache>/train-cache/simclr`` (one pass through the encoder per view, then seconds per epoch)."""
-    full = {"kind": "simclr-base-views", **base.identity(), "views": views, "seed": seed,
-            "catalog": catalog.fingerprint(), "ids": cache_key({"ids": ids})}
+    full = {
+        "kind": "simclr-base-views",
+        **base.identity(),
+        "views": views,
+        "seed": seed,
+        "catalog": catalog.fingerprint(),
+        "ids": cache_key({"ids": ids}),
+    }
     if strength != "simclr":  # (the simclr key is the one earlier caches were written under)
         full["augment"] = strength
     npy, meta = _cache_paths(ctx.cache_dir, "simclr", full)
@@ -306,21 +349,46 @@ def augmented_base_views(base, catalog: Catalog, ids: list[str], *, views: int, 
     return array, kept_all
 
 
-def fit_with_bar(model, loss_step, batches, config: TrainConfig, ctx: RunContext, *, label: str = "",  # noqa: ANN001
-                 checkpoint: Path | None = None, **fit_kwargs: Any) -> list[dict[str, float]]:
+def fit_with_bar(
+    model,
+    loss_step,
+    batches,
+    config: TrainConfig,
+    ctx: RunContext,
+    *,
+    label: str = "",  # noqa: ANN001
+    checkpoint: Path | None = None,
+    **fit_kwargs: Any,
+) -> list[dict[str, float]]:
     """:func:`lens.train.loop.fit` with the run's progress bar, ``--resume`` and checkpoint (default
     ``<run>/checkpoint.pt``); ``fit_kwargs``: ``optimizer``, ``on_epoch``, ``train_mode``."""
     bar, close = ctx.bar(f"train {ctx.name}{' ' + label if label else ''}")
     try:
-        return fit(model, loss_step, batches, config, checkpoint=checkpoint or checkpoint_path(ctx), resume=ctx.resume,
-                   progress=bar, **fit_kwargs)
+        return fit(
+            model,
+            loss_step,
+            batches,
+            config,
+            checkpoint=checkpoint or checkpoint_path(ctx),
+            resume=ctx.resume,
+            progress=bar,
+            **fit_kwargs,
+        )
     finally:
         close()
 
 
-def save_run(ctx: RunContext, catalog: Catalog, state: dict[str, Any], config_json: dict[str, Any],
-             history: list[dict[str, float]], train_seconds: float, metrics: dict[str, float], ids: Sequence[str],
-             vectors: np.ndarray) -> TrainResult:
+def save_run(
+    ctx: RunContext,
+    catalog: Catalog,
+    state: dict[str, Any],
+    config_json: dict[str, Any],
+    history: list[dict[str, float]],
+    train_seconds: float,
+    metrics: dict[str, float],
+    ids: Sequence[str],
+    vectors: np.ndarray,
+) -> TrainResult:
     """Save the model (safetensors + ``config_json``), write ``history.csv`` and, with ``ctx.publish``, store the
     catalog's ``vectors`` in the embedding cache; the run's :class:`TrainResult`."""
     folder = save_trained_model(ctx.name, state, config_json, models_dir=ctx.models_dir)

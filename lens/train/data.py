@@ -92,8 +92,13 @@ def stem_features(
     ``identity`` must say which stem this is (backbone, weights, cut point); the catalog fingerprint, the ids and the
     preprocessing are added to the cache key here. Unreadable images are left out (their ids are not in the result).
     """
-    full_identity = {"kind": "stem", **identity, "catalog": catalog.fingerprint(), "ids": cache_key({"ids": list(ids)}),
-                     "preprocess": preprocess.key()}
+    full_identity = {
+        "kind": "stem",
+        **identity,
+        "catalog": catalog.fingerprint(),
+        "ids": cache_key({"ids": list(ids)}),
+        "preprocess": preprocess.key(),
+    }
     npy, meta = _cache_paths(cache_dir, "stem", full_identity)
     cached = _load(npy, meta)
     if cached is not None:
@@ -135,8 +140,12 @@ def small_images(
     This is :func:`lens.encoders.base.preprocess_images` with ``crop_pct=1`` before normalisation, so an encoder with
     ``Preprocess(input_size=size, crop_pct=1.0)`` sees the same pixels at inference.
     """
-    identity = {"kind": "small-images", "size": size, "catalog": catalog.fingerprint(),
-                "ids": cache_key({"ids": list(ids)})}
+    identity = {
+        "kind": "small-images",
+        "size": size,
+        "catalog": catalog.fingerprint(),
+        "ids": cache_key({"ids": list(ids)}),
+    }
     npy, meta = _cache_paths(cache_dir, "images", identity)
     cached = _load(npy, meta)
     if cached is not None:

@@ -72,28 +72,64 @@ def head_setup(catalog: Catalog, split: Split, config: BackboneConfig, ctx: RunC
     base, image_set = embed_with_base(catalog, config.backbone, ctx)
     ids = image_set.ids
     torch.manual_seed(config.seed)
-    arch = {"type": "head", "base_encoder": config.backbone, "base_weights_id": base.weights_id,
-            "base_precision": base.precision, "in_dim": base.dim, "hidden": config.hidden, "dim": dim or base.dim}
-    return HeadSetup(base, ids, torch.from_numpy(image_set.vectors), catalog.labels(split.label_column, ids=ids),
-                     split_positions(ids, split), arch, build_head(arch))
+    arch = {
+        "type": "head",
+        "base_encoder": config.backbone,
+        "base_weights_id": base.weights_id,
+        "base_precision": base.precision,
+        "in_dim": base.dim,
+        "hidden": config.hidden,
+        "dim": dim or base.dim,
+    }
+    return HeadSetup(
+        base,
+        ids,
+        torch.from_numpy(image_set.vectors),
+        catalog.labels(split.label_column, ids=ids),
+        split_positions(ids, split),
+        arch,
+        build_head(arch),
+    )
 
 
-def save_head_run(setup: HeadSetup, catalog: Catalog, split: Split, config: TrainConfig, ctx: RunContext,
-                  history: list[dict[str, float]], train_seconds: float, *, pooling: str, description: str,
-                  **extra: Any) -> TrainResult:
+def save_head_run(
+    setup: HeadSetup,
+    catalog: Catalog,
+    split: Split,
+    config: TrainConfig,
+    ctx: RunContext,
+    history: list[dict[str, float]],
+    train_seconds: float,
+    *,
+    pooling: str,
+    description: str,
+    **extra: Any,
+) -> TrainResult:
     """Evaluate the trained head on the held-out queries and save it (``kind: "head"``); ``extra``: more config keys."""
     vectors = setup.embed_rows(np.arange(len(setup.ids)))
     metrics = heldout_metrics(vectors, setup.ids, catalog, split)
     base = setup.base
     config_json = {
-        "kind": "head", "recipe": config.recipe, "arch": setup.arch, "dim": setup.arch["dim"],
-        "preprocess": base.spec.preprocess.key(), "precision": base.precision, "pooling": pooling,
-        "description": description, "base_encoder": base.name, "base_weights_id": base.weights_id,
-        "license": "as the base weights", **base_config(config, catalog, split, ctx), "history": history,
-        "train_seconds": train_seconds, "heldout": metrics, **extra,
+        "kind": "head",
+        "recipe": config.recipe,
+        "arch": setup.arch,
+        "dim": setup.arch["dim"],
+        "preprocess": base.spec.preprocess.key(),
+        "precision": base.precision,
+        "pooling": pooling,
+        "description": description,
+        "base_encoder": base.name,
+        "base_weights_id": base.weights_id,
+        "license": "as the base weights",
+        **base_config(config, catalog, split, ctx),
+        "history": history,
+        "train_seconds": train_seconds,
+        "heldout": metrics,
+        **extra,
     }
-    return save_run(ctx, catalog, setup.head.state_dict(), config_json, history, train_seconds, metrics, setup.ids,
-                    vectors)
+    return save_run(
+        ctx, catalog, setup.head.state_dict(), config_json, history, train_seconds, metrics, setup.ids, vectors
+    )
 
 
 @dataclass
@@ -110,53 +146,88 @@ class BlocksSetup:
 
     def embed_rows(self, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """The model's L2-normalised vectors of ``rows`` (from the cached stem output): float32 ``(len(rows), dim)``."""
-        chunks = (torch.from_numpy(self.features[rows[start : start + batch_size]])
-                  for start in range(0, len(rows), batch_size))
+        chunks = (
+            torch.from_numpy(self.features[rows[start : start + batch_size]])
+            for start in range(0, len(rows), batch_size)
+        )
         return np.concatenate([inference_vectors(self.model.embed_stem_output, chunk) for chunk in chunks])
 
 
-def blocks_setup(catalog: Catalog, split: Split, config: BackboneConfig, ctx: RunContext, *,
-                 embedding_dim: int) -> BlocksSetup:
+def blocks_setup(
+    catalog: Catalog, split: Split, config: BackboneConfig, ctx: RunContext, *, embedding_dim: int
+) -> BlocksSetup:
     """Seed torch, cut the pretrained ``config.backbone`` (last ``config.trainable_blocks`` blocks train), add a
     head (``embedding_dim`` 0: none) and compute the frozen stem's output for every catalog item (cached)."""
     torch.manual_seed(config.seed)
     backbone = build_split_backbone(config.backbone, config.trainable_blocks, pretrained=True)
-    arch = {"type": "embedder", "backbone": backbone.name, "trainable_blocks": config.trainable_blocks,
-            "embedding_dim": embedding_dim, "backbone_dim": backbone.dim}
+    arch = {
+        "type": "embedder",
+        "backbone": backbone.name,
+        "trainable_blocks": config.trainable_blocks,
+        "embedding_dim": embedding_dim,
+        "backbone_dim": backbone.dim,
+    }
     model = Embedder(freeze(backbone.stem), backbone.top, embedder_head(backbone.dim, embedding_dim))
     features, ids = _stem_features(model, arch, backbone.weights_id, catalog, ctx, backbone.preprocess)
-    return BlocksSetup(backbone, model, arch, features, ids, catalog.labels(split.label_column, ids=ids),
-                       split_positions(ids, split))
+    return BlocksSetup(
+        backbone, model, arch, features, ids, catalog.labels(split.label_column, ids=ids), split_positions(ids, split)
+    )
 
 
-def _stem_features(model: Embedder, arch: dict[str, Any], weights_id: str, catalog: Catalog, ctx: RunContext,
-                   preprocess: Preprocess) -> tuple[np.ndarray, list[str]]:
+def _stem_features(
+    model: Embedder, arch: dict[str, Any], weights_id: str, catalog: Catalog, ctx: RunContext, preprocess: Preprocess
+) -> tuple[np.ndarray, list[str]]:
     bar, close = ctx.bar(f"{arch['backbone']} frozen stem")
     try:
         return stem_features(
-            model.stem, catalog, catalog.ids, preprocess,
+            model.stem,
+            catalog,
+            catalog.ids,
+            preprocess,
             {"backbone": arch["backbone"], "weights": weights_id, "trainable_blocks": arch["trainable_blocks"]},
-            cache_dir=ctx.cache_dir, batch_size=32, progress=bar,
+            cache_dir=ctx.cache_dir,
+            batch_size=32,
+            progress=bar,
         )
     finally:
         close()
 
 
-def save_blocks_run(setup: BlocksSetup, catalog: Catalog, split: Split, config: TrainConfig, ctx: RunContext,
-                    history: list[dict[str, float]], train_seconds: float, *, description: str,
-                    **extra: Any) -> TrainResult:
+def save_blocks_run(
+    setup: BlocksSetup,
+    catalog: Catalog,
+    split: Split,
+    config: TrainConfig,
+    ctx: RunContext,
+    history: list[dict[str, float]],
+    train_seconds: float,
+    *,
+    description: str,
+    **extra: Any,
+) -> TrainResult:
     """Evaluate the fine-tuned model on the held-out queries and save it (``kind: "image"``, every weight);
     ``extra``: more config keys (``pooling`` first when given)."""
     vectors = setup.embed_rows(np.arange(len(setup.ids)))
     metrics = heldout_metrics(vectors, setup.ids, catalog, split)
     backbone = setup.backbone
     config_json = {
-        "kind": "image", "recipe": config.recipe, "arch": setup.arch,
-        "dim": setup.arch["embedding_dim"] or backbone.dim, "preprocess": backbone.preprocess.key(),
-        "precision": "fp32", **({"pooling": extra.pop("pooling")} if "pooling" in extra else {}),
-        "description": description, "base_encoder": backbone.name, "base_weights_id": backbone.weights_id,
-        "license": "as the base weights", **base_config(config, catalog, split, ctx), "history": history,
-        "train_seconds": train_seconds, "heldout": metrics, **extra,
+        "kind": "image",
+        "recipe": config.recipe,
+        "arch": setup.arch,
+        "dim": setup.arch["embedding_dim"] or backbone.dim,
+        "preprocess": backbone.preprocess.key(),
+        "precision": "fp32",
+        **({"pooling": extra.pop("pooling")} if "pooling" in extra else {}),
+        "description": description,
+        "base_encoder": backbone.name,
+        "base_weights_id": backbone.weights_id,
+        "license": "as the base weights",
+        **base_config(config, catalog, split, ctx),
+        "history": history,
+        "train_seconds": train_seconds,
+        "heldout": metrics,
+        **extra,
     }
-    return save_run(ctx, catalog, setup.model.state_dict(), config_json, history, train_seconds, metrics, setup.ids,
-                    vectors)
+    return save_run(
+        ctx, catalog, setup.model.state_dict(), config_json, history, train_seconds, metrics, setup.ids, vectors
+    )

@@ -25,8 +25,9 @@ StepProgress = Callable[[int, int], None]
 """``progress(step, steps_in_epoch)`` after each optimisation step (the CLI passes tqdm)."""
 
 
-def setting(default: Any, help: str, *, flag: str | None = None, minimum: int | None = None,
-            choices: tuple[str, ...] = ()) -> Any:
+def setting(
+    default: Any, help: str, *, flag: str | None = None, minimum: int | None = None, choices: tuple[str, ...] = ()
+) -> Any:
     """A recipe setting: a dataclass field that also says how ``python -m lens train <recipe>`` offers it.
 
     Args:
@@ -177,7 +178,11 @@ def fit(
 
 
 def _save_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list[dict[str, float]],
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    history: list[dict[str, float]],
     config: TrainConfig,
 ) -> None:
     state = {

@@ -98,8 +98,11 @@ def _pooled(backbone: nn.Module, images: torch.Tensor, batch_size: int = 256) ->
     return torch.cat(out)
 
 
-@register_recipe("mobilenet-small", MobileNetSmallConfig,
-                 summary="small MobileNetV2 from scratch: classifier, then a triplet head on its frozen features")
+@register_recipe(
+    "mobilenet-small",
+    MobileNetSmallConfig,
+    summary="small MobileNetV2 from scratch: classifier, then a triplet head on its frozen features",
+)
 def train_mobilenet_small(catalog: Catalog, split: Split, config: MobileNetSmallConfig, ctx: RunContext) -> TrainResult:
     """Stage 1 classifier, stage 2 triplet head; save as ``ctx.name``."""
     elapsed = timer()
@@ -133,9 +136,16 @@ def train_mobilenet_small(catalog: Catalog, split: Split, config: MobileNetSmall
         return {"val_accuracy": accuracy(val_idx)} if len(val_idx) else {}
 
     cls_config = replace(config, recipe=config.recipe + ":classifier")
-    history = fit_with_bar(classifier, cls_step, lambda epoch: shuffled_epoch(train_idx, cls_config, epoch),
-                           cls_config, ctx, on_epoch=cls_epoch, checkpoint=ctx.out_dir / "checkpoint-classifier.pt",
-                           label="classifier")
+    history = fit_with_bar(
+        classifier,
+        cls_step,
+        lambda epoch: shuffled_epoch(train_idx, cls_config, epoch),
+        cls_config,
+        ctx,
+        on_epoch=cls_epoch,
+        checkpoint=ctx.out_dir / "checkpoint-classifier.pt",
+        label="classifier",
+    )
     for row in history:
         row["stage"] = 1.0
     classifier_accuracy = accuracy(query_idx)
@@ -161,9 +171,14 @@ def train_mobilenet_small(catalog: Catalog, split: Split, config: MobileNetSmall
 
     head_config = replace(config, recipe=config.recipe + ":head", epochs=config.head_epochs)
     head_history = fit_with_bar(
-        head, head_step,
+        head,
+        head_step,
         lambda epoch: balanced_epoch(train_idx, codes, config, epoch, m=config.m_per_class, seed=config.seed + 1),
-        head_config, ctx, on_epoch=head_epoch, checkpoint=ctx.out_dir / "checkpoint-head.pt", label="triplet head",
+        head_config,
+        ctx,
+        on_epoch=head_epoch,
+        checkpoint=ctx.out_dir / "checkpoint-head.pt",
+        label="triplet head",
     )
     for row in head_history:
         row["stage"] = 2.0
@@ -172,18 +187,35 @@ def train_mobilenet_small(catalog: Catalog, split: Split, config: MobileNetSmall
     model = EmbeddingModel(backbone, head).eval()
     vectors = inference_vectors(head, pooled)
     metrics = heldout_metrics(vectors, ids, catalog, split)
-    metrics.update({"classifier_accuracy": classifier_accuracy, "backbone_parameters": n_params,
-                    "classifier_features_p@5": heldout_metrics(inference_vectors(nn.Identity(), pooled), ids, catalog,
-                                                               split)["precision@5"]})
-    arch = {"type": "mobilenet-small", "embedding_dim": config.embedding_dim, "feature_dim": FEATURE_DIM,
-            "n_classes": int(codes.max()) + 1}
+    metrics.update(
+        {
+            "classifier_accuracy": classifier_accuracy,
+            "backbone_parameters": n_params,
+            "classifier_features_p@5": heldout_metrics(inference_vectors(nn.Identity(), pooled), ids, catalog, split)[
+                "precision@5"
+            ],
+        }
+    )
+    arch = {
+        "type": "mobilenet-small",
+        "embedding_dim": config.embedding_dim,
+        "feature_dim": FEATURE_DIM,
+        "n_classes": int(codes.max()) + 1,
+    }
     config_json = {
-        "kind": "image", "recipe": config.recipe, "arch": arch, "dim": config.embedding_dim,
-        "preprocess": Preprocess(input_size=size, crop_pct=1.0, mean=MEAN, std=STD).key(), "precision": "fp32",
+        "kind": "image",
+        "recipe": config.recipe,
+        "arch": arch,
+        "dim": config.embedding_dim,
+        "preprocess": Preprocess(input_size=size, crop_pct=1.0, mean=MEAN, std=STD).key(),
+        "precision": "fp32",
         "license": "trained from scratch by lens",
         "description": f"{n_params / 1e6:.2f}M-param inverted-residual CNN from scratch ({size}px) + triplet head",
-        **base_config(config, catalog, split, ctx), "history": history + head_history,
-        "train_seconds": train_seconds, "heldout": metrics,
+        **base_config(config, catalog, split, ctx),
+        "history": history + head_history,
+        "train_seconds": train_seconds,
+        "heldout": metrics,
     }
-    return save_run(ctx, catalog, model.state_dict(), config_json, history + head_history, train_seconds, metrics, ids,
-                    vectors)
+    return save_run(
+        ctx, catalog, model.state_dict(), config_json, history + head_history, train_seconds, metrics, ids, vectors
+    )

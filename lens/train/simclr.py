@@ -46,8 +46,9 @@ class SimCLRConfig(BackboneConfig):
 
     epochs: int = setting(10, "passes over the augmented training images", minimum=1)
     temperature: float = setting(0.1, "NT-Xent temperature")
-    views: int = setting(2, "augmented views of each training photo through the frozen backbone (pairs drawn "
-                            "from them)", minimum=2)
+    views: int = setting(
+        2, "augmented views of each training photo through the frozen backbone (pairs drawn from them)", minimum=2
+    )
     max_images: int = setting(1000, "training photos to augment (a seeded sample when there are more)", minimum=1)
 
 
@@ -75,11 +76,27 @@ def _pair_loss(
     return loss_step
 
 
-def augmented_stem_views(stem: nn.Module, catalog: Catalog, ids: list[str], preprocess, identity: dict, *,  # noqa: ANN001
-                         views: int, seed: int, ctx: RunContext) -> tuple[np.ndarray, list[str]]:
+def augmented_stem_views(
+    stem: nn.Module,
+    catalog: Catalog,
+    ids: list[str],
+    preprocess,
+    identity: dict,
+    *,  # noqa: ANN001
+    views: int,
+    seed: int,
+    ctx: RunContext,
+) -> tuple[np.ndarray, list[str]]:
     """Stem output of ``views`` seeded augmentations of each image: float32 ``(n, views, C, H, W)`` (cached)."""
-    full = {"kind": "simclr-views", **identity, "views": views, "seed": seed, "catalog": catalog.fingerprint(),
-            "ids": cache_key({"ids": ids}), "preprocess": preprocess.key()}
+    full = {
+        "kind": "simclr-views",
+        **identity,
+        "views": views,
+        "seed": seed,
+        "catalog": catalog.fingerprint(),
+        "ids": cache_key({"ids": ids}),
+        "preprocess": preprocess.key(),
+    }
     npy, meta = _cache_paths(ctx.cache_dir, "simclr", full)
     cached = _load(npy, meta)
     if cached is not None:
@@ -120,20 +137,35 @@ def train_simclr_head(catalog: Catalog, split: Split, config: SimCLRConfig, ctx:
     view_t = torch.from_numpy(view_np)
     loss_step = _pair_loss(head, projection, view_t, NTXentPairLoss(temperature=config.temperature))
     history = fit_with_bar(
-        nn.ModuleDict({"head": head, "projection": projection}), loss_step,
-        lambda epoch: shuffled_epoch(np.arange(len(view_t)), config, epoch), config, ctx,
+        nn.ModuleDict({"head": head, "projection": projection}),
+        loss_step,
+        lambda epoch: shuffled_epoch(np.arange(len(view_t)), config, epoch),
+        config,
+        ctx,
         on_epoch=val_precision_callback(setup.embed_rows, setup.labels, setup.parts["train"], setup.parts["val"]),
     )
     return save_head_run(
-        setup, catalog, split, config, ctx, history, elapsed(), pooling="trained residual head",
+        setup,
+        catalog,
+        split,
+        config,
+        ctx,
+        history,
+        elapsed(),
+        pooling="trained residual head",
         description=f"{config.backbone} (frozen) + residual head trained with SimCLR NT-Xent (no labels) on "
-                    f"{catalog.name}",
-        simclr_images=len(view_t), simclr_views=config.views,
+        f"{catalog.name}",
+        simclr_images=len(view_t),
+        simclr_views=config.views,
     )
 
 
-@register_recipe("simclr", SimCLRConfig, backbone_suffix=True,
-                 summary="self-supervised SimCLR (NT-Xent on augmented views) on a pretrained CNN; no labels")
+@register_recipe(
+    "simclr",
+    SimCLRConfig,
+    backbone_suffix=True,
+    summary="self-supervised SimCLR (NT-Xent on augmented views) on a pretrained CNN; no labels",
+)
 def train_simclr(catalog: Catalog, split: Split, config: SimCLRConfig, ctx: RunContext) -> TrainResult:
     """SimCLR fine-tuning; ``trainable_blocks=0`` (default) keeps the backbone frozen (:func:`train_simclr_head`)."""
     if config.trainable_blocks == 0:
@@ -144,24 +176,44 @@ def train_simclr(catalog: Catalog, split: Split, config: SimCLRConfig, ctx: RunC
     projection = mlp(backbone.dim, PROJECTION_HIDDEN, PROJECTION_DIM)
     train_ids = _views_per_image(setup.ids, setup.parts["train"], config)
     view_feats, _ = augmented_stem_views(
-        model.stem, catalog, train_ids, backbone.preprocess,
+        model.stem,
+        catalog,
+        train_ids,
+        backbone.preprocess,
         {"backbone": backbone.name, "weights": backbone.weights_id, "trainable_blocks": config.trainable_blocks},
-        views=config.views, seed=config.seed, ctx=ctx)
+        views=config.views,
+        seed=config.seed,
+        ctx=ctx,
+    )
     view_t = torch.from_numpy(view_feats)
     loss_step = _pair_loss(model.embed_stem_output, projection, view_t, NTXentPairLoss(temperature=config.temperature))
     optimizer = torch.optim.AdamW(
-        [{"params": list(model.top.parameters()), "lr": config.lr * config.backbone_lr_scale},
-         {"params": list(projection.parameters()), "lr": config.lr}],
+        [
+            {"params": list(model.top.parameters()), "lr": config.lr * config.backbone_lr_scale},
+            {"params": list(projection.parameters()), "lr": config.lr},
+        ],
         weight_decay=config.weight_decay,
     )
     history = fit_with_bar(
-        nn.ModuleDict({"model": model, "projection": projection}), loss_step,
-        lambda epoch: shuffled_epoch(np.arange(len(view_t)), config, epoch), config, ctx, optimizer=optimizer,
+        nn.ModuleDict({"model": model, "projection": projection}),
+        loss_step,
+        lambda epoch: shuffled_epoch(np.arange(len(view_t)), config, epoch),
+        config,
+        ctx,
+        optimizer=optimizer,
         on_epoch=val_precision_callback(setup.embed_rows, setup.labels, setup.parts["train"], setup.parts["val"]),
         train_mode=batchnorms_to_eval,
     )
     return save_blocks_run(
-        setup, catalog, split, config, ctx, history, elapsed(), pooling="global average pooling",
+        setup,
+        catalog,
+        split,
+        config,
+        ctx,
+        history,
+        elapsed(),
+        pooling="global average pooling",
         description=f"{backbone.name} fine-tuned with SimCLR NT-Xent (no labels) on {catalog.name}",
-        simclr_images=len(view_t), simclr_views=config.views,
+        simclr_images=len(view_t),
+        simclr_views=config.views,
     )

@@ -43,8 +43,11 @@ class Split:
                 seen[item_id] = part
 
     def to_json(self) -> dict:
-        return {"format": SPLIT_FORMAT, **asdict(self), "counts": {
-            "train": len(self.train), "val": len(self.val), "query": len(self.query)}}
+        return {
+            "format": SPLIT_FORMAT,
+            **asdict(self),
+            "counts": {"train": len(self.train), "val": len(self.val), "query": len(self.query)},
+        }
 
 
 def make_split(
@@ -146,7 +149,11 @@ def default_split_path(catalog: Catalog, seed: int = 0, cache_dir: str | os.Path
 
 
 def get_split(
-    catalog: Catalog, path: str | os.PathLike | None = None, *, seed: int = 0, label_column: str | None = None,
+    catalog: Catalog,
+    path: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    label_column: str | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> tuple[Split, Path]:
     """Load the split at ``path`` (default :func:`default_split_path`), or make and save it there if missing."""

@@ -61,8 +61,9 @@ class _Trainable(nn.Module):
         self.projections, self.loss = projections, loss
 
 
-def text_to_image_recall(text_vectors: np.ndarray, image_vectors: np.ndarray, target_rows: np.ndarray,
-                         ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+def text_to_image_recall(
+    text_vectors: np.ndarray, image_vectors: np.ndarray, target_rows: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
     """R@k: share of text queries whose own image (row ``target_rows[i]`` of ``image_vectors``) is in the top k."""
     sims = text_vectors @ image_vectors.T
     own = sims[np.arange(len(target_rows)), target_rows]
@@ -70,14 +71,20 @@ def text_to_image_recall(text_vectors: np.ndarray, image_vectors: np.ndarray, ta
     return {f"text_r@{k}": float((rank < k).mean()) for k in ks}
 
 
-@register_recipe("text-align", TextAlignConfig,
-                 summary="projections of a frozen image encoder and MiniLM into one space (text, image+text queries)")
-def train_text_align(catalog: Catalog, split: Split, config: TextAlignConfig, ctx: RunContext,
-                     text_column: str = TEXT_COLUMN) -> TrainResult:
+@register_recipe(
+    "text-align",
+    TextAlignConfig,
+    summary="projections of a frozen image encoder and MiniLM into one space (text, image+text queries)",
+)
+def train_text_align(
+    catalog: Catalog, split: Split, config: TextAlignConfig, ctx: RunContext, text_column: str = TEXT_COLUMN
+) -> TrainResult:
     """Train the two projections; save as ``ctx.name``; report image retrieval and text->image R@k on held-out items."""
     if text_column not in catalog.columns:
-        raise LensError(f"text-align needs a text column {text_column!r}; catalog {catalog.name!r} has "
-                        f"{', '.join(catalog.columns)}.")
+        raise LensError(
+            f"text-align needs a text column {text_column!r}; catalog {catalog.name!r} has "
+            f"{', '.join(catalog.columns)}."
+        )
     elapsed = timer()
     base, image_set = embed_with_base(catalog, config.backbone, ctx)
     ids = image_set.ids
@@ -87,9 +94,17 @@ def train_text_align(catalog: Catalog, split: Split, config: TextAlignConfig, ct
     image_feats = image_set.vectors
 
     torch.manual_seed(config.seed)
-    arch = {"type": "text-align", "image_encoder": config.backbone, "image_weights_id": base.weights_id,
-            "image_precision": base.precision, "image_dim": base.dim, "text_model": MINILM_NAME,
-            "text_dim": MINILM_DIM, "dim": config.embedding_dim, "hidden": HIDDEN}
+    arch = {
+        "type": "text-align",
+        "image_encoder": config.backbone,
+        "image_weights_id": base.weights_id,
+        "image_precision": base.precision,
+        "image_dim": base.dim,
+        "text_model": MINILM_NAME,
+        "text_dim": MINILM_DIM,
+        "dim": config.embedding_dim,
+        "hidden": HIDDEN,
+    }
     projections = build_projections(arch)
     model = _Trainable(projections, SymmetricInfoNCE(config.temperature))
     parts = split_positions(ids, split)
@@ -108,8 +123,9 @@ def train_text_align(catalog: Catalog, split: Split, config: TextAlignConfig, ct
             extra["val_text_r@5"] = text_to_image_recall(tv, iv, np.arange(len(val_idx)), (5,))["text_r@5"]
         return extra
 
-    history = fit_with_bar(model, loss_step, lambda epoch: shuffled_epoch(train_idx, config, epoch), config, ctx,
-                           on_epoch=on_epoch)
+    history = fit_with_bar(
+        model, loss_step, lambda epoch: shuffled_epoch(train_idx, config, epoch), config, ctx, on_epoch=on_epoch
+    )
     train_seconds = elapsed()
 
     # the saved encoder's own projections (TextAlignEncoder.project_*_features run these same modules)
@@ -120,11 +136,20 @@ def train_text_align(catalog: Catalog, split: Split, config: TextAlignConfig, ct
     heldout_only = text_to_image_recall(text_vecs[query], image_vecs[query], np.arange(len(query)))
     metrics.update({f"{k}_heldout_gallery": v for k, v in heldout_only.items()})
     config_json = {
-        "kind": "text-align", "recipe": config.recipe, "arch": arch, "dim": config.embedding_dim,
-        "preprocess": base.spec.preprocess.key(), "precision": base.precision, "pooling": "trained projection",
+        "kind": "text-align",
+        "recipe": config.recipe,
+        "arch": arch,
+        "dim": config.embedding_dim,
+        "preprocess": base.spec.preprocess.key(),
+        "precision": base.precision,
+        "pooling": "trained projection",
         "description": f"{config.backbone} + {MINILM_NAME}, projections trained with InfoNCE on {catalog.name} titles",
-        "license": "as the base weights (Apache-2.0)", "temperature": model.loss.temperature,
-        **base_config(config, catalog, split, ctx), "history": history, "train_seconds": train_seconds,
+        "license": "as the base weights (Apache-2.0)",
+        "temperature": model.loss.temperature,
+        **base_config(config, catalog, split, ctx),
+        "history": history,
+        "train_seconds": train_seconds,
     }
-    return save_run(ctx, catalog, projections.state_dict(), config_json, history, train_seconds, metrics, ids,
-                    image_vecs)
+    return save_run(
+        ctx, catalog, projections.state_dict(), config_json, history, train_seconds, metrics, ids, image_vecs
+    )

@@ -40,8 +40,9 @@ class TripletConfig(BackboneConfig):
     m_per_class: int = setting(4, "items per class in a class-balanced batch", minimum=1)
     margin: float = setting(0.2, "triplet margin on cosine similarity")
     embedding_dim: int = setting(0, "output dimension (0 = the backbone's)", minimum=0)
-    augment_views: int = setting(0, "augmented views of each training photo through the frozen backbone (head only)",
-                                 flag="--views", minimum=0)
+    augment_views: int = setting(
+        0, "augmented views of each training photo through the frozen backbone (head only)", flag="--views", minimum=0
+    )
 
 
 def augmented_bank(setup: HeadSetup, catalog: Catalog, views: int, seed: int, ctx: RunContext) -> torch.Tensor:
@@ -51,8 +52,9 @@ def augmented_bank(setup: HeadSetup, catalog: Catalog, views: int, seed: int, ct
     bank = setup.vectors.unsqueeze(1).repeat(1, 1 + views, 1)
     if views:
         train_ids = [setup.ids[i] for i in setup.parts["train"]]
-        view_np, kept = augmented_base_views(setup.base, catalog, train_ids, views=views, seed=seed, ctx=ctx,
-                                             strength="light")
+        view_np, kept = augmented_base_views(
+            setup.base, catalog, train_ids, views=views, seed=seed, ctx=ctx, strength="light"
+        )
         position = {item_id: row for row, item_id in enumerate(setup.ids)}
         bank[torch.tensor([position[i] for i in kept], dtype=torch.long), 1:] = torch.from_numpy(view_np)
     return bank
@@ -78,19 +80,34 @@ def train_triplet_head(catalog: Catalog, split: Split, config: TripletConfig, ct
         return loss_fn(F.normalize(head(bank[index, pick]), dim=-1), codes_t[index])
 
     history = fit_with_bar(
-        head, loss_step, lambda epoch: balanced_epoch(train_idx, codes, config, epoch, m=config.m_per_class), config,
-        ctx, on_epoch=val_precision_callback(setup.embed_rows, setup.labels, train_idx, val_idx),
+        head,
+        loss_step,
+        lambda epoch: balanced_epoch(train_idx, codes, config, epoch, m=config.m_per_class),
+        config,
+        ctx,
+        on_epoch=val_precision_callback(setup.embed_rows, setup.labels, train_idx, val_idx),
     )
     return save_head_run(
-        setup, catalog, split, config, ctx, history, elapsed(), pooling="trained triplet head",
+        setup,
+        catalog,
+        split,
+        config,
+        ctx,
+        history,
+        elapsed(),
+        pooling="trained triplet head",
         description=f"{config.backbone} (frozen) + triplet head trained with batch-hard cosine triplet loss on "
-                    f"{catalog.name}",
+        f"{catalog.name}",
         augment_views=bank.shape[1] - 1,
     )
 
 
-@register_recipe("triplet", TripletConfig, backbone_suffix=True,
-                 summary="batch-hard cosine triplet loss on a pretrained CNN (frozen + head, or top blocks too)")
+@register_recipe(
+    "triplet",
+    TripletConfig,
+    backbone_suffix=True,
+    summary="batch-hard cosine triplet loss on a pretrained CNN (frozen + head, or top blocks too)",
+)
 def train_triplet(catalog: Catalog, split: Split, config: TripletConfig, ctx: RunContext) -> TrainResult:
     """Train ``config.backbone`` with batch-hard triplet loss; save as ``ctx.name``; evaluate on the held-out split.
 
@@ -111,16 +128,32 @@ def train_triplet(catalog: Catalog, split: Split, config: TripletConfig, ctx: Ru
         return loss_fn(F.normalize(model.embed_stem_output(features_t[index]), dim=-1), codes_t[index])
 
     optimizer = torch.optim.AdamW(
-        [{"params": [p for p in model.top.parameters() if p.requires_grad], "lr": config.lr * config.backbone_lr_scale},
-         {"params": list(model.head.parameters()), "lr": config.lr}],
+        [
+            {
+                "params": [p for p in model.top.parameters() if p.requires_grad],
+                "lr": config.lr * config.backbone_lr_scale,
+            },
+            {"params": list(model.head.parameters()), "lr": config.lr},
+        ],
         weight_decay=config.weight_decay,
     )
     history = fit_with_bar(
-        model, loss_step, lambda epoch: balanced_epoch(train_idx, codes, config, epoch, m=config.m_per_class), config,
-        ctx, optimizer=optimizer, on_epoch=val_precision_callback(setup.embed_rows, setup.labels, train_idx, val_idx),
+        model,
+        loss_step,
+        lambda epoch: balanced_epoch(train_idx, codes, config, epoch, m=config.m_per_class),
+        config,
+        ctx,
+        optimizer=optimizer,
+        on_epoch=val_precision_callback(setup.embed_rows, setup.labels, train_idx, val_idx),
         train_mode=batchnorms_to_eval,
     )
     return save_blocks_run(
-        setup, catalog, split, config, ctx, history, elapsed(),
+        setup,
+        catalog,
+        split,
+        config,
+        ctx,
+        history,
+        elapsed(),
         description=f"{setup.backbone.name} fine-tuned with batch-hard cosine triplet loss on {catalog.name}",
     )

@@ -114,8 +114,9 @@ def read_model_config(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / CONFIG_NAME
     config = read_json(path)
     if config is None:
-        raise LensError(f"{path} {'is not a JSON object' if path.is_file() else 'not found'}: {folder} is not a "
-                        "trained lens model.")
+        raise LensError(
+            f"{path} {'is not a JSON object' if path.is_file() else 'not found'}: {folder} is not a trained lens model."
+        )
     if config.get("format") != FORMAT:
         raise LensError(f"{path} has format {config.get('format')!r}, expected {FORMAT!r}.")
     return config
@@ -170,8 +171,9 @@ def refresh_trained_models(models_dir: str | os.PathLike | None = None) -> list[
     names = []
     for name, folder in find_trained_models(models_dir).items():
         if name in _registry.registered_names():
-            warnings.warn(f"trained model {folder} is named like the built-in encoder {name!r}; it is ignored.",
-                          stacklevel=2)
+            warnings.warn(
+                f"trained model {folder} is named like the built-in encoder {name!r}; it is ignored.", stacklevel=2
+            )
             continue
         try:
             spec = _spec_from_config(name, folder, read_model_config(folder))

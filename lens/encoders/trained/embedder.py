@@ -96,8 +96,12 @@ def build_split_backbone(name: str, trainable_blocks: int = 3, *, pretrained: bo
         features = list(net.features)
         cut = max(1, len(features) - trainable_blocks)
         return SplitBackbone(
-            name, nn.Sequential(*features[:cut]), nn.Sequential(*features[cut:], _Pool()), 1280,
-            get_spec(name).preprocess, weights_id,
+            name,
+            nn.Sequential(*features[:cut]),
+            nn.Sequential(*features[cut:], _Pool()),
+            1280,
+            get_spec(name).preprocess,
+            weights_id,
         )
     if name in ("efficientnet-lite0", "efficientnet-lite2"):
         from efficientnet_lite_pytorch import EfficientNet

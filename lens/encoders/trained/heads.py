@@ -85,12 +85,21 @@ class OnFrozenEncoder(Encoder):
     arch_prefix: ClassVar[str] = "base"
 
     def __init__(
-        self, spec: EncoderSpec, config: dict[str, Any], state: dict[str, Any], weights_id: str,
-        *, precision: Precision | None = None,
+        self,
+        spec: EncoderSpec,
+        config: dict[str, Any],
+        state: dict[str, Any],
+        weights_id: str,
+        *,
+        precision: Precision | None = None,
     ) -> None:
         arch, prefix = config["arch"], self.arch_prefix
-        base = frozen_base(arch[f"{prefix}_encoder"], arch.get(f"{prefix}_weights_id"),
-                           precision or arch.get(f"{prefix}_precision"), spec.name)
+        base = frozen_base(
+            arch[f"{prefix}_encoder"],
+            arch.get(f"{prefix}_weights_id"),
+            precision or arch.get(f"{prefix}_precision"),
+            spec.name,
+        )
         super().__init__(spec, f"{weights_id}+{base.weights_id}", precision=base.precision)
         self.base = base
         module = self.build_module(arch)
