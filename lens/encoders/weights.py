@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from lens import store
 from lens.errors import WeightsUnavailableError
 
 WEIGHTS_DIR_ENV = "LENS_WEIGHTS_DIR"
@@ -233,8 +234,4 @@ def file_sha256(path: Path, length: int = 16) -> str:
     resolved = path.resolve()
     if path.is_symlink() and resolved.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", resolved.name):
         return resolved.name[:length]
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:length]
+    return store.file_sha256(path)[:length]
