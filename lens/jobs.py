@@ -99,20 +99,24 @@ class JobLock:
             return None
         return read_json(self.info_path) or {"pid": None, "since": "?", "what": "?"}
 
-    def _try_lock(self) -> Any:
+    def _try_lock(self, timeout: float = 0) -> Any:
         from filelock import FileLock, Timeout
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path), timeout=0, thread_local=False)
+        lock = FileLock(str(self.path), timeout=timeout, thread_local=False)
         try:
             lock.acquire()
         except Timeout:
             return None
         return lock
 
-    def acquire(self, what: str = "job", **extra: Any) -> None:
-        """Take the lock or raise :class:`JobRunningError` (pid and start time of the holder in the message)."""
-        lock = self._try_lock()
+    def acquire(self, what: str = "job", *, wait: float = 1.0, **extra: Any) -> None:
+        """Take the lock or raise :class:`JobRunningError` (pid and start time of the holder in the message).
+
+        ``wait``: seconds to keep trying, so that a :meth:`holder` probe (it holds the lock for microseconds) never
+        makes a starting job fail.
+        """
+        lock = self._try_lock(wait)
         if lock is None:
             info = read_json(self.info_path) or {}
             raise JobRunningError(
