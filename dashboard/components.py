@@ -347,12 +347,13 @@ def build_watch(ctx: Context) -> None:
     model is published (so every picker lists it) or the build ends."""
     running = build_info(ctx)["runner"] is not None
 
-    @st.fragment(run_every=config.BUILD_REFRESH_S if running else None)
+    # Polls slowly when no build runs, so a build started elsewhere (CLI, another tab) is picked up too.
+    @st.fragment(run_every=config.BUILD_REFRESH_S if running else config.BUILD_IDLE_REFRESH_S)
     def watch() -> None:
         info = build_info(ctx)
         stamp = resources.models_stamp(ctx.cache_dir)
         seen = st.session_state.setdefault("build_stamp", stamp)
-        if stamp != seen or (running and info["runner"] is None):
+        if stamp != seen or running != (info["runner"] is not None):
             st.session_state["build_stamp"] = stamp
             st.rerun()
         if info["runner"] is not None:
@@ -381,7 +382,7 @@ def build_panel(ctx: Context, extra: Sequence[str] = ()) -> None:
     todo = [v.name for v in views if v.state not in ("ready", "missing")]
     kinds = {v.name: v.kind for v in views}
     if todo:
-        cols = st.columns([4, 1, 1], vertical_alignment="bottom")
+        cols = st.columns([3, 1.3, 1], vertical_alignment="bottom")
         chosen = cols[0].multiselect(
             "Models to build",
             todo,
@@ -418,11 +419,11 @@ def build_panel(ctx: Context, extra: Sequence[str] = ()) -> None:
     elif views:
         st.success("Every model of the build plan that can run here is ready for this catalog.")
 
-    @st.fragment(run_every=config.BUILD_REFRESH_S if running else None)
+    @st.fragment(run_every=config.BUILD_REFRESH_S if running else config.BUILD_IDLE_REFRESH_S)
     def progress() -> None:
         info = build_info(ctx, extra)
-        if running and info["runner"] is None:
-            st.rerun()  # the build ended: redraw the page (tables, pickers) without the timer
+        if running != (info["runner"] is not None):
+            st.rerun()  # the build ended or started: redraw the page (buttons, tables, pickers) at the right pace
         status, views = info["status"], info["views"]
         st.dataframe(
             pd.DataFrame(
@@ -438,6 +439,7 @@ def build_panel(ctx: Context, extra: Sequence[str] = ()) -> None:
                 }
             ),
             hide_index=True,
+            height=36 * (len(views) + 1) + 3,  # every model visible without scrolling
             key="overview_build_table",
             column_config={
                 "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),

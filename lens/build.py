@@ -44,6 +44,7 @@ from lens.jobs import (
     start_detached,
     tail,
     terminate,
+    wait_for_holder,
     write_status,
 )
 from lens.store import resolve_cache_dir, utc_now, write_json
@@ -153,7 +154,7 @@ def recipe_step(spelling: str, settings: Mapping[str, Any] | None = None) -> Bui
 
     config = default_config(spelling, **dict(settings or {}))
     backbone = getattr(config, "backbone", None)
-    needs = (backbone,) if backbone else ()
+    needs: tuple[str, ...] = (str(backbone),) if backbone else ()
     if config.recipe == "text-align":
         needs += (MINILM,)
     return BuildStep(config.model_name(), "recipe", spelling, dict(settings or {}), needs)
@@ -583,7 +584,8 @@ def start_build(
     plan: str | os.PathLike | None = None,
     extra_args: Sequence[str] = (),
 ) -> int:
-    """Start ``python -m lens build`` for ``catalog`` as a detached background process; its pid.
+    """Start ``python -m lens build`` for ``catalog`` as a detached background process; its pid, once it holds the
+    build lock (a second-or-so: the runner's imports).
 
     Raises:
         JobRunningError: a build of this cache is already running (pid and start time in the message).
@@ -612,9 +614,19 @@ def start_build(
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])  # `-m lens` finds this lens, installed or not
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return start_detached(
+    proc = start_detached(
         python_module_argv("lens", *args, *extra_args), log_path=log_path(options.cache_dir), cwd=root, env=env
     )
+    # Return once the runner holds the lock (a second start then reliably sees it), or say why it did not start.
+    if not wait_for_holder(_lock(options.cache_dir), proc):
+        holder = runner(options.cache_dir)
+        if holder is not None:
+            raise JobRunningError(
+                f"a build is already running (pid {holder.get('pid', '?')}, since {holder.get('since', '?')}).", holder
+            )
+        last = [line for line in build_log(options.cache_dir, 5).splitlines() if line.strip()]
+        raise LensError(f"the background build did not start: {last[-1] if last else 'see ' + str(log_path())}")
+    return proc.pid
 
 
 def stop_build(cache_dir: str | os.PathLike | None = None) -> int | None:

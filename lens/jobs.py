@@ -149,8 +149,8 @@ class JobLock:
 
 def start_detached(
     argv: Sequence[str], *, log_path: Path, cwd: str | os.PathLike | None = None, env: Mapping[str, str] | None = None
-) -> int:
-    """Start ``argv`` in a new session, stdin from /dev/null, stdout and stderr appended to ``log_path``; its pid.
+) -> subprocess.Popen:
+    """Start ``argv`` in a new session, stdin from /dev/null, stdout and stderr appended to ``log_path``.
 
     The child outlives the caller (the CLI returns at once, a Streamlit rerun or server restart does not stop it).
     """
@@ -168,7 +168,21 @@ def start_detached(
         )
     # Reap it in the background when it ends, so a long-lived parent (the dashboard) keeps no zombie.
     threading.Thread(target=proc.wait, daemon=True).start()
-    return proc.pid
+    return proc
+
+
+def wait_for_holder(lock: JobLock, proc: subprocess.Popen, *, timeout: float = 120.0) -> bool:
+    """Wait until the detached ``proc`` holds ``lock`` (``True``) or has ended (``False``, e.g. another runner held
+    the lock). Reads the holder file only: no probe that could make the starting job wait."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = read_json(lock.info_path) or {}
+        if info.get("pid") == proc.pid:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return proc.poll() is None
 
 
 def python_module_argv(module: str, *args: str) -> list[str]:
