@@ -367,7 +367,8 @@ class _StepProgress:
 
     def __call__(self, desc: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
         outer_cb, outer_close = self.outer(desc) if self.outer is not None else (None, lambda: None)
-        phase = desc.split(" ")[0] if desc else "work"
+        first = desc.split(" ")[0] if desc else "work"
+        phase = "augment" if first.isdigit() else first  # "2 augmented views through ...", "embed x", "train x"
         started = time.monotonic()
         entry = self.run.entry(self.name)
 
