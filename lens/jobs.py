@@ -200,7 +200,8 @@ def terminate(pid: int) -> bool:
 
 
 class CancelFlag:
-    """SIGTERM (and SIGINT) -> a flag; :meth:`check` raises :class:`JobCancelled` at the job's next safe point."""
+    """SIGTERM (and SIGINT) -> a flag; :meth:`check` raises :class:`JobCancelled` at the job's next safe point.
+    A second signal raises it at once, wherever the job is."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -218,6 +219,8 @@ class CancelFlag:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: object) -> None:
+        if self.event.is_set():  # asked twice: stop now (lens's writes are atomic; a half-done step is redone)
+            raise JobCancelled()
         self.event.set()
 
     @property
