@@ -2,14 +2,20 @@
 
 Navigation is ``st.navigation`` over the files in ``pages/`` (the only navigation mechanism: there is no automatic
 ``pages/`` discovery once ``st.navigation`` is called). The sidebar (catalog, label column) is drawn here, so it is
-the same on every page; pages only call lens through ``dashboard``.
+the same on every page; pages only call lens through ``dashboard``. Static files (icon, logo, CSS) live in ``assets/``.
 """
+
+from pathlib import Path
 
 import streamlit as st
 
 from dashboard import components
 
-st.set_page_config(page_title="lens", page_icon=":mag:", layout="wide")
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+st.set_page_config(page_title="lens", page_icon=str(ASSETS / "icon.png"), layout="wide")
+st.logo(str(ASSETS / "logo.svg"), icon_image=str(ASSETS / "icon.png"))
+st.html(f"<style>{(ASSETS / 'style.css').read_text(encoding='utf-8')}</style>")
 
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # lens entry script.
-#   ./run.sh            set up (first time), build embeddings + Annoy indexes for every available model on the
-#                       default catalog, then serve the dashboard on http://127.0.0.1:8501
+#   ./run.sh            set up (first time), start the background build of every model on the default catalog
+#                       (`python -m lens build --detach`: resumable, one at a time, `python -m lens status`), and
+#                       serve the dashboard on http://127.0.0.1:8501 at once (models appear as they are ready)
 #   ./run.sh test       set up (first time, with the dev tools) and run every check CI runs: ruff (lint + format),
 #                       import-linter (layers), mypy, the default tests, then the slow tests
 #   ./run.sh test ARGS  the same set-up, then only `pytest ARGS` (e.g. ./run.sh test tests/test_index.py -x)
@@ -75,7 +76,8 @@ case "${1:-serve}" in
     ;;
   serve)
     setup
-    "$VENV/bin/python" -m lens index --models all
+    # Never blocks: a build already running is left alone (it says so); a failure to start is not fatal.
+    "$VENV/bin/python" -m lens build --detach || echo "lens: the background build did not start; see above" >&2
     exec "$VENV/bin/python" -m streamlit run app.py --server.address 127.0.0.1 --server.port "${LENS_PORT:-8501}"
     ;;
   *)

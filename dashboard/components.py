@@ -16,9 +16,11 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import config, query, resources
+from lens.build import StepView, format_state
 from lens.catalog import Catalog
 from lens.embed import EmbeddingSet
 from lens.errors import LensError
+from lens.jobs import JobRunningError, format_duration
 from lens.store import resolve_cache_dir
 
 LABEL_KEY = "label_column"
@@ -151,6 +153,7 @@ def sidebar() -> None:
     if not options:
         options = [ctx.load_label]
     default = ctx.load_label if ctx.load_label in options else options[0]
+    build_watch(ctx)
     with st.sidebar:
         st.caption(f"Catalog **{ctx.catalog.name}** · {len(ctx.catalog):,} items")
         st.selectbox(
@@ -178,7 +181,12 @@ def _format_model(row: dict[str, Any]) -> str:
 
 def cached_models(ctx: Context) -> list[str]:
     states = resources.model_states(
-        ctx.path, ctx.load_label, ctx.fingerprint, ctx.cache_dir, config.show_test_encoders()
+        ctx.path,
+        ctx.load_label,
+        ctx.fingerprint,
+        ctx.cache_dir,
+        config.show_test_encoders(),
+        resources.models_stamp(ctx.cache_dir),
     )
     if states.empty:
         return []
@@ -195,6 +203,16 @@ def model_select(ctx: Context, label: str, key: str, *, exclude: Sequence[str] =
     names = sorted(by_name, key=lambda n: not by_name[n]["available"])  # usable ones first, registry order kept
     usable = [n for n in names if by_name[n]["available"]]
     cached = cached_models(ctx)
+    if large_catalog(ctx):  # only ready models: embedding this catalog in a page would block it for minutes
+        waiting = [n for n in usable if n not in cached]
+        names = usable = [n for n in usable if n in cached]
+        building_note(ctx, waiting)
+        if not names:
+            st.info(
+                f"No model is ready for catalog '{ctx.catalog.name}' yet: the background build is making them "
+                "(progress on the Overview page). This page refreshes when the first one is published."
+            )
+            st.stop()
     default = (
         config.pick_default_model([n for n in usable if n not in exclude], cached)
         or config.pick_default_model(usable, cached)
@@ -211,6 +229,9 @@ def models_multiselect(ctx: Context, label: str, key: str, *, max_default: int =
     rows = resources.encoders()
     available = [r["name"] for r in rows if r["available"]]
     cached = [m for m in cached_models(ctx) if m in available]
+    if large_catalog(ctx):  # only ready models (see model_select)
+        building_note(ctx, [m for m in available if m not in cached])
+        available = cached
     first = config.pick_default_model(available, cached)
     default = cached[:max_default] if cached else ([first] if first else [])
     if first and first in available and first not in default:
@@ -272,14 +293,13 @@ def ensure_embeddings(ctx: Context, model: str, *, key: str) -> EmbeddingSet | N
         st.error(f"{model}: {exc}")
         return None
     if not cached:
-        n = len(ctx.catalog)
-        if n > config.auto_build_items():
-            st.warning(
-                f"**{model}** has not embedded catalog '{ctx.catalog.name}' yet ({n:,} images, a few minutes on a "
-                f"CPU). Build it here or on the Overview page, or run `python -m lens index --models {model}`."
+        if large_catalog(ctx):  # never embed 8,000 photos inside a page: the background build does it
+            state = model_build_state(ctx, model)
+            st.info(
+                f"**{model}** is not ready for catalog '{ctx.catalog.name}' yet ({state}). The background build makes "
+                "it (Overview page, or `python -m lens build`); this page refreshes when it is published."
             )
-            if not st.button(f"Embed the catalog with {model}", key=f"{key}_build_{model}", icon=":material/build:"):
-                return None
+            return None
         if not build_models(ctx, [model], index=False):
             return None
     try:
@@ -287,6 +307,158 @@ def ensure_embeddings(ctx: Context, model: str, *, key: str) -> EmbeddingSet | N
     except LensError as exc:
         st.error(f"{model}: {exc}")
         return None
+
+
+def large_catalog(ctx: Context) -> bool:
+    """Whether the catalog is above ``LENS_AUTO_BUILD_ITEMS``: its models come from the background build only."""
+    return len(ctx.catalog) > config.auto_build_items()
+
+
+def build_info(ctx: Context, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """:func:`resources.build_views` of the context's catalog: the plan's models, ``LENS_DEFAULT_MODEL`` when the
+    plan lacks it (e.g. ``tiny``), then ``extra``."""
+    default = config.default_model_env()
+    return resources.build_views(
+        ctx.path,
+        ctx.load_label,
+        ctx.fingerprint,
+        ctx.cache_dir,
+        tuple(dict.fromkeys([*([default] if default else []), *extra])),
+    )
+
+
+def model_build_state(ctx: Context, model: str) -> str:
+    """``building 40 % (ETA 1m20s)``, ``queued``, ``failed: why``... of one model; ``not built`` outside the plan."""
+    view = next((v for v in build_info(ctx, [model])["views"] if v.name == model), None)
+    if view is None or (view.state == "queued" and build_info(ctx)["runner"] is None):
+        return "not built yet"
+    return format_state(view)
+
+
+def building_note(ctx: Context, waiting: Sequence[str]) -> None:
+    """A caption listing the models that are not ready yet, with their build state."""
+    if waiting:
+        states = [f"{name} ({model_build_state(ctx, name)})" for name in waiting]
+        st.caption(escape_md("Not ready yet: " + "; ".join(states)))
+
+
+def build_watch(ctx: Context) -> None:
+    """In the sidebar, while a background build runs: its progress in one line, and a rerun of the page whenever a
+    model is published (so every picker lists it) or the build ends."""
+    running = build_info(ctx)["runner"] is not None
+
+    # Polls slowly when no build runs, so a build started elsewhere (CLI, another tab) is picked up too.
+    @st.fragment(run_every=config.BUILD_REFRESH_S if running else config.BUILD_IDLE_REFRESH_S)
+    def watch() -> None:
+        info = build_info(ctx)
+        stamp = resources.models_stamp(ctx.cache_dir)
+        seen = st.session_state.setdefault("build_stamp", stamp)
+        if stamp != seen or running != (info["runner"] is not None):
+            st.session_state["build_stamp"] = stamp
+            st.rerun()
+        if info["runner"] is not None:
+            views: list[StepView] = info["views"]
+            ready = sum(v.state == "ready" for v in views)
+            now = next((v for v in views if v.state == "building"), None)
+            st.caption(
+                escape_md(f"Building models: {ready}/{len(views)} ready")
+                + (f" · {escape_md(now.name)} {escape_md(format_state(now).removeprefix('building '))}" if now else "")
+            )
+
+    with st.sidebar:
+        watch()
+
+
+def build_panel(ctx: Context, extra: Sequence[str] = ()) -> None:
+    """The Overview's build section: the state of every model of the plan (and ``extra`` encoders), a button that
+    starts the background build of what is missing, one that stops it, and the log; refreshes on its own while the
+    build runs (``st.fragment(run_every=...)``)."""
+    info = build_info(ctx, extra)
+    running = info["runner"] is not None
+    message = st.session_state.pop("build_message", None)
+    if message:
+        st.success(message)
+    views: list[StepView] = info["views"]
+    todo = [v.name for v in views if v.state not in ("ready", "missing")]
+    kinds = {v.name: v.kind for v in views}
+    if todo:
+        cols = st.columns([3, 1.3, 1], vertical_alignment="bottom")
+        chosen = cols[0].multiselect(
+            "Models to build",
+            todo,
+            default=todo,  # the plan's models (and LENS_DEFAULT_MODEL) that are not ready
+            key="overview_build_models",
+            help="Pretrained models: embeddings + index (about 4 minutes each for 8,000 photos on 2 CPU cores); "
+            "trained models: training with the recipe's defaults, then embeddings + index. Finished ones are reused.",
+        )
+        if cols[1].button(
+            "Build missing models", key="overview_build", type="primary", disabled=not chosen, icon=":material/build:"
+        ):
+            models = ",".join(n for n in chosen if kinds.get(n) == "encoder") or "none"
+            recipes = ",".join(n for n in chosen if kinds.get(n) == "recipe") or "none"
+            try:
+                pid = resources.start_build(ctx.path, ctx.load_label, ctx.cache_dir, models=models, recipes=recipes)
+            except JobRunningError as exc:
+                st.warning(str(exc))
+            except LensError as exc:
+                st.error(str(exc))
+            else:
+                st.session_state["build_message"] = (
+                    f"Build started in the background (pid {pid}): {', '.join(chosen)}. It goes on if you close "
+                    "this tab; each model appears in the pickers when it is ready."
+                )
+                st.rerun()
+        if cols[2].button("Stop the build", key="overview_stop", disabled=not running, icon=":material/stop:"):
+            pid = resources.stop_build(ctx.cache_dir)
+            st.session_state["build_message"] = (
+                f"Asked the build (pid {pid}) to stop after its current batch; the next build resumes it."
+                if pid
+                else "No build is running."
+            )
+            st.rerun()
+    elif views:
+        st.success("Every model of the build plan that can run here is ready for this catalog.")
+
+    @st.fragment(run_every=config.BUILD_REFRESH_S if running else config.BUILD_IDLE_REFRESH_S)
+    def progress() -> None:
+        info = build_info(ctx, extra)
+        if running != (info["runner"] is not None):
+            st.rerun()  # the build ended or started: redraw the page (buttons, tables, pickers) at the right pace
+        status, views = info["status"], info["views"]
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    "model": [v.name for v in views],
+                    "kind": ["pretrained" if v.kind == "encoder" else "trained on the catalog" for v in views],
+                    "state": [format_state(v) for v in views],
+                    "progress": [
+                        1.0 if v.state == "ready" else (v.percent or 0.0) / 100 if v.state == "building" else 0.0
+                        for v in views
+                    ],
+                    "ETA": [format_duration(v.eta_s) if v.state == "building" else "" for v in views],
+                }
+            ),
+            hide_index=True,
+            height=36 * (len(views) + 1) + 3,  # every model visible without scrolling
+            key="overview_build_table",
+            column_config={
+                "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+                "state": st.column_config.TextColumn("state", width="large"),
+            },
+        )
+        if status:
+            runner = info["runner"] or {}
+            st.caption(
+                escape_md(
+                    f"Build {status.get('state')} · started {status.get('started', '?')}"
+                    + (f" · pid {runner.get('pid')}" if runner else "")
+                    + (f" · {status['message']}" if status.get("message") else "")
+                )
+            )
+        with st.expander("Build log"):
+            st.code(info["log"] or "(no build has run on this cache yet)", language=None)
+
+    progress()
 
 
 def query_encoders(ctx: Context, model: str, embeddings: EmbeddingSet) -> query.QueryEncoders:

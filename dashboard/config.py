@@ -30,6 +30,10 @@ UPLOAD_ACCEPT: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp", *(f".
 
 #: Catalogs up to this size get an exact in-memory index when no Annoy index is on disk (exact and faster there).
 EXACT_INDEX_MAX_ITEMS = 2000
+#: How often (seconds) the Overview's build status and the sidebar's build line refresh while a build runs.
+BUILD_REFRESH_S = 3
+#: ... and how often they look for a build started elsewhere (the CLI, another browser tab) when none runs.
+BUILD_IDLE_REFRESH_S = 15
 #: Pixel size of the longer side of thumbnails (cards show them at about 150 px).
 THUMBNAIL_PX = 192
 #: Preferred order of metadata filters on the Search page; other categorical columns follow.

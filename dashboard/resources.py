@@ -28,6 +28,7 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from dashboard import config
+from lens import build as lens_build
 from lens.analysis import (  # noqa: F401  (compare_summary, per_category_matrix, worst_queries: used by pages)
     NearDuplicates,
     compare_grid,
@@ -44,6 +45,7 @@ from lens.analysis import (  # noqa: F401  (compare_summary, per_category_matrix
 from lens.catalog import Catalog, default_catalog_path, load_catalog
 from lens.embed import EmbeddingSet, embed_catalog, embedding_key
 from lens.encoders import Encoder, create_encoder, list_encoders, single_query_threads
+from lens.encoders.trained import default_models_dir, refresh_trained_models
 from lens.errors import CatalogError
 from lens.evaluate import evaluate_embeddings, summary_table
 from lens.images import open_image, try_open_image
@@ -124,8 +126,14 @@ def allowed_ids(
 
 
 @st.cache_data(ttl=60, show_spinner=False)
-def encoder_rows(show_test: bool, weights_dir: str = "") -> list[dict[str, Any]]:
-    """The registry as plain rows: name, family, dim, input px, text, precision, available, where, remedy."""
+def encoder_rows(show_test: bool, weights_dir: str = "", stamp: str = "") -> list[dict[str, Any]]:
+    """The registry as plain rows: name, family, dim, input px, text, precision, available, where, remedy.
+
+    ``stamp`` (:func:`models_stamp`) changes when a model is published: the trained models are then registered
+    again from the models folder, so a model the background build (another process) just saved is listed at once.
+    """
+    if stamp:
+        refresh_trained_models()
     rows = []
     for info in list_encoders(include_test=show_test, weights_dir=weights_dir or None):
         spec = info.spec
@@ -148,7 +156,7 @@ def encoder_rows(show_test: bool, weights_dir: str = "") -> list[dict[str, Any]]
 
 def encoders() -> list[dict[str, Any]]:
     """:func:`encoder_rows` for the current environment."""
-    return encoder_rows(config.show_test_encoders(), os.environ.get("LENS_WEIGHTS_DIR", ""))
+    return encoder_rows(config.show_test_encoders(), os.environ.get("LENS_WEIGHTS_DIR", ""), models_stamp(""))
 
 
 def encoder_table() -> pd.DataFrame:
@@ -224,13 +232,15 @@ def build_annoy(path: str, load_label: str, model: str, fingerprint: str, cache_
 
 
 @st.cache_data(ttl=15, show_spinner=False)
-def model_states(path: str, load_label: str, fingerprint: str, cache_dir: str, show_test: bool) -> pd.DataFrame:
+def model_states(
+    path: str, load_label: str, fingerprint: str, cache_dir: str, show_test: bool, stamp: str = ""
+) -> pd.DataFrame:
     """One row per registered encoder: weights available? embeddings cached? index built? — without loading any
     model: :func:`lens.index.cache_state` matches embedding sidecars on the catalog fingerprint and the encoder's
     default precision, so a change of weights files shows up only when the model is next loaded."""
     catalog = get_catalog(path, load_label)
     rows = []
-    for row in encoder_rows(show_test, os.environ.get("LENS_WEIGHTS_DIR", "")):
+    for row in encoder_rows(show_test, os.environ.get("LENS_WEIGHTS_DIR", ""), stamp):
         name = row["name"]
         state = cache_state(catalog, name, cache_dir or None, precision=row["precision"])
         rows.append(
@@ -248,6 +258,69 @@ def model_states(path: str, load_label: str, fingerprint: str, cache_dir: str, s
             }
         )
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The background build (lens.build: a separate process; the dashboard only reads its files and starts or stops it)
+
+
+def models_stamp(cache_dir: str) -> str:
+    """Changes whenever a model is published: the models the build's status file calls ready, plus the trained
+    model folders. Passed to the cached loaders that list models, so they see a new model without a restart."""
+    status = lens_build.read_status(lens_build.status_path(cache_dir or None)) or {}
+    ready = [str(e.get("name")) for e in status.get("steps", []) if e.get("state") == "ready"]
+    try:
+        trained = sorted(p.name for p in default_models_dir().iterdir() if not p.name.startswith("."))
+    except OSError:
+        trained = []
+    return digest(status.get("started", ""), ready, trained)
+
+
+def build_steps() -> list[lens_build.BuildStep]:
+    """The default build plan (the default model first: ``LENS_DEFAULT_MODEL`` when it names one of the plan)."""
+    return lens_build.make_plan()
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def build_views(
+    path: str, load_label: str, fingerprint: str, cache_dir: str, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The build's state for the catalog: ``views`` (one :class:`lens.build.StepView` per model of the plan, then
+    ``extra`` encoders), ``status`` (the status file, or ``None``), ``runner`` (``{pid, since}`` of a running
+    build, or ``None``) and ``log`` (its last lines). Cached two seconds: the Overview polls it while a build runs."""
+    steps = build_steps()
+    names = {s.name for s in steps}
+    steps += [lens_build.BuildStep(name) for name in extra if name not in names]
+    options = lens_build.BuildOptions(cache_dir=cache_dir or None)
+    views, status = lens_build.plan_status(get_catalog(path, load_label), steps, options)
+    return {
+        "views": views,
+        "status": status,
+        "runner": lens_build.runner(cache_dir or None),
+        "log": lens_build.build_log(cache_dir or None, 60),
+    }
+
+
+def start_build(
+    path: str, load_label: str, cache_dir: str, *, models: str | None = None, recipes: str | None = None
+) -> int:
+    """Start ``python -m lens build`` in the background (raises ``JobRunningError`` when one runs); its pid."""
+    pid = lens_build.start_build(
+        path,
+        label=load_label,
+        options=lens_build.BuildOptions(cache_dir=cache_dir or None),
+        models=models,
+        recipes=recipes,
+    )
+    build_views.clear()
+    return pid
+
+
+def stop_build(cache_dir: str) -> int | None:
+    """Ask the running build to stop at its next safe point; its pid, or ``None`` when none runs."""
+    pid = lens_build.stop_build(cache_dir or None)
+    build_views.clear()
+    return pid
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -385,6 +385,65 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _build_options(args: argparse.Namespace):  # noqa: ANN202 - lens.build.BuildOptions (imported lazily)
+    from lens.build import BuildOptions
+
+    return BuildOptions(args.cache_dir, args.weights_dir, args.models_dir, args.batch_size, args.seed)
+
+
+def _build_steps(args: argparse.Namespace):  # noqa: ANN202 - list[lens.build.BuildStep]
+    from lens.build import load_plan, make_plan
+
+    return make_plan(load_plan(args.plan), models=args.models, recipes=args.recipes)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from lens.build import log_path, run_build, start_build, status_path
+    from lens.jobs import JobLog, format_duration
+
+    options = _build_options(args)
+    if args.detach:
+        catalog = _catalog_options(args).load()  # a bad catalog fails here, not in the background
+        same = ["--id-column", args.id_column, "--image-column", args.image_column, "--batch-size",
+                str(args.batch_size), "--seed", str(args.seed), *(["--skip-missing"] if args.skip_missing else [])]
+        pid = start_build(catalog.root, label=args.label, options=options, models=args.models, recipes=args.recipes,
+                          plan=args.plan, extra_args=same)
+        print(f"build started in the background (pid {pid}); `python -m lens status` shows its progress; "
+              f"log {log_path(options.cache_dir)}")
+        return 0
+    catalog = _catalog_options(args).load()
+    steps = _build_steps(args)
+    file_log = JobLog(log_path(options.cache_dir), echo=args.log_to_stderr)
+
+    def log(message: str) -> None:  # the log file, and the terminal when in the foreground
+        file_log(message)
+        if not args.log_to_stderr and not args.quiet:
+            print(message, file=sys.stderr)
+
+    status = run_build(catalog, steps, options, progress=None if args.quiet else (lambda d: _progress(d, False)), log=log)
+    for entry in status["steps"]:
+        took = f" ({format_duration(entry['seconds'])})" if entry.get("seconds") is not None else ""
+        why = f": {entry['reason'].splitlines()[0]}" if entry.get("reason") else ""
+        print(f"{entry['name']:<28} {entry['state']}{took}{why}")
+    print(f"build {status['state']}{': ' + status['message'] if status.get('message') else ''}; status "
+          f"{status_path(options.cache_dir)}", file=sys.stderr)
+    return 0 if status["state"] == "finished" else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from lens.build import format_state, plan_status
+
+    catalog = _catalog_options(args).load()
+    views, status = plan_status(catalog, _build_steps(args), _build_options(args))
+    width = max([len(v.name) for v in views] + [12])
+    for view in views:
+        print(f"{view.name:<{width}}  {format_state(view)}")
+    if status:
+        print(f"build {status.get('state')} (pid {status.get('pid')}, started {status.get('started')})"
+              f"{': ' + status['message'] if status.get('message') else ''}; log {status.get('log')}", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     # The benchmark lives beside the library (benchmarks/), and lens never imports it: point there instead.
     print("error: the benchmark moved out of lens: run `python -m benchmarks --out DIR [--quick] [--models ...]` from "
@@ -477,6 +536,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", parents=[common, cat], help="decode every image and list unreadable ones")
     p.set_defaults(func=cmd_validate)
+
+    for name, func, text in (("build", cmd_build, "build every model in the background (resumable); --detach"),
+                             ("status", cmd_status, "one line per model: ready / building n % / queued / failed")):
+        p = sub.add_parser(name, parents=[common, cat], help=text)
+        p.add_argument("--models", default=None, help="pretrained encoders to build (default: the plan's; 'none')")
+        p.add_argument("--recipes", default=None, help="models to train, e.g. text-align,vae (default: the plan's; 'none')")
+        p.add_argument("--plan", default=None, help="a build plan JSON (default: lens.build.DEFAULT_PLAN)")
+        p.add_argument("--models-dir", default=None, help="where trained models go ($LENS_MODELS_DIR; default <cache>/models)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the training runs (as `train --seed`)")
+        if name == "build":
+            p.add_argument("--detach", action="store_true", help="start in the background and return at once")
+            p.add_argument("--log-to-stderr", action="store_true", help=argparse.SUPPRESS)  # the detached runner's
+        p.set_defaults(func=func)
     return parser
 
 

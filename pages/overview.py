@@ -1,5 +1,5 @@
-"""Overview: the catalog (size, counts per category, a sample of products) and the models' state on it (weights,
-embeddings, index), with a button that builds what is missing."""
+"""Overview: the catalog (size, counts per category, a sample of products), the background build of every model
+(state, progress, ETA, log; start and stop) and the models' state on the catalog (weights, embeddings, index)."""
 
 from __future__ import annotations
 
@@ -37,8 +37,22 @@ with right:
     sample = resources.sample_ids(catalog.ids, 12, seed)
     components.product_grid(ctx, sample, n_cols=4, caption_columns=[label])
 
+st.subheader("Build")
+components.build_panel(ctx)
+st.caption(
+    "The same from a terminal: `python -m lens build --detach` starts it, `python -m lens status` shows it. "
+    "A finished model is kept: a later build (or a restart) goes on from where this one stopped."
+)
+
 st.subheader("Models")
-states = resources.model_states(ctx.path, ctx.load_label, ctx.fingerprint, ctx.cache_dir, config.show_test_encoders())
+states = resources.model_states(
+    ctx.path,
+    ctx.load_label,
+    ctx.fingerprint,
+    ctx.cache_dir,
+    config.show_test_encoders(),
+    resources.models_stamp(ctx.cache_dir),
+)
 states = states.sort_values("weights", kind="stable").reset_index(drop=True)  # "available" before "missing"
 
 
@@ -63,33 +77,4 @@ st.caption(
     "is built. Search works without an index on small catalogs (exact search)."
 )
 
-built_message = st.session_state.pop("overview_built", None)
-if built_message:
-    st.success(built_message)
-todo = states.loc[
-    (states["weights"] == "available") & ((states["embeddings"] != "cached") | (states["index"] != "built")), "encoder"
-].tolist()
-if todo:
-    st.markdown("**Build what is missing**")
-    chosen = st.multiselect(
-        "Models to build",
-        todo,
-        default=todo,
-        key="overview_build_models",
-        help="Embedding takes about 4 minutes per model for 8,000 photos on 2 CPU cores; it is cached on disk.",
-    )
-    clicked = st.button(
-        "Build embeddings and indexes",
-        key="overview_build",
-        type="primary",
-        disabled=not chosen,
-        icon=":material/build:",
-    )
-    if clicked and components.build_models(ctx, chosen, index=True):
-        st.session_state["overview_built"] = f"Built embeddings and indexes for {', '.join(chosen)}."
-        st.rerun()
-else:
-    st.success("Every available model has its embeddings and index for this catalog.")
-st.caption(
-    "The same from a terminal: `python -m lens index --models all`; search with `python -m lens search --image PATH`."
-)
+st.caption("Search: `python -m lens search --image PATH`.")

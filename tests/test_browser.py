@@ -8,6 +8,7 @@ Skips, saying why, when the Playwright package or Chromium is missing (``.ci/run
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -70,18 +71,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(small_catalog_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def serve(catalog: Path, folder: Path, **extra_env: str) -> Iterator[str]:
     """``streamlit run app.py`` on a free local port (bounded wait; always terminated); yields its URL."""
-    folder = tmp_path_factory.mktemp("browser")
     port = _free_port()
     env = {
         **os.environ,
-        "LENS_CATALOG": str(small_catalog_dir),
+        "LENS_CATALOG": str(catalog),
         "LENS_CACHE_DIR": str(folder / "cache"),
         "LENS_DEFAULT_MODEL": "tiny",
         "LENS_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        **extra_env,
     }
     env.pop("LENS_LABEL", None)
     log_path = folder / "streamlit.log"
@@ -127,6 +128,12 @@ def server(small_catalog_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def server(small_catalog_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serve(small_catalog_dir, tmp_path_factory.mktemp("browser")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +247,48 @@ def test_upload_an_image_on_search(server: str, page: object) -> None:
     assert_no_traceback(page, "search upload")
     assert page.get_by_text("BlueSquare").count() >= 1, "a blue square finds blue squares"
     screenshot(page, "7-search-upload.png")
+
+
+def test_a_background_build_publishes_a_model_the_open_page_picks_up(
+    small_catalog_dir: Path, tmp_path: Path, page: object
+) -> None:
+    """A large catalog (LENS_AUTO_BUILD_ITEMS below its size) with nothing built: Search says no model is ready and
+    embeds nothing; a background build is started (``lens build --detach``, the job the Overview's button starts),
+    and the open Search page shows results once the model is published, without a reload."""
+    with serve(small_catalog_dir, tmp_path, LENS_AUTO_BUILD_ITEMS="10") as url:
+        page.goto(f"{url}/search", wait_until="domcontentloaded")
+        page.get_by_text("No model is ready for catalog").first.wait_for(timeout=PAGE_READY_S * 1000)
+        assert_no_traceback(page, "search before the build")
+        # The same job the Overview button starts (python -m lens build --detach), limited to the tiny encoder.
+        env = {**os.environ, "LENS_CACHE_DIR": str(tmp_path / "cache"), "LENS_OFFLINE": "1"}
+        started = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lens",
+                "build",
+                "--detach",
+                "--catalog",
+                str(small_catalog_dir),
+                "--models",
+                "tiny",
+                "--recipes",
+                "none",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert started.returncode == 0, started.stderr
+        page.get_by_text("results for").first.wait_for(timeout=PAGE_READY_S * 1000)  # no reload: the page polls
+        wait_idle(page)
+        assert_no_traceback(page, "search after the build")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        screenshot(page, "9-search-after-background-build.png")
+        page.goto(url, wait_until="domcontentloaded")
+        wait_until_rendered(page, "lens — visual product search", "A sample of products")
+        page.get_by_text("Build log").first.wait_for(timeout=60_000)
+        assert_no_traceback(page, "overview after the build")
+        screenshot(page, "10-overview-build.png")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -153,19 +154,75 @@ def test_every_page_renders(page: str, dashboard_env: dict[str, Path]) -> None:
         assert [s.value for s in at.subheader][:1] == ["Worst queries (lowest P@10)"]
 
 
-def test_overview_builds_missing_models(dashboard_env: dict[str, Path]) -> None:
+def build_table(at: AppTest) -> pd.DataFrame:
+    """The Overview's build table (model, kind, state, progress, ETA)."""
+    return next(d.value for d in at.dataframe if "state" in d.value.columns).set_index("model")
+
+
+def test_overview_builds_missing_models_in_the_background(dashboard_env: dict[str, Path]) -> None:
+    from dashboard import resources
+    from lens.build import runner
+
     at = start("overview")
     states = models_table(at).set_index("encoder")
     assert states.loc["tiny", "embeddings"] == "not built"
+    assert build_table(at).loc["tiny", "state"] == "queued"
     at.multiselect(key="overview_build_models").set_value(["tiny"])
     at.button(key="overview_build").click().run()
     assert_clean(at)
-    assert any("Built embeddings and indexes for tiny" in s.value for s in at.success)
+    assert any("Build started in the background (pid" in s.value for s in at.success)
+    status = dashboard_env["cache"] / "build" / "status.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not status.exists() or runner(dashboard_env["cache"]) is not None):
+        time.sleep(0.2)
+    resources.build_views.clear()
+    at.run()
+    assert_clean(at)
+    assert build_table(at).loc["tiny", "state"] == "ready"
     states = models_table(at).set_index("encoder")
     assert states.loc["tiny", "embeddings"] == "cached"
     assert states.loc["tiny", "index"] == "built"
     assert int(states.loc["tiny", "vectors"]) == 24
     assert list((dashboard_env["cache"] / "indexes" / "tiny").glob("*.ann")), "annoy index written to the cache"
+
+
+def test_overview_shows_a_running_build_and_refuses_a_second(dashboard_env: dict[str, Path]) -> None:
+    """A build in progress (this process holds its lock): percent and ETA, the log, a second start is refused."""
+    import os
+
+    from dashboard import resources
+    from lens.build import _lock, log_path
+    from lens.catalog import load_catalog
+    from lens.jobs import write_status
+
+    cache = dashboard_env["cache"]
+    lock = _lock(cache)
+    lock.acquire("build")
+    try:
+        write_status(
+            cache / "build" / "status.json",
+            {
+                "fingerprint": load_catalog(dashboard_env["catalog"]).fingerprint(),
+                "pid": os.getpid(),
+                "state": "running",
+                "started": "2026-01-01T00:00:00+00:00",
+                "steps": [{"name": "tiny", "state": "running", "percent": 40.0, "eta_s": 80, "phase": "embed"}],
+            },
+        )
+        log_path(cache).write_text("12:00:00 tiny: started\n")
+        resources.build_views.clear()
+        at = start("overview")
+        assert_clean(at)
+        row = build_table(at).loc["tiny"]
+        assert row["state"] == "building 40 % (ETA 1m20s)" and row["progress"] == pytest.approx(0.4)
+        assert any("tiny: started" in c.value for c in at.code), "the log tail in its expander"
+        assert any("Building models" in c.value and "tiny 40 %" in c.value for c in at.sidebar.caption)
+        at.multiselect(key="overview_build_models").set_value(["tiny"])
+        at.button(key="overview_build").click().run()
+        assert not at.exception
+        assert any(f"already running (pid {os.getpid()}" in w.value for w in at.warning)
+    finally:
+        lock.release()
 
 
 # ---------------------------------------------------------------------------------------------------------- search
@@ -415,3 +472,26 @@ def test_metrics_summary_is_lens_summary_table() -> None:
         shared = ["model", "average", "label", *keys]
         pd.testing.assert_frame_equal(table[shared], summary_table(reports, macro=macro)[shared])
     assert metrics_summary(reports, macro=True)["average"].tolist() == ["macro", "macro"]
+
+
+def test_large_catalogs_list_only_ready_models_and_never_embed_in_a_page(
+    dashboard_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above LENS_AUTO_BUILD_ITEMS the pages wait for the background build instead of embedding the catalog."""
+    from dashboard import resources
+    from lens.build import BuildOptions, make_plan, run_build
+    from lens.catalog import load_catalog
+
+    monkeypatch.setenv("LENS_AUTO_BUILD_ITEMS", "10")  # the 24-item catalog counts as large
+    resources.model_states.clear()
+    at = start("search")
+    assert not at.exception
+    assert any("No model is ready for catalog" in i.value for i in at.info)
+    assert "search_results" not in at.session_state
+    assert not (dashboard_env["cache"] / "embeddings").exists(), "nothing embedded by the page"
+    # The build publishes tiny (in another process in real life); the page lists it on its next run.
+    run_build(load_catalog(dashboard_env["catalog"]), make_plan(models="tiny", recipes="none"), BuildOptions())
+    at.run()  # no cache cleared by hand: the models stamp (status file, models folder) changed
+    assert_clean(at)
+    assert at.selectbox(key="search_model").options == ["tiny"]
+    assert len(results(at)) == 10

@@ -20,6 +20,8 @@ import importlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from lens.encoders import _registry
 from lens.encoders.base import Encoder, EncoderSpec, Precision, Preprocess, TorchImageEncoder
 from lens.encoders.weights import file_sha256
 from lens.errors import LensError, UnknownEncoderError
-from lens.store import atomic_write, default_cache_dir, read_json, utc_now
+from lens.store import default_cache_dir, read_json, utc_now
 
 MODELS_DIR_ENV = "LENS_MODELS_DIR"
 FAMILY = "trained"
@@ -81,18 +83,33 @@ def save_trained_model(
     for key in ("kind", "arch", "dim", "preprocess", "recipe"):
         if key not in config:
             raise LensError(f"trained model config lacks {key!r}.")
-    folder = _models_dir(models_dir) / name
+    root = _models_dir(models_dir)
+    folder = root / name
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
-    meta = {
-        "format": FORMAT,
-        "name": name,
-        **config,
-        "weights_sha256": file_sha256(folder / WEIGHTS_NAME),
-        "saved": utc_now(),
-    }
-    text = json.dumps(meta, indent=1, default=_json_default)
-    atomic_write(folder / CONFIG_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    # Both files are written into a hidden staging folder, which then replaces the model folder by rename: a crash
+    # (kill -9) at any point leaves the previous model or none, never new weights beside an old config.
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
+    try:
+        save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": FORMAT})
+        meta = {
+            "format": FORMAT,
+            "name": name,
+            **config,
+            "weights_sha256": file_sha256(staging / WEIGHTS_NAME),
+            "saved": utc_now(),
+        }
+        (staging / CONFIG_NAME).write_text(json.dumps(meta, indent=1, default=_json_default), encoding="utf-8")
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".old"))
+            os.replace(folder, old / name)
+            os.replace(staging, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     refresh_trained_models(models_dir)
     return folder
 
@@ -128,7 +145,8 @@ def find_trained_models(models_dir: str | os.PathLike | None = None) -> dict[str
     found: dict[str, Path] = {}
     if not root.is_dir():
         return found
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    # hidden folders are a save in progress (or one a crash left behind): never a model
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
             try:
                 config = read_model_config(folder)
