@@ -52,6 +52,7 @@ class RunOptions:
     weights_dir: str | None = None
     batch_size: int = 32
     precision: str | None = None
+    engine: str | None = None
 
 
 def _catalog_options(args: argparse.Namespace) -> CatalogOptions:
@@ -59,7 +60,7 @@ def _catalog_options(args: argparse.Namespace) -> CatalogOptions:
 
 
 def _run_options(args: argparse.Namespace) -> RunOptions:
-    return RunOptions(args.cache_dir, args.weights_dir, args.batch_size, args.precision)
+    return RunOptions(args.cache_dir, args.weights_dir, args.batch_size, args.precision, getattr(args, "engine", None))
 
 
 def _progress(desc: str, quiet: bool) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
@@ -118,7 +119,9 @@ def _embed(catalog, model: str, run: RunOptions, quiet: bool):  # noqa: ANN001, 
     from lens.embed import embed_catalog
     from lens.encoders import create_encoder
 
-    encoder = create_encoder(model, precision=run.precision, weights_dir=run.weights_dir)
+    encoder = create_encoder(
+        model, precision=run.precision, weights_dir=run.weights_dir, engine=run.engine, cache_dir=run.cache_dir
+    )
     progress, close = _progress(f"embed {model}", quiet)
     try:
         return encoder, embed_catalog(catalog, encoder, cache_dir=run.cache_dir, batch_size=run.batch_size, progress=progress)
@@ -153,7 +156,7 @@ def cmd_encoders(args: argparse.Namespace) -> int:
     from lens.encoders import list_encoders
 
     rows = []
-    for info in list_encoders(weights_dir=args.weights_dir):
+    for info in list_encoders(weights_dir=args.weights_dir, engine=args.engine):
         spec = info.spec
         rows.append(
             {
@@ -163,6 +166,7 @@ def cmd_encoders(args: argparse.Namespace) -> int:
                 "input": spec.preprocess.input_size,
                 "text": "yes" if spec.supports_text else "no",
                 "precision": spec.precision,
+                "engine": info.engine.engine if info.engine else "torch",
                 "available": "yes" if info.available else "no",
                 "weights": info.status.where if info.available else f"unavailable: {info.status.remedy}",
             }
@@ -237,7 +241,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = build_index(embeddings, kind="exact" if args.exact else "annoy", cache_dir=run.cache_dir, n_trees=trees)
     exclude: list[str] = []
     if query_image is not None:
-        vector = embed_images(encoder, [query_image])[0]
+        # From the file, not the decoded image: decoded as the catalog's files are (draft for big JPEGs), a catalog
+        # photo used as the query gets exactly its catalog vector.
+        vector = embed_images(encoder, [args.image])[0]
     else:
         vector = embeddings.vectors[embeddings.position(args.id)]
         exclude = [args.id]
@@ -378,22 +384,30 @@ def build_parser() -> argparse.ArgumentParser:
     cat.add_argument("--batch-size", type=int, default=32)
     cat.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="override the encoder's default precision")
 
-    p = sub.add_parser("encoders", parents=[common], help="list encoders and whether their weights are available")
+    eng = argparse.ArgumentParser(add_help=False)
+    eng.add_argument(
+        "--engine",
+        choices=["auto", "torch", "onnx"],
+        default=None,
+        help="inference engine: auto (ONNX Runtime where measured faster, default), torch or onnx (or $LENS_ENGINE)",
+    )
+
+    p = sub.add_parser("encoders", parents=[common, eng], help="list encoders and whether their weights are available")
     p.add_argument("--csv", default=None, help="write CSV to this file ('-' for stdout)")
     p.set_defaults(func=cmd_encoders)
 
-    p = sub.add_parser("embed", parents=[common, cat], help="embed the catalog (cached)")
+    p = sub.add_parser("embed", parents=[common, cat, eng], help="embed the catalog (cached)")
     p.add_argument("--models", default=None, help="comma-separated encoder names, or 'all' available (default)")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("index", parents=[common, cat], help="embed and build Annoy indexes (cached)")
+    p = sub.add_parser("index", parents=[common, cat, eng], help="embed and build Annoy indexes (cached)")
     p.add_argument("--models", default=None, help="comma-separated encoder names, or 'all' available (default)")
     p.add_argument("--trees", type=int, default=None, help="Annoy n_trees (default: lens.index.DEFAULT_N_TREES)")
     p.add_argument("--search-k", type=int, default=None, help="Annoy search_k (default: lens.index.DEFAULT_SEARCH_K)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if a matching index is cached")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", parents=[common, cat], help="most similar catalog items to an image or item")
+    p = sub.add_parser("search", parents=[common, cat, eng], help="most similar catalog items to an image or item")
     p.add_argument("--image", default=None, help="query image file")
     p.add_argument("--id", default=None, help="query by a catalog item id (the item itself is excluded)")
     p.add_argument("--model", default="efficientnet-lite0", help="encoder name (default efficientnet-lite0)")
