@@ -173,7 +173,10 @@ def create_encoder(
     """
     entry = _entry(name)
     spec, choice = _effective(entry.spec, engine, precision)
-    encoder = _build(entry, spec, choice.precision, weights_dir=weights_dir, pretrained=pretrained)
+    # On torch the builder gets the caller's precision as before (None: its own default; a trained model's builder
+    # then uses the precision its base was trained with); ONNX Runtime runs fp32.
+    build_precision: Precision | None = choice.precision if choice.engine == "onnx" else precision
+    encoder = _build(entry, spec, build_precision, weights_dir=weights_dir, pretrained=pretrained)
     attach_engine(encoder, choice, cache_dir=cache_dir)
     return encoder
 
@@ -203,7 +206,7 @@ def create_feature_extractor(
 def _build(
     entry: RegistryEntry,
     spec: EncoderSpec,
-    precision: Precision,
+    precision: Precision | None,
     *,
     weights_dir: str | os.PathLike | None,
     pretrained: bool,
