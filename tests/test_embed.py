@@ -284,7 +284,7 @@ def test_pixels_to_batch_is_the_normalisation_in_one_pass() -> None:
 def test_pipeline_version_is_part_of_the_identity() -> None:
     from lens.encoders.base import PIXEL_PIPELINE
 
-    assert create_encoder("tiny").identity()["preprocess"]["pipeline"] == PIXEL_PIPELINE
+    assert create_encoder("tiny").identity()["pixels"] == PIXEL_PIPELINE
 
 
 def test_fast_catalog_pass_equals_embedding_each_decoded_image(small_catalog_copy: Path, lens_cache_dir: Path) -> None:

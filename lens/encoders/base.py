@@ -30,7 +30,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_INIT_SEED = 0
 #: ``weights_id`` of a random-init build (part of cache keys, so never confused with a checkpoint's hash).
 RANDOM_WEIGHTS_ID = f"random-seed{RANDOM_INIT_SEED}"
-#: How pixels are made from a file, part of every preprocessing identity: JPEGs larger than twice the resize size
+#: How pixels are made from a file, part of every encoder identity (``identity()["pixels"]``): JPEGs larger than twice the resize size
 #: are decoded with Pillow's ``draft`` (libjpeg's DCT scaling), and resize + centre crop is one ``Image.resize`` with
 #: a box. Both move a few pixel values by one or two levels compared with the v0 pipeline (full decode, resize, then
 #: crop), so the vectors move slightly and every embedding cache key changed with this version.
@@ -65,7 +65,6 @@ class Preprocess:
         if key["resize"] is None:
             # Absent rather than null, so that cache keys written before the field existed stay valid.
             del key["resize"]
-        key["pipeline"] = PIXEL_PIPELINE
         return key
 
 
@@ -134,6 +133,7 @@ class Encoder:
             "encoder": self.spec.name,
             "weights": self.weights_id,
             "preprocess": self.spec.preprocess.key(),
+            "pixels": PIXEL_PIPELINE,
             "precision": self.precision,
             "dim": self.spec.dim,
         }

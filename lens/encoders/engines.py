@@ -166,7 +166,7 @@ def _export_identity(encoder: TorchImageEncoder, variant: str) -> dict[str, Any]
         onnx_version = onnx.__version__
     except ImportError:  # the TorchScript exporter does not need it; quantization does
         onnx_version = None
-    identity = {k: v for k, v in encoder.identity().items() if k != "precision"}
+    identity = {k: v for k, v in encoder.identity().items() if k not in ("precision", "pixels")}
     return {
         "kind": "onnx",
         **identity,
