@@ -184,18 +184,17 @@ def _check_rows_match_catalog(cached: EmbeddingSet, catalog: Catalog) -> None:
 def _embed_files(
     catalog: Catalog, encoder: Encoder, *, batch_size: int, progress: ProgressCallback | None
 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
-    """Decode, preprocess and embed every catalog image; decoding and batching overlap the forward pass.
+    """Decode, preprocess and embed every catalog image, decoding ahead in threads while the forward pass runs.
 
-    Three stages: worker threads (one per core) turn files into images, for torch image encoders straight into their
-    ``(S, S, 3)`` uint8 crops (draft decode, one resize on uint8); a batching thread stacks the next batch and
-    normalises it in one vectorised pass; the calling thread runs only the forward passes. Pillow's decoder and
-    resize and numpy release the GIL, so all three run at once; images are decoded at most two batches ahead.
+    For torch image encoders (their own preprocessing, ``TorchImageEncoder._embed_batch``) each worker thread turns a
+    file into its ``(S, S, 3)`` uint8 crop (draft decode, one resize on uint8); the main thread stacks a batch,
+    normalises it in one vectorised pass and runs the forward pass. Pillow's decoder and resize release the GIL, so
+    the decoding of the next batches overlaps the forward pass. Other encoders get decoded PIL images.
     """
     ids = catalog.ids
     paths = catalog.image_paths()
     total = len(ids)
     preprocess = _pixel_preprocess(encoder)
-    chunks = [range(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
 
     def prepare(i: int) -> tuple[Any, str | None]:
         name = f"{ids[i]} ({paths[i]})"
@@ -204,47 +203,43 @@ def _embed_files(
         image, reason = try_open_image(paths[i], name=name, draft_size=preprocess.resize_size)
         return (None, reason) if image is None else (resize_crop(image, preprocess), None)
 
-    def assemble(futures: list[tuple[int, Future]]) -> tuple[list[int], Any, list[tuple[str, str]]]:
-        rows, items, bad = [], [], []
-        for i, future in futures:
-            item, reason = future.result()
-            if item is None:
-                bad.append((ids[i], reason or "unreadable"))
-            else:
-                rows.append(i)
-                items.append(item)
-        if preprocess is not None and items:
-            return rows, pixels_to_batch(np.stack(items), preprocess), bad
-        return rows, items, bad
-
     out = np.empty((total, encoder.dim), dtype=np.float32)
     kept_rows: list[int] = []
     failed: list[tuple[str, str]] = []
     workers = max(1, min(_decode_threads(), total))
-    with (
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lens-decode") as decode_pool,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="lens-batch") as batch_pool,
-    ):
+    ahead = max(2 * batch_size, 4 * workers)  # images decoded ahead of the forward pass (bounded memory)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lens-decode") as pool:
+        pending: deque[tuple[int, Future]] = deque()
+        next_row = 0
 
-        def submit(n: int) -> Future:
-            futures = [(i, decode_pool.submit(prepare, i)) for i in chunks[n]]
-            return batch_pool.submit(assemble, futures)
+        def fill() -> None:
+            nonlocal next_row
+            while next_row < total and len(pending) < ahead + batch_size:
+                pending.append((next_row, pool.submit(prepare, next_row)))
+                next_row += 1
 
-        pending = deque(submit(n) for n in range(min(2, len(chunks))))
+        fill()
         done = 0
-        for n in range(len(chunks)):
-            rows, batch, bad = pending.popleft().result()
-            if n + 2 < len(chunks):
-                pending.append(submit(n + 2))
-            failed.extend(bad)
+        while pending:
+            rows: list[int] = []
+            items: list[Any] = []
+            while pending and len(rows) < batch_size:
+                i, future = pending.popleft()
+                item, reason = future.result()
+                fill()
+                done += 1
+                if item is None:
+                    failed.append((ids[i], reason or "unreadable"))
+                else:
+                    rows.append(i)
+                    items.append(item)
             if rows:
                 if preprocess is not None:
-                    vectors = encoder.embed_tensor(batch)  # type: ignore[attr-defined]
+                    vectors = encoder.embed_tensor(pixels_to_batch(np.stack(items), preprocess))  # type: ignore[attr-defined]
                 else:
-                    vectors = encoder.embed_images(batch, batch_size=len(batch))
+                    vectors = encoder.embed_images(items, batch_size=len(items))
                 out[rows] = vectors
                 kept_rows.extend(rows)
-            done += len(chunks[n])
             if progress is not None:
                 progress(done, total)
     kept_rows.sort()
