@@ -18,7 +18,7 @@ import torch
 from benchmarks.common import BenchConfig, markdown_table, timed
 from lens.catalog import Catalog
 from lens.embed import embed_catalog
-from lens.encoders import create_encoder
+from lens.encoders import create_encoder, engine_choice
 from lens.encoders.base import TorchImageEncoder, preprocess_images
 from lens.encoders.trained import find_trained_models, read_model_config
 from lens.errors import LensError
@@ -48,12 +48,13 @@ def throughput_modes(
     when the spec says so, BatchNorm never folded). Modes are built here from lens's encoders, never by changing them.
     ``pretrained=False`` builds every mode with lens's seeded random weights (architecture speed only).
     """
-    create = functools.partial(create_encoder, pretrained=pretrained)
+    create = functools.partial(create_encoder, pretrained=pretrained, engine="torch")  # the torch modes
     probe = create(model, precision="bf16")  # precision bf16: the module as loaded, BatchNorm not folded
     if not isinstance(probe, TorchImageEncoder):
         return []
     spec = probe.spec
-    default = create(model).precision
+    on_onnx = engine_choice(model).engine == "onnx"  # what create_encoder(model) runs by default
+    default = "onnx" if on_onnx else create(model).precision
     folded = create(model, precision="fp32")
     folds = isinstance(folded, TorchImageEncoder) and _count_batchnorms(folded.model) < _count_batchnorms(probe.model)
     del folded
@@ -76,6 +77,9 @@ def throughput_modes(
     if folds:
         modes.append((f"fp32+bn-folded{cl}", lambda: create(model, precision="fp32"), default == "fp32"))  # type: ignore[arg-type,return-value]
     modes.append((f"bf16{cl}", lambda: create(model, precision="bf16"), default == "bf16"))  # type: ignore[arg-type,return-value]
+    if on_onnx:
+        onnx = functools.partial(create_encoder, model, pretrained=pretrained, engine="onnx")
+        modes.append(("onnxruntime fp32", onnx, True))  # type: ignore[arg-type]
     return modes
 
 

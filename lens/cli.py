@@ -56,6 +56,7 @@ class RunOptions:
     weights_dir: str | None = None
     batch_size: int = 32
     precision: Precision | None = None
+    engine: str | None = None
 
 
 def _catalog_options(args: argparse.Namespace) -> CatalogOptions:
@@ -63,7 +64,7 @@ def _catalog_options(args: argparse.Namespace) -> CatalogOptions:
 
 
 def _run_options(args: argparse.Namespace) -> RunOptions:
-    return RunOptions(args.cache_dir, args.weights_dir, args.batch_size, args.precision)
+    return RunOptions(args.cache_dir, args.weights_dir, args.batch_size, args.precision, getattr(args, "engine", None))
 
 
 def _progress(desc: str, quiet: bool) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
@@ -122,10 +123,14 @@ def _embed(catalog, model: str, run: RunOptions, quiet: bool):  # noqa: ANN001, 
     from lens.embed import embed_catalog
     from lens.encoders import create_encoder
 
-    encoder = create_encoder(model, precision=run.precision, weights_dir=run.weights_dir)
+    encoder = create_encoder(
+        model, precision=run.precision, weights_dir=run.weights_dir, engine=run.engine, cache_dir=run.cache_dir
+    )
     progress, close = _progress(f"embed {model}", quiet)
     try:
-        return encoder, embed_catalog(catalog, encoder, cache_dir=run.cache_dir, batch_size=run.batch_size, progress=progress)
+        return encoder, embed_catalog(
+            catalog, encoder, cache_dir=run.cache_dir, batch_size=run.batch_size, progress=progress
+        )
     finally:
         close()
 
@@ -157,7 +162,7 @@ def cmd_encoders(args: argparse.Namespace) -> int:
     from lens.encoders import list_encoders
 
     rows = []
-    for info in list_encoders(weights_dir=args.weights_dir):
+    for info in list_encoders(weights_dir=args.weights_dir, engine=args.engine):
         spec = info.spec
         rows.append(
             {
@@ -167,6 +172,7 @@ def cmd_encoders(args: argparse.Namespace) -> int:
                 "input": spec.preprocess.input_size,
                 "text": "yes" if spec.supports_text else "no",
                 "precision": spec.precision,
+                "engine": info.engine.engine if info.engine else "torch",
                 "available": "yes" if info.available else "no",
                 "weights": info.status.where if info.available else f"unavailable: {info.status.remedy}",
             }
@@ -176,7 +182,9 @@ def cmd_encoders(args: argparse.Namespace) -> int:
         _write_table(table, args.csv)
         return 0
     # On a terminal the remedies are long: show them below the table, one per unavailable encoder.
-    short = table.assign(weights=[w if not w.startswith("unavailable") else "unavailable (see below)" for w in table["weights"]])
+    short = table.assign(
+        weights=[w if not w.startswith("unavailable") else "unavailable (see below)" for w in table["weights"]]
+    )
     _write_table(short, None)
     missing = table[table["available"] == "no"]
     if len(missing):
@@ -191,9 +199,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
     run = _run_options(args)
     for model in _parse_models(args.models, run):
         _, embeddings = _embed(catalog, model, run, args.quiet)
-        how = "from cache" if embeddings.from_cache else f"in {embeddings.seconds:.1f}s ({len(catalog) / max(embeddings.seconds, 1e-9):.1f} img/s)"
-        print(f"{model}: {len(embeddings)} vectors of {embeddings.dim}-d for catalog '{catalog.name}' {how}; "
-              f"{len(embeddings.failed)} unreadable images")
+        how = (
+            "from cache"
+            if embeddings.from_cache
+            else f"in {embeddings.seconds:.1f}s ({len(catalog) / max(embeddings.seconds, 1e-9):.1f} img/s)"
+        )
+        print(
+            f"{model}: {len(embeddings)} vectors of {embeddings.dim}-d for catalog '{catalog.name}' {how}; "
+            f"{len(embeddings.failed)} unreadable images"
+        )
         for item_id, reason in embeddings.failed[:20]:
             print(f"  skipped {item_id}: {reason}")
     return 0
@@ -210,13 +224,18 @@ def cmd_index(args: argparse.Namespace) -> int:
         _, embeddings = _embed(catalog, model, run, args.quiet)
         started = time.perf_counter()
         index = build_index(
-            embeddings, cache_dir=run.cache_dir, n_trees=trees, search_k=search_k,
+            embeddings,
+            cache_dir=run.cache_dir,
+            n_trees=trees,
+            search_k=search_k,
             rebuild=args.rebuild,
         )
         path = getattr(index, "path", None)  # an Annoy index has a file; the exact one (tiny catalogs) has none
         size = Path(path).stat().st_size / 2**20 if path else 0.0
-        print(f"{model}: annoy index of {len(index)} items, {trees} trees, {size:.1f} MiB, "
-              f"ready in {time.perf_counter() - started:.1f}s at {getattr(index, 'path', '')}")
+        print(
+            f"{model}: annoy index of {len(index)} items, {trees} trees, {size:.1f} MiB, "
+            f"ready in {time.perf_counter() - started:.1f}s at {getattr(index, 'path', '')}"
+        )
     return 0
 
 
@@ -242,7 +261,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = build_index(embeddings, kind="exact" if args.exact else "annoy", cache_dir=run.cache_dir, n_trees=trees)
     exclude: list[str] = []
     if query_image is not None:
-        vector = embed_images(encoder, [query_image])[0]
+        # From the file, not the decoded image: decoded as the catalog's files are (draft for big JPEGs), a catalog
+        # photo used as the query gets exactly its catalog vector.
+        vector = embed_images(encoder, [args.image])[0]
     else:
         vector = embeddings.vectors[embeddings.position(args.id)]
         exclude = [args.id]
@@ -285,18 +306,24 @@ def _train_run_options() -> argparse.ArgumentParser:
     """Flags of every training run (where it reads and writes); the recipe adds its own settings."""
     run = argparse.ArgumentParser(add_help=False)
     group = run.add_argument_group("run")
-    group.add_argument("--catalog", default=None,
-                       help="catalog folder (or $LENS_CATALOG; default as for other commands)")
+    group.add_argument(
+        "--catalog", default=None, help="catalog folder (or $LENS_CATALOG; default as for other commands)"
+    )
     group.add_argument("--label", default="articleType", help="label column (classes for triplet / classifier)")
     group.add_argument("--id-column", default="id", help="id column of catalog.csv")
     group.add_argument("--image-column", default="image", help="image path column of catalog.csv")
     group.add_argument("--skip-missing", action="store_true", help="drop rows whose image file is missing")
     group.add_argument("--out", default=None, help="run folder: history.csv, checkpoints (default <cache>/runs/<name>)")
     group.add_argument("--name", default=None, help="encoder name to save the model as (default: the recipe name)")
-    group.add_argument("--models-dir", default=None,
-                       help="where models are saved ($LENS_MODELS_DIR; default <cache>/models)")
-    group.add_argument("--split", default=None, help="split JSON: used if it exists, else created there "
-                       "(default <cache>/splits/<catalog>-<fingerprint>-seed<seed>.json)")
+    group.add_argument(
+        "--models-dir", default=None, help="where models are saved ($LENS_MODELS_DIR; default <cache>/models)"
+    )
+    group.add_argument(
+        "--split",
+        default=None,
+        help="split JSON: used if it exists, else created there "
+        "(default <cache>/splits/<catalog>-<fingerprint>-seed<seed>.json)",
+    )
     group.add_argument("--seed", type=int, default=0, help="one seed for the split, the data order and the weights")
     group.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     group.add_argument("--no-publish", action="store_true", help="do not store the catalog's embeddings in the cache")
@@ -314,7 +341,8 @@ def _recipe_parser(recipe: str) -> tuple[argparse.ArgumentParser, list[str]]:
 
     entry = RECIPES[parse_recipe(recipe)[0]]
     parser = argparse.ArgumentParser(
-        prog=f"python -m lens train {recipe}", description=f"{entry.spelling()}: {entry.summary}.",
+        prog=f"python -m lens train {recipe}",
+        description=f"{entry.spelling()}: {entry.summary}.",
         parents=[shared_parsers()[0], _train_run_options()],
     )
     group = parser.add_argument_group(f"{entry.name} settings")
@@ -323,9 +351,14 @@ def _recipe_parser(recipe: str) -> tuple[argparse.ArgumentParser, list[str]]:
     for item in settings:
         kind = next(t for t in (int, float, str) if t in (hints[item.name], *typing.get_args(hints[item.name])))
         # default None: only the flags given override the recipe's defaults (shown in the help)
-        group.add_argument(flag_of(item), dest=item.name, type=kind, default=None,
-                           choices=item.metadata["choices"] or None,
-                           help=f"{item.metadata['help']} (default: {item.default})")
+        group.add_argument(
+            flag_of(item),
+            dest=item.name,
+            type=kind,
+            default=None,
+            choices=item.metadata["choices"] or None,
+            help=f"{item.metadata['help']} (default: {item.default})",
+        )
     return parser, [item.name for item in settings]
 
 
@@ -337,12 +370,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if not args.recipe:
         spellings = ", ".join(RECIPES[n].spelling() for n in sorted(RECIPES))
-        raise LensError(f"name a recipe: `python -m lens train <recipe>` ({spellings}); `<recipe> --help` lists its flags.")
+        raise LensError(
+            f"name a recipe: `python -m lens train <recipe>` ({spellings}); `<recipe> --help` lists its flags."
+        )
     parser, settings = _recipe_parser(args.recipe)
     args = parser.parse_args(args.settings, namespace=args)
     config = default_config(args.recipe, seed=args.seed, **{name: getattr(args, name) for name in settings})
     catalog = CatalogOptions(args.catalog, args.label, args.id_column, args.image_column, args.skip_missing).load()
-    split, split_path = get_split(catalog, args.split, seed=args.seed, label_column=args.label, cache_dir=args.cache_dir)
+    split, split_path = get_split(
+        catalog, args.split, seed=args.seed, label_column=args.label, cache_dir=args.cache_dir
+    )
     name = args.name or default_name(config)
     out = Path(args.out) if args.out else resolve_cache_dir(args.cache_dir) / "runs" / name
 
@@ -350,23 +387,39 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _progress(desc, args.quiet)
 
     ctx = RunContext(
-        out_dir=out, models_dir=Path(args.models_dir) if args.models_dir else None,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None, name=name, resume=args.resume,
-        split_path=split_path, progress=bar, log=lambda msg: print(msg, file=sys.stderr), publish=not args.no_publish,
+        out_dir=out,
+        models_dir=Path(args.models_dir) if args.models_dir else None,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        name=name,
+        resume=args.resume,
+        split_path=split_path,
+        progress=bar,
+        log=lambda msg: print(msg, file=sys.stderr),
+        publish=not args.no_publish,
     )
-    print(f"train {name}: recipe {config.recipe}, backbone {getattr(config, 'backbone', None)}, catalog "
-          f"'{catalog.name}' ({len(split.train)} train / {len(split.val)} val / {len(split.query)} held-out queries, "
-          f"split {split_path})", file=sys.stderr)
+    print(
+        f"train {name}: recipe {config.recipe}, backbone {getattr(config, 'backbone', None)}, catalog "
+        f"'{catalog.name}' ({len(split.train)} train / {len(split.val)} val / {len(split.query)} held-out queries, "
+        f"split {split_path})",
+        file=sys.stderr,
+    )
     result = train_recipe(catalog, config, ctx, split)
     for row in result.history:
         extras = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "loss", "seconds", "stage"))
-        print(f"epoch {int(row['epoch'])}: loss {row['loss']:.4f}, {row['seconds']:.1f}s{', ' + extras if extras else ''}")
-    shown = {k: v for k, v in result.metrics.items() if k.split("@")[0] in
-             ("precision", "hit", "map", "text_r", "classifier_accuracy") or k in ("classifier_accuracy", "map@r")}
+        print(
+            f"epoch {int(row['epoch'])}: loss {row['loss']:.4f}, {row['seconds']:.1f}s{', ' + extras if extras else ''}"
+        )
+    shown = {
+        k: v
+        for k, v in result.metrics.items()
+        if k.split("@")[0] in ("precision", "hit", "map", "text_r", "classifier_accuracy")
+        or k in ("classifier_accuracy", "map@r")
+    }
     print(f"held-out queries ({len(split.query)}): " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     print(f"saved encoder '{result.name}' in {result.model_dir} ({result.seconds:.0f}s); history {out / 'history.csv'}")
-    (out / "metrics.json").write_text(json.dumps({"name": result.name, "seconds": result.seconds, **result.metrics},
-                                                 indent=1, default=float))
+    (out / "metrics.json").write_text(
+        json.dumps({"name": result.name, "seconds": result.seconds, **result.metrics}, indent=1, default=float)
+    )
     return 0
 
 
@@ -404,12 +457,30 @@ def cmd_build(args: argparse.Namespace) -> int:
     options = _build_options(args)
     if args.detach:
         catalog = _catalog_options(args).load()  # a bad catalog fails here, not in the background
-        same = ["--id-column", args.id_column, "--image-column", args.image_column, "--batch-size",
-                str(args.batch_size), "--seed", str(args.seed), *(["--skip-missing"] if args.skip_missing else [])]
-        pid = start_build(catalog.root, label=args.label, options=options, models=args.models, recipes=args.recipes,
-                          plan=args.plan, extra_args=same)
-        print(f"build started in the background (pid {pid}); `python -m lens status` shows its progress; "
-              f"log {log_path(options.cache_dir)}")
+        same = [
+            "--id-column",
+            args.id_column,
+            "--image-column",
+            args.image_column,
+            "--batch-size",
+            str(args.batch_size),
+            "--seed",
+            str(args.seed),
+            *(["--skip-missing"] if args.skip_missing else []),
+        ]
+        pid = start_build(
+            catalog.root,
+            label=args.label,
+            options=options,
+            models=args.models,
+            recipes=args.recipes,
+            plan=args.plan,
+            extra_args=same,
+        )
+        print(
+            f"build started in the background (pid {pid}); `python -m lens status` shows its progress; "
+            f"log {log_path(options.cache_dir)}"
+        )
         return 0
     catalog = _catalog_options(args).load()
     steps = _build_steps(args)
@@ -420,13 +491,18 @@ def cmd_build(args: argparse.Namespace) -> int:
         if not args.log_to_stderr and not args.quiet:
             print(message, file=sys.stderr)
 
-    status = run_build(catalog, steps, options, progress=None if args.quiet else (lambda d: _progress(d, False)), log=log)
+    status = run_build(
+        catalog, steps, options, progress=None if args.quiet else (lambda d: _progress(d, False)), log=log
+    )
     for entry in status["steps"]:
         took = f" ({format_duration(entry['seconds'])})" if entry.get("seconds") is not None else ""
         why = f": {entry['reason'].splitlines()[0]}" if entry.get("reason") else ""
         print(f"{entry['name']:<28} {entry['state']}{took}{why}")
-    print(f"build {status['state']}{': ' + status['message'] if status.get('message') else ''}; status "
-          f"{status_path(options.cache_dir)}", file=sys.stderr)
+    print(
+        f"build {status['state']}{': ' + status['message'] if status.get('message') else ''}; status "
+        f"{status_path(options.cache_dir)}",
+        file=sys.stderr,
+    )
     return 0 if status["state"] == "finished" else 1
 
 
@@ -439,15 +515,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     for view in views:
         print(f"{view.name:<{width}}  {format_state(view)}")
     if status:
-        print(f"build {status.get('state')} (pid {status.get('pid')}, started {status.get('started')})"
-              f"{': ' + status['message'] if status.get('message') else ''}; log {status.get('log')}", file=sys.stderr)
+        print(
+            f"build {status.get('state')} (pid {status.get('pid')}, started {status.get('started')})"
+            f"{': ' + status['message'] if status.get('message') else ''}; log {status.get('log')}",
+            file=sys.stderr,
+        )
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     # The benchmark lives beside the library (benchmarks/), and lens never imports it: point there instead.
-    print("error: the benchmark moved out of lens: run `python -m benchmarks --out DIR [--quick] [--models ...]` from "
-          "the repository root (same options as before).", file=sys.stderr)
+    print(
+        "error: the benchmark moved out of lens: run `python -m benchmarks --out DIR [--quick] [--models ...]` from "
+        "the repository root (same options as before).",
+        file=sys.stderr,
+    )
     return EXIT_USAGE
 
 
@@ -465,14 +547,24 @@ def shared_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     common.add_argument("--quiet", action="store_true", help="no progress bars")
 
     cat = argparse.ArgumentParser(add_help=False)
-    cat.add_argument("--catalog", default=None, help="catalog folder, catalog.csv, class folders or Fashion-MNIST IDX folder "
-                     "(or $LENS_CATALOG; default ../shared/data/fashion-products, else Debian's Fashion-MNIST)")
-    cat.add_argument("--label", default="articleType", help="label column: relevance = same label (default articleType)")
+    cat.add_argument(
+        "--catalog",
+        default=None,
+        help="catalog folder, catalog.csv, class folders or Fashion-MNIST IDX folder "
+        "(or $LENS_CATALOG; default ../shared/data/fashion-products, else Debian's Fashion-MNIST)",
+    )
+    cat.add_argument(
+        "--label", default="articleType", help="label column: relevance = same label (default articleType)"
+    )
     cat.add_argument("--id-column", default="id", help="id column of catalog.csv")
     cat.add_argument("--image-column", default="image", help="image path column of catalog.csv")
-    cat.add_argument("--skip-missing", action="store_true", help="drop rows whose image file is missing instead of failing")
+    cat.add_argument(
+        "--skip-missing", action="store_true", help="drop rows whose image file is missing instead of failing"
+    )
     cat.add_argument("--batch-size", type=int, default=32)
-    cat.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="override the encoder's default precision")
+    cat.add_argument(
+        "--precision", choices=["fp32", "bf16"], default=None, help="override the encoder's default precision"
+    )
     return common, cat
 
 
@@ -481,29 +573,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common, cat = shared_parsers()
 
-    p = sub.add_parser("encoders", parents=[common], help="list encoders and whether their weights are available")
+    eng = argparse.ArgumentParser(add_help=False)
+    eng.add_argument(
+        "--engine",
+        choices=["auto", "torch", "onnx"],
+        default=None,
+        help="inference engine: auto (ONNX Runtime where measured faster, default), torch or onnx (or $LENS_ENGINE)",
+    )
+
+    p = sub.add_parser("encoders", parents=[common, eng], help="list encoders and whether their weights are available")
     p.add_argument("--csv", default=None, help="write CSV to this file ('-' for stdout)")
     p.set_defaults(func=cmd_encoders)
 
-    p = sub.add_parser("embed", parents=[common, cat], help="embed the catalog (cached)")
+    p = sub.add_parser("embed", parents=[common, cat, eng], help="embed the catalog (cached)")
     p.add_argument("--models", default=None, help="comma-separated encoder names, or 'all' available (default)")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("index", parents=[common, cat], help="embed and build Annoy indexes (cached)")
+    p = sub.add_parser("index", parents=[common, cat, eng], help="embed and build Annoy indexes (cached)")
     p.add_argument("--models", default=None, help="comma-separated encoder names, or 'all' available (default)")
     p.add_argument("--trees", type=int, default=None, help="Annoy n_trees (default: lens.index.DEFAULT_N_TREES)")
     p.add_argument("--search-k", type=int, default=None, help="Annoy search_k (default: lens.index.DEFAULT_SEARCH_K)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if a matching index is cached")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", parents=[common, cat], help="most similar catalog items to an image or item")
+    p = sub.add_parser("search", parents=[common, cat, eng], help="most similar catalog items to an image or item")
     p.add_argument("--image", default=None, help="query image file")
     p.add_argument("--id", default=None, help="query by a catalog item id (the item itself is excluded)")
     p.add_argument("--model", default="efficientnet-lite0", help="encoder name (default efficientnet-lite0)")
     p.add_argument("--k", type=int, default=10, help="number of results")
     p.add_argument("--filter", action="append", help="COLUMN=VALUE[,VALUE] metadata filter; repeatable")
     p.add_argument("--exact", action="store_true", help="exact search instead of Annoy")
-    p.add_argument("--trees", type=int, default=None, help="use the Annoy index with this many trees (built if missing)")
+    p.add_argument(
+        "--trees", type=int, default=None, help="use the Annoy index with this many trees (built if missing)"
+    )
     p.add_argument("--csv", default=None, help="write CSV to this file ('-' for stdout)")
     p.set_defaults(func=cmd_search)
 
@@ -519,14 +621,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
-        "train", parents=[common], help="train a model on the catalog (saved as an encoder by name)",
+        "train",
+        parents=[common],
+        help="train a model on the catalog (saved as an encoder by name)",
         description="Train a model on the catalog's training split; it is saved as an encoder by name. "
         "`python -m lens train <recipe> --help` lists the recipe's settings with their defaults.",
     )
-    p.add_argument("recipe", nargs="?", help="autoencoder, triplet-<backbone>, simclr-<backbone>, mobilenet-small, "
-                   "text-align (backbones: mobilenet-v2, efficientnet-lite0, efficientnet-lite2)")
-    p.add_argument("settings", nargs=argparse.REMAINDER,
-                   help="the run's flags (--catalog, --epochs, --out, ...) and the recipe's; see `<recipe> --help`")
+    p.add_argument(
+        "recipe",
+        nargs="?",
+        help="autoencoder, triplet-<backbone>, simclr-<backbone>, mobilenet-small, "
+        "text-align (backbones: mobilenet-v2, efficientnet-lite0, efficientnet-lite2)",
+    )
+    p.add_argument(
+        "settings",
+        nargs=argparse.REMAINDER,
+        help="the run's flags (--catalog, --epochs, --out, ...) and the recipe's; see `<recipe> --help`",
+    )
     p.set_defaults(func=cmd_train)
 
     # prefix "+": the old options (--out, --quick, -h...) are taken as plain words, so any of them gets the pointer
@@ -537,13 +648,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", parents=[common, cat], help="decode every image and list unreadable ones")
     p.set_defaults(func=cmd_validate)
 
-    for name, func, text in (("build", cmd_build, "build every model in the background (resumable); --detach"),
-                             ("status", cmd_status, "one line per model: ready / building n % / queued / failed")):
+    for name, func, text in (
+        ("build", cmd_build, "build every model in the background (resumable); --detach"),
+        ("status", cmd_status, "one line per model: ready / building n % / queued / failed"),
+    ):
         p = sub.add_parser(name, parents=[common, cat], help=text)
         p.add_argument("--models", default=None, help="pretrained encoders to build (default: the plan's; 'none')")
-        p.add_argument("--recipes", default=None, help="models to train, e.g. text-align,vae (default: the plan's; 'none')")
+        p.add_argument(
+            "--recipes", default=None, help="models to train, e.g. text-align,vae (default: the plan's; 'none')"
+        )
         p.add_argument("--plan", default=None, help="a build plan JSON (default: lens.build.DEFAULT_PLAN)")
-        p.add_argument("--models-dir", default=None, help="where trained models go ($LENS_MODELS_DIR; default <cache>/models)")
+        p.add_argument(
+            "--models-dir", default=None, help="where trained models go ($LENS_MODELS_DIR; default <cache>/models)"
+        )
         p.add_argument("--seed", type=int, default=0, help="seed of the training runs (as `train --seed`)")
         if name == "build":
             p.add_argument("--detach", action="store_true", help="start in the background and return at once")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,14 @@ from typing import Any
 import numpy as np
 
 from lens.catalog import Catalog
-from lens.encoders.base import Encoder, ProgressCallback
+from lens.encoders.base import (
+    Encoder,
+    Preprocess,
+    ProgressCallback,
+    TorchImageEncoder,
+    pixels_to_batch,
+    resize_crop,
+)
 from lens.errors import CacheError, LensError
 from lens.images import try_open_image
 from lens.store import FORMAT_VERSION, cache_key, read_json, resolve_cache_dir, save_array, verify_array
@@ -139,8 +147,9 @@ def embed_catalog(
     stacked = encoder.base_and_head()
     if stacked is not None:  # a trained head on a frozen encoder: the base's vectors (usually cached), then the head
         base, head = stacked
-        base_set = embed_catalog(catalog, base, cache_dir=cache_dir, use_cache=use_cache, batch_size=batch_size,
-                                 progress=progress)
+        base_set = embed_catalog(
+            catalog, base, cache_dir=cache_dir, use_cache=use_cache, batch_size=batch_size, progress=progress
+        )
         vectors, kept, failed = head(base_set.vectors), list(base_set.ids), list(base_set.failed)
     else:
         vectors, kept, failed = _embed_files(catalog, encoder, batch_size=batch_size, progress=progress)
@@ -176,36 +185,81 @@ def _check_rows_match_catalog(cached: EmbeddingSet, catalog: Catalog) -> None:
 def _embed_files(
     catalog: Catalog, encoder: Encoder, *, batch_size: int, progress: ProgressCallback | None
 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """Decode, preprocess and embed every catalog image, decoding ahead in threads while the forward pass runs.
+
+    For torch image encoders (their own preprocessing, ``TorchImageEncoder._embed_batch``) each worker thread turns a
+    file into its ``(S, S, 3)`` uint8 crop (draft decode, one resize on uint8); the main thread stacks a batch,
+    normalises it in one vectorised pass and runs the forward pass. Pillow's decoder and resize release the GIL, so
+    the decoding of the next batches overlaps the forward pass. Other encoders get decoded PIL images.
+    """
     ids = catalog.ids
     paths = catalog.image_paths()
     total = len(ids)
-    chunks = [range(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
+    preprocess = _pixel_preprocess(encoder)
 
-    def decode(chunk: range) -> list[tuple[int, Any, str | None]]:
-        return [(i, *try_open_image(paths[i], name=f"{ids[i]} ({paths[i]})")) for i in chunk]
+    def prepare(i: int) -> tuple[Any, str | None]:
+        name = f"{ids[i]} ({paths[i]})"
+        if preprocess is None:
+            return try_open_image(paths[i], name=name)
+        image, reason = try_open_image(paths[i], name=name, draft_size=preprocess.resize_size)
+        return (None, reason) if image is None else (resize_crop(image, preprocess), None)
 
     out = np.empty((total, encoder.dim), dtype=np.float32)
     kept_rows: list[int] = []
     failed: list[tuple[str, str]] = []
-    done = 0
-    # Decoding the next batch in a thread overlaps JPEG work (which releases the GIL) with the forward pass.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(decode, chunks[0]) if chunks else None
-        for n, _chunk in enumerate(chunks):
-            assert pending is not None
-            decoded = pending.result()
-            pending = pool.submit(decode, chunks[n + 1]) if n + 1 < len(chunks) else None
-            good = [(i, image) for i, image, _ in decoded if image is not None]
-            failed.extend((ids[i], reason or "unreadable") for i, image, reason in decoded if image is None)
-            if good:
-                rows = [i for i, _ in good]
-                out[rows] = encoder.embed_images([image for _, image in good], batch_size=len(good))
+    workers = max(1, min(_decode_threads(), total))
+    ahead = max(2 * batch_size, 4 * workers)  # images decoded ahead of the forward pass (bounded memory)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lens-decode") as pool:
+        pending: deque[tuple[int, Future]] = deque()
+        next_row = 0
+
+        def fill() -> None:
+            nonlocal next_row
+            while next_row < total and len(pending) < ahead + batch_size:
+                pending.append((next_row, pool.submit(prepare, next_row)))
+                next_row += 1
+
+        fill()
+        done = 0
+        while pending:
+            rows: list[int] = []
+            items: list[Any] = []
+            while pending and len(rows) < batch_size:
+                i, future = pending.popleft()
+                item, reason = future.result()
+                fill()
+                done += 1
+                if item is None:
+                    failed.append((ids[i], reason or "unreadable"))
+                else:
+                    rows.append(i)
+                    items.append(item)
+            if rows:
+                if preprocess is not None:
+                    vectors = encoder.embed_tensor(pixels_to_batch(np.stack(items), preprocess))  # type: ignore[attr-defined]
+                else:
+                    vectors = encoder.embed_images(items, batch_size=len(items))
+                out[rows] = vectors
                 kept_rows.extend(rows)
-            done += len(decoded)
             if progress is not None:
                 progress(done, total)
     kept_rows.sort()
     return out[kept_rows], [ids[i] for i in kept_rows], failed
+
+
+def _pixel_preprocess(encoder: Encoder) -> Preprocess | None:
+    """``encoder.spec.preprocess`` when the encoder embeds with lens's own pixel pipeline (a torch image encoder
+    that does not override ``_embed_batch``), so that files can go straight to uint8 crops; else ``None``."""
+    if isinstance(encoder, TorchImageEncoder) and type(encoder)._embed_batch is TorchImageEncoder._embed_batch:
+        return encoder.spec.preprocess
+    return None
+
+
+def _decode_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def save_embeddings(embeddings: EmbeddingSet, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -333,8 +387,14 @@ def embedding_state(
 
 
 def embed_images(encoder: Encoder, images: Sequence[Any], *, batch_size: int = 32) -> np.ndarray:
-    """Embed query images (PIL images, paths or bytes) with the safe loader; raises ``ImageLoadError`` on a bad one."""
+    """Embed query images (PIL images, paths or bytes) with the safe loader; raises ``ImageLoadError`` on a bad one.
+
+    Paths and bytes are decoded as the catalog's files are (``draft`` for big JPEGs), so that a catalog photo given
+    as a query gets its catalog vector; an already decoded PIL image is used as it is.
+    """
     from lens.images import open_image
 
-    loaded = [image if hasattr(image, "mode") else open_image(image) for image in images]
+    preprocess = _pixel_preprocess(encoder)
+    draft_size = preprocess.resize_size if preprocess is not None else None
+    loaded = [image if hasattr(image, "mode") else open_image(image, draft_size=draft_size) for image in images]
     return encoder.embed_images(loaded, batch_size=batch_size)

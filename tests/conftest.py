@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,18 @@ from fixtures import make_catalog, make_fashion_mnist_idx, make_folder_catalog, 
 SAMPLE_CATALOG_DIR = REPO_ROOT.parent / "shared" / "data" / "fashion-products"
 #: Debian's dataset-fashion-mnist package puts the IDX files here.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test writes lens's caches (embeddings, ONNX graphs, trained models, digest memos) under a temporary
+    folder, never into the user's ``~/.cache/lens``; ``LENS_TEST_CACHE_DIR`` names a folder to reuse across runs.
+    Tests that need an empty cache of their own use ``lens_cache_dir``."""
+    cache = Path(os.environ.get("LENS_TEST_CACHE_DIR") or tmp_path_factory.mktemp("session-lens-cache"))
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LENS_CACHE_DIR", str(cache))
+    yield cache
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

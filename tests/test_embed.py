@@ -227,3 +227,89 @@ def test_embed_images_accepts_paths_and_raises_on_bad_file(odd_images: dict[str,
     assert vectors.shape == (2, 64)
     with pytest.raises(ImageLoadError, match="not an image"):
         embed_images(encoder, [odd_images["text_as_jpg"]])
+
+
+# ---------------------------------------------------------------------------------------------------- pixel pipeline
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size", [(224, 224), (300, 20), (20, 300), (640, 480), (33, 47)])
+def test_resize_crop_matches_torchvision_resize_then_center_crop(size: tuple[int, int], interpolation: str) -> None:
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    from lens.encoders.base import Preprocess, resize_crop
+
+    rng = np.random.default_rng(sum(size))
+    smooth = rng.integers(0, 256, (size[1] // 4 + 2, size[0] // 4 + 2, 3), dtype=np.uint8)
+    image = Image.fromarray(smooth).resize(size, Image.Resampling.BILINEAR)  # photo-like: no pixel-level noise
+    for preprocess in (
+        Preprocess(input_size=224, crop_pct=0.875, interpolation=interpolation),  # 256 -> 224 (mobilenet-v2)
+        Preprocess(input_size=260, crop_pct=0.875, interpolation=interpolation),  # lite2: 297 -> 260
+        Preprocess(input_size=32, crop_pct=1.0, interpolation=interpolation),  # tiny: no margin
+    ):
+        mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
+        resized = TF.resize(image, preprocess.resize_size, interpolation=mode)
+        reference = np.asarray(TF.center_crop(resized, [preprocess.input_size] * 2)).astype(int)
+        ours = resize_crop(image, preprocess)
+        assert ours.shape == reference.shape and ours.dtype == np.uint8
+        diff = np.abs(ours.astype(int) - reference)
+        assert diff.max() <= 3 and diff.mean() < 0.5, (size, preprocess, diff.max(), diff.mean())  # rounding only
+
+
+def test_resize_crop_pads_like_torchvision_when_the_crop_is_larger() -> None:
+    from lens.encoders.base import Preprocess, resize_crop
+
+    out = resize_crop(Image.new("RGB", (50, 40), (200, 10, 10)), Preprocess(input_size=64, crop_pct=1.25))
+    assert out.shape == (64, 64, 3)
+
+
+def test_pixels_to_batch_is_the_normalisation_in_one_pass() -> None:
+    import torch
+
+    from lens.encoders.base import Preprocess, pixels_to_batch
+
+    preprocess = Preprocess(input_size=8, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    batch = pixels_to_batch(pixels, preprocess)
+    reference = (
+        torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0 - torch.tensor(preprocess.mean).view(1, 3, 1, 1)
+    ) / torch.tensor(preprocess.std).view(1, 3, 1, 1)
+    assert batch.dtype == torch.float32 and batch.shape == (3, 3, 8, 8) and batch.is_contiguous()
+    torch.testing.assert_close(batch, reference, rtol=0, atol=1e-5)
+    with pytest.raises(LensError, match=r"\(N, S, S, 3\) uint8"):
+        pixels_to_batch(pixels.astype(np.float32), preprocess)
+
+
+def test_pipeline_version_is_part_of_the_identity() -> None:
+    from lens.encoders.base import PIXEL_PIPELINE
+
+    assert create_encoder("tiny").identity()["pixels"] == PIXEL_PIPELINE
+
+
+def test_fast_catalog_pass_equals_embedding_each_decoded_image(small_catalog_copy: Path, lens_cache_dir: Path) -> None:
+    """The threaded uint8 pipeline of a real torch encoder (no wrapper) gives, row by row, the vectors of
+    ``encoder.embed_images`` on the safe loader's images; failures are listed; order and progress kept."""
+    from lens.images import open_image
+
+    images = small_catalog_copy / "images"
+    (images / "000105.jpg").write_text("not a jpeg at all\n")
+    catalog = load_catalog(small_catalog_copy)
+    encoder = create_encoder("tiny")
+    progress: list[tuple[int, int]] = []
+    result = embed_catalog(
+        catalog, encoder, batch_size=5, use_cache=False, progress=lambda d, t: progress.append((d, t))
+    )
+    assert [item for item, _ in result.failed] == ["000105"]
+    assert result.ids == [i for i in catalog.ids if i != "000105"]
+    assert progress[-1] == (24, 24) and [d for d, _ in progress] == sorted(d for d, _ in progress)
+    paths = [catalog.image_path(catalog.ids.index(i)) for i in result.ids]
+    # 64 px JPEGs for a 32 px input: decoded at 1/2 scale by draft
+    draft = encoder.spec.preprocess.resize_size
+    oracle = encoder.embed_images([open_image(path, draft_size=draft) for path in paths])
+    np.testing.assert_allclose(result.vectors, oracle, atol=1e-6)
+    full_decode = encoder.embed_images([open_image(path) for path in paths])
+    assert (full_decode * result.vectors).sum(axis=1).min() > 0.99  # draft moves the vectors only slightly
+    # a catalog photo given as a query file gets its catalog vector
+    query = embed_images(encoder, [catalog.image_path(0)])
+    np.testing.assert_allclose(query[0], result.vectors[0], atol=1e-6)

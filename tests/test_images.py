@@ -173,3 +173,47 @@ def test_to_rgb_modes_in_memory():
     # RGBA half transparent red over white -> pink
     half = to_rgb(Image.new("RGBA", (1, 1), (255, 0, 0, 128)))
     assert np.asarray(half)[0, 0].tolist() == [255, 127, 127]
+
+
+# ---------------------------------------------------------------------------------------------------- draft decode
+
+
+def _big_jpeg(tmp_path, size=(1200, 900), exif_orientation=None):  # noqa: ANN001, ANN202
+    """A smooth gradient photo, left half reddish, right half bluish; optionally tagged with an EXIF orientation."""
+    w, h = size
+    x = np.linspace(0, 1, w)[None, :, None]
+    y = np.linspace(0, 1, h)[:, None, None]
+    rgb = np.concatenate([np.where(x < 0.5, 220, 40) + 0 * y, 100 * y + 0 * x, np.where(x < 0.5, 40, 220) + 0 * y], 2)
+    path = tmp_path / "big.jpg"
+    extra = {}
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        extra["exif"] = exif.tobytes()
+    Image.fromarray(rgb.astype(np.uint8)).save(path, quality=92, **extra)
+    return path
+
+
+def test_draft_decodes_big_jpegs_smaller_but_never_below_the_size_asked(tmp_path):
+    path = _big_jpeg(tmp_path)
+    full = open_image(path)
+    assert full.size == (1200, 900)
+    assert open_image(path, draft_size=256).size == (600, 450)  # 1/2: at 1/4 the short side (225) would be < 256
+    assert open_image(path, draft_size=100).size == (150, 113)  # 1/8 (libjpeg rounds up)
+    assert open_image(path, draft_size=500).size == (1200, 900)  # 900 < 2 x 500: full decode
+    small = open_image(path, draft_size=256)
+    assert min(small.size) >= 256 and small.mode == "RGB"
+    # the downscaled decode looks like a downscaled full decode
+    reference = np.asarray(full.resize(small.size, Image.Resampling.BILINEAR)).astype(int)
+    assert np.abs(np.asarray(small).astype(int) - reference).mean() < 3
+
+
+def test_draft_leaves_png_and_small_jpegs_alone_and_keeps_exif_orientation(tmp_path, odd_images):
+    png = tmp_path / "big.png"
+    Image.new("RGB", (1200, 900), (10, 200, 30)).save(png)
+    assert open_image(png, draft_size=100).size == (1200, 900)
+    assert open_image(odd_images["exif_rotated"], draft_size=32).size == (20, 40)  # 20 < 2 x 32: full decode
+    rotated = open_image(_big_jpeg(tmp_path, exif_orientation=6), draft_size=200)
+    assert rotated.size == (225, 300)  # stored 1200 x 900 decoded at 1/4, then turned upright
+    a = np.asarray(rotated).astype(int)
+    assert a[30, 112, 0] > 180 and a[270, 112, 2] > 180  # the stored left (red) half is on top after the turn

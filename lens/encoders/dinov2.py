@@ -33,6 +33,7 @@ from lens.errors import WeightsUnavailableError
 
 DINOV2_PREPROCESS = Preprocess(input_size=224, crop_pct=224 / 256, resize=256, interpolation="bicubic")
 
+
 # The architectures of the two repositories' config.json (for random builds; real loads read the folder's config).
 class _Arch(NamedTuple):
     repo: str
