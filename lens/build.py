@@ -47,7 +47,7 @@ from lens.jobs import (
     wait_for_holder,
     write_status,
 )
-from lens.store import resolve_cache_dir, utc_now, write_json
+from lens.store import read_json, resolve_cache_dir, utc_now, write_json
 
 __all__ = [
     "DEFAULT_PLAN",
@@ -620,6 +620,9 @@ def start_build(
     )
     # Return once the runner holds the lock (a second start then reliably sees it), or say why it did not start.
     if not wait_for_holder(_lock(options.cache_dir), proc):
+        finished = read_json(status_path(options.cache_dir)) or {}
+        if proc.returncode == 0 and finished.get("pid") == proc.pid:
+            return proc.pid  # a small build can run to its end before this loop sees it hold the lock
         holder = runner(options.cache_dir)
         if holder is not None:
             raise JobRunningError(
