@@ -99,6 +99,24 @@ def test_umap_keeps_clusters_apart() -> None:
     assert min(gaps) > 2 * spread
 
 
+def test_umap_on_principal_components_keeps_clusters_apart() -> None:
+    """The default path reduces to ``pca_dims`` components first (here 128-d -> 8) and still separates clusters."""
+    x, labels = clusters(dim=128)
+    coords, used = umap_2d(x, n_neighbors=10, seed=0, pca_dims=8, n_epochs=100)
+    assert coords.shape == (60, 2) and np.isfinite(coords).all() and used == 10
+    centres = np.stack([coords[labels == c].mean(axis=0) for c in range(3)])
+    spread = max(np.linalg.norm(coords[labels == c] - centres[c], axis=1).mean() for c in range(3))
+    gaps = [np.linalg.norm(centres[a] - centres[b]) for a in range(3) for b in range(a + 1, 3)]
+    assert min(gaps) > 2 * spread
+    assert not np.array_equal(coords, umap_2d(x, n_neighbors=10, seed=0)[0]), "pca_dims must change the input"
+
+
+def test_umap_reduction_settings_are_part_of_the_umap_key_only() -> None:
+    assert ProjectionParams(pca_dims=50).key() != ProjectionParams(pca_dims=None).key()
+    assert ProjectionParams(n_epochs=200).key() != ProjectionParams(n_epochs=None).key()
+    assert ProjectionParams(method="pca", pca_dims=50).key() == ProjectionParams(method="pca", pca_dims=None).key()
+
+
 @pytest.mark.parametrize("n", [4, 5, 12])
 def test_umap_clamps_n_neighbors_on_small_inputs(n: int) -> None:
     x, _ = clusters(n_per=n, seed=n)
