@@ -27,7 +27,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lens.catalog import Catalog
 from lens.errors import LensError, UnknownEncoderError, WeightsUnavailableError
@@ -48,6 +48,9 @@ from lens.jobs import (
     write_status,
 )
 from lens.store import read_json, resolve_cache_dir, utc_now, write_json
+
+if TYPE_CHECKING:  # lens.embed pulls in torch: imported where it runs, so `lens build --detach` starts fast
+    from lens.embed import EmbeddingSet
 
 __all__ = [
     "DEFAULT_PLAN",
@@ -430,7 +433,7 @@ def _train_step(
 
 def _embed_and_index(
     step: BuildStep, catalog: Catalog, options: BuildOptions, progress: _StepProgress, log: Callable[[str], None]
-) -> None:
+) -> EmbeddingSet:
     from lens.embed import embed_catalog
     from lens.encoders import create_encoder
     from lens.index import build_index
@@ -449,6 +452,23 @@ def _embed_and_index(
     progress.run.entry(step.name).update(phase="index", percent=99.0, eta_s=None)
     progress.run.write()
     build_index(embeddings, cache_dir=options.cache_dir)
+    return embeddings
+
+
+def _precompute_map(
+    embeddings: EmbeddingSet, catalog: Catalog, options: BuildOptions, log: Callable[[str], None]
+) -> None:
+    """The UMAP map the Projections page shows first (its default settings), computed now and cached on disk, so
+    the page opens on it instead of waiting for UMAP (and numba's compilation). Best effort: a failure is logged."""
+    from lens.projection import default_map_params, project_embeddings
+
+    started = time.monotonic()
+    try:
+        project_embeddings(embeddings, default_map_params(len(catalog)), cache_dir=options.cache_dir)
+    except Exception as exc:  # the map is a convenience: the page computes it on demand as before
+        log(f"{embeddings.encoder}: map not precomputed ({type(exc).__name__}: {exc})")
+        return
+    log(f"{embeddings.encoder}: UMAP map ready in {format_duration(time.monotonic() - started)}")
 
 
 def run_build(
@@ -523,7 +543,7 @@ def run_build(
 
                     if step.name not in find_trained_models(options.models()):
                         _train_step(step, catalog, options, step_progress, log)
-                _embed_and_index(step, catalog, options, step_progress, log)
+                embeddings = _embed_and_index(step, catalog, options, step_progress, log)
             except JobCancelled:
                 run.set(step.name, "queued", reason="cancelled; the next build resumes it")
                 raise
@@ -547,6 +567,8 @@ def run_build(
             seconds = time.monotonic() - started
             run.set(step.name, "ready", reason="", finished=utc_now(), seconds=round(seconds, 1))
             log(f"{step.name}: ready in {format_duration(seconds)}")
+            cancel.check()
+            _precompute_map(embeddings, catalog, options, log)  # after "ready": the model is searchable already
         else:
             failed = [e["name"] for e in run.status["steps"] if e["state"] == "failed"]
             run.status.update(

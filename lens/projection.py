@@ -267,6 +267,12 @@ def umap_2d(
 # Cache
 
 
+def default_map_params(n_items: int) -> ProjectionParams:
+    """The UMAP parameters the dashboard's Projections page opens with for a catalog of ``n_items`` (all items up to
+    :data:`DEFAULT_MAX_POINTS`, else that many): what the background build precomputes."""
+    return ProjectionParams(max_points=DEFAULT_MAX_POINTS if n_items > DEFAULT_MAX_POINTS else None)
+
+
 def projection_key(embedding_key: str, ids: list[str], params: ProjectionParams) -> str:
     """Cache key: the embeddings' key, the plotted ids (the sample) and the method's parameters."""
     ids_digest = bytes_sha256("\n".join(ids).encode())

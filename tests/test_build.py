@@ -133,6 +133,24 @@ def test_steps_without_weights_are_skipped_with_the_reason(build_env) -> None:
     assert [format_state(v) for v in views] == ["ready", "weights missing", f"weights missing: {missing[0]}"]
 
 
+def test_a_built_model_comes_with_the_projection_pages_default_map(build_env) -> None:
+    """After a model is ready the build computes the UMAP map the Projections page opens with (cached on disk)."""
+    from lens.build import BuildStep, run_build
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+    from lens.projection import cached_projection, default_map_params
+
+    catalog, cache = build_env
+    status = run_build(catalog, [BuildStep("tiny")], options(cache))
+    assert states(status) == {"tiny": "ready"}
+    embeddings = embed_catalog(catalog, create_encoder("tiny"), cache_dir=cache)
+    params = default_map_params(len(catalog))
+    assert params.max_points is None and params.method == "umap"  # 50 items: the page maps them all
+    projection = cached_projection(embeddings, params, cache_dir=cache)
+    assert projection is not None and len(projection) == len(catalog)
+    assert "UMAP map ready" in (cache / "build" / "build.log").read_text()
+
+
 # ---------------------------------------------------------------------------------------------------- the job
 
 
