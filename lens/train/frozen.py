@@ -10,6 +10,7 @@ Two ways to train on a pretrained CNN, each with a setup (data the recipe's loss
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,20 +107,60 @@ def save_head_run(
     **extra: Any,
 ) -> TrainResult:
     """Evaluate the trained head on the held-out queries and save it (``kind: "head"``); ``extra``: more config keys."""
-    vectors = setup.embed_rows(np.arange(len(setup.ids)))
-    metrics = heldout_metrics(vectors, setup.ids, catalog, split)
     base = setup.base
+    return _save_frozen_run(
+        ctx,
+        catalog,
+        split,
+        config,
+        history,
+        train_seconds,
+        model_fields={
+            "kind": "head",
+            "arch": setup.arch,
+            "dim": setup.arch["dim"],
+            "preprocess": base.spec.preprocess.key(),
+            "precision": base.precision,
+            "pooling": pooling,
+        },
+        description=description,
+        base=(base.name, base.weights_id),
+        state=setup.head.state_dict(),
+        embed_rows=setup.embed_rows,
+        ids=setup.ids,
+        extra=extra,
+    )
+
+
+def _save_frozen_run(
+    ctx: RunContext,
+    catalog: Catalog,
+    split: Split,
+    config: TrainConfig,
+    history: list[dict[str, float]],
+    train_seconds: float,
+    *,
+    model_fields: dict[str, Any],
+    description: str,
+    base: tuple[str, str],
+    state: dict[str, Any],
+    embed_rows: Callable[[np.ndarray], np.ndarray],
+    ids: list[str],
+    extra: dict[str, Any],
+) -> TrainResult:
+    """Evaluate on the held-out queries and save: the one ``config.json`` layout of head and blocks runs (``kind``,
+    ``recipe``, ``arch``, ``dim``, ``preprocess``, ``precision``, [``pooling``], ``description``, the base, the
+    training settings, history and held-out figures, then ``extra``)."""
+    vectors = embed_rows(np.arange(len(ids)))
+    metrics = heldout_metrics(vectors, ids, catalog, split)
+    fields = dict(model_fields)
     config_json = {
-        "kind": "head",
+        "kind": fields.pop("kind"),
         "recipe": config.recipe,
-        "arch": setup.arch,
-        "dim": setup.arch["dim"],
-        "preprocess": base.spec.preprocess.key(),
-        "precision": base.precision,
-        "pooling": pooling,
+        **fields,
         "description": description,
-        "base_encoder": base.name,
-        "base_weights_id": base.weights_id,
+        "base_encoder": base[0],
+        "base_weights_id": base[1],
         "license": "as the base weights",
         **base_config(config, catalog, split, ctx),
         "history": history,
@@ -127,9 +168,7 @@ def save_head_run(
         "heldout": metrics,
         **extra,
     }
-    return save_run(
-        ctx, catalog, setup.head.state_dict(), config_json, history, train_seconds, metrics, setup.ids, vectors
-    )
+    return save_run(ctx, catalog, state, config_json, history, train_seconds, metrics, ids, vectors)
 
 
 @dataclass
@@ -207,27 +246,26 @@ def save_blocks_run(
 ) -> TrainResult:
     """Evaluate the fine-tuned model on the held-out queries and save it (``kind: "image"``, every weight);
     ``extra``: more config keys (``pooling`` first when given)."""
-    vectors = setup.embed_rows(np.arange(len(setup.ids)))
-    metrics = heldout_metrics(vectors, setup.ids, catalog, split)
     backbone = setup.backbone
-    config_json = {
-        "kind": "image",
-        "recipe": config.recipe,
-        "arch": setup.arch,
-        "dim": setup.arch["embedding_dim"] or backbone.dim,
-        "preprocess": backbone.preprocess.key(),
-        "precision": "fp32",
-        **({"pooling": extra.pop("pooling")} if "pooling" in extra else {}),
-        "description": description,
-        "base_encoder": backbone.name,
-        "base_weights_id": backbone.weights_id,
-        "license": "as the base weights",
-        **base_config(config, catalog, split, ctx),
-        "history": history,
-        "train_seconds": train_seconds,
-        "heldout": metrics,
-        **extra,
-    }
-    return save_run(
-        ctx, catalog, setup.model.state_dict(), config_json, history, train_seconds, metrics, setup.ids, vectors
+    return _save_frozen_run(
+        ctx,
+        catalog,
+        split,
+        config,
+        history,
+        train_seconds,
+        model_fields={
+            "kind": "image",
+            "arch": setup.arch,
+            "dim": setup.arch["embedding_dim"] or backbone.dim,
+            "preprocess": backbone.preprocess.key(),
+            "precision": "fp32",
+            **({"pooling": extra.pop("pooling")} if "pooling" in extra else {}),
+        },
+        description=description,
+        base=(backbone.name, backbone.weights_id),
+        state=setup.model.state_dict(),
+        embed_rows=setup.embed_rows,
+        ids=setup.ids,
+        extra=extra,
     )
