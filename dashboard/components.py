@@ -179,8 +179,10 @@ def _format_model(row: dict[str, Any]) -> str:
     return f"{row['name']} ({', '.join(tags)})" if tags else row["name"]
 
 
-def cached_models(ctx: Context) -> list[str]:
-    states = resources.model_states(
+def model_states(ctx: Context) -> pd.DataFrame:
+    """Every encoder with its state for this catalog (weights, embeddings, index); refreshed when a model is
+    published (the models stamp is part of the cached loader's key)."""
+    return resources.model_states(
         ctx.path,
         ctx.load_label,
         ctx.fingerprint,
@@ -188,6 +190,10 @@ def cached_models(ctx: Context) -> list[str]:
         config.show_test_encoders(),
         resources.models_stamp(ctx.cache_dir),
     )
+
+
+def cached_models(ctx: Context) -> list[str]:
+    states = model_states(ctx)
     if states.empty:
         return []
     return states.loc[(states["embeddings"] == "cached") & (states["weights"] == "available"), "encoder"].tolist()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, components, config, resources
+from dashboard import charts, components, resources
 
 components.run_through_app()
 
@@ -45,14 +45,7 @@ st.caption(
 )
 
 st.subheader("Models")
-states = resources.model_states(
-    ctx.path,
-    ctx.load_label,
-    ctx.fingerprint,
-    ctx.cache_dir,
-    config.show_test_encoders(),
-    resources.models_stamp(ctx.cache_dir),
-)
+states = components.model_states(ctx)
 states = states.sort_values("weights", kind="stable").reset_index(drop=True)  # "available" before "missing"
 
 
