@@ -153,14 +153,23 @@ def load_plan(path: str | os.PathLike | None = None) -> dict[str, Any]:
 def recipe_step(spelling: str, settings: Mapping[str, Any] | None = None) -> BuildStep:
     """The step that trains ``spelling`` (``triplet-mobilenet-v2``, ``autoencoder``...) with its default settings
     plus ``settings``; the model name and the needs come from the recipe registry (imports torch)."""
-    from lens.train import default_config
-
-    config = default_config(spelling, **dict(settings or {}))
+    config = step_config(BuildStep(spelling, "recipe", spelling, dict(settings or {})))
     backbone = getattr(config, "backbone", None)
     needs: tuple[str, ...] = (str(backbone),) if backbone else ()
     if config.recipe == "text-align":
         needs += (MINILM,)
     return BuildStep(config.model_name(), "recipe", spelling, dict(settings or {}), needs)
+
+
+def step_config(step: BuildStep, **overrides: Any) -> Any:
+    """The training config (:class:`lens.train.TrainConfig`) of a recipe step: the recipe's defaults, the step's
+    settings, then ``overrides``. A ``backbone`` setting picks the backbone of a recipe that takes one (text-align's
+    image encoder, or a bare ``triplet``) — the same as naming it in the spelling (imports torch)."""
+    from lens.train import default_config
+
+    settings = {**dict(step.settings), **overrides}
+    backbone = settings.pop("backbone", None)
+    return default_config(step.recipe, None if backbone is None else str(backbone), **settings)
 
 
 def _entry_step(entry: Mapping[str, Any]) -> BuildStep:
@@ -365,8 +374,9 @@ class _StepProgress:
     ) -> None:
         self.run, self.name, self.cancel, self.outer = run, name, cancel, outer
         self.total_epochs = total_epochs
-        self.epochs_done = 0
+        self.epochs_done = 0  #: epochs finished, this build's and (after a resume) the earlier builds'
         self.train_started: float | None = None
+        self.train_base = 0.0  #: the fraction of the training done before this build started it (a resume)
 
     def __call__(self, desc: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
         outer_cb, outer_close = self.outer(desc) if self.outer is not None else (None, lambda: None)
@@ -383,14 +393,17 @@ class _StepProgress:
             if phase == "train" and self.total_epochs:
                 if self.train_started is None:
                     self.train_started = started
+                    self.train_base = min(1.0, self.epochs_done / self.total_epochs)
                 fraction = min(1.0, (self.epochs_done + part) / self.total_epochs)
                 if total and done >= total:
                     self.epochs_done += 1
-                since = self.train_started
+                since, base = self.train_started, self.train_base
             else:
-                fraction, since = part, started
-            elapsed = time.monotonic() - since
-            eta = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
+                fraction, since, base = part, started, 0.0
+            # The ETA extrapolates the pace of this build only: after a resume, the epochs done by an earlier build
+            # count in the percent, not in the time this one took.
+            elapsed, gained = time.monotonic() - since, fraction - base
+            eta = elapsed * (1 - fraction) / gained if gained > 0.01 else None
             entry.update(phase=phase, percent=round(100 * fraction, 1), eta_s=None if eta is None else round(eta, 1))
             self.run.write(force=False)
 
@@ -406,14 +419,19 @@ def _train_step(
 ) -> None:
     """Train ``step``'s recipe the way ``python -m lens train`` does (same config, split, run folder, RunContext),
     resuming from the run folder's checkpoint when an earlier build stopped half-way."""
-    from lens.train import RunContext, default_config, get_split, train_recipe
+    from lens.train import RunContext, get_split, train_recipe
+    from lens.train.checks import check_training
+    from lens.train.loop import read_live_history
 
-    config = default_config(step.recipe, seed=options.seed, **dict(step.settings))
+    config = step_config(step, seed=options.seed)
+    check_training(catalog, config, weights_dir=options.weights_dir, seed=options.seed)
     progress.total_epochs = int(config.epochs) + int(getattr(config, "head_epochs", 0) or 0)
     split, split_path = get_split(
         catalog, None, seed=options.seed, label_column=catalog.label_column, cache_dir=options.cache_dir
     )
-    out = options.cache() / "runs" / step.name
+    out = run_dir(step.name, options)
+    # A resumed run starts from its last checkpoint: its percent starts from the epochs already done, not from 0.
+    progress.epochs_done = len(read_live_history(out))
     ctx = RunContext(
         out_dir=out,
         models_dir=options.models(),
@@ -735,3 +753,294 @@ def format_state(view: StepView) -> str:
     if view.state == "skipped":
         return f"skipped: {view.reason}"
     return view.state
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training runs: one recipe with chosen settings, run as a build of one step (same lock, status, log, cancel, resume)
+
+JOB_FILE = "job.json"  #: in a run folder: what was asked (recipe, settings, catalog), so a stopped run can be resumed
+
+
+def run_dir(name: str, options: BuildOptions | None = None) -> Path:
+    """``<cache>/runs/<name>``: a training run's checkpoints, live history, ``history.csv`` and ``metrics.json``."""
+    return (options or BuildOptions()).cache() / "runs" / name
+
+
+def training_step(
+    recipe: str, settings: Mapping[str, Any] | None = None, *, name: str | None = None
+) -> tuple[BuildStep, Any]:
+    """The build step that trains ``recipe`` (any ``train`` spelling) with ``settings`` (overrides of its defaults;
+    ``backbone`` picks the backbone) and saves it as ``name`` (default: the recipe's model name), and its config.
+
+    Raises:
+        LensError: unknown recipe, a setting the recipe does not have or a bad value, a bad model name.
+    """
+    from lens.encoders.trained import check_model_name
+
+    settings = {k: v for k, v in dict(settings or {}).items() if v is not None}
+    config = step_config(BuildStep(recipe, "recipe", recipe, settings))
+    model = (name or "").strip() or config.model_name()
+    check_model_name(model)
+    needs = recipe_step(recipe, settings).needs
+    return BuildStep(model, "recipe", recipe, settings, needs), config
+
+
+def start_training(
+    catalog: Catalog,
+    recipe: str,
+    settings: Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    options: BuildOptions | None = None,
+    label_column: str | None = None,
+) -> tuple[int, BuildStep]:
+    """Check, then start in the background a build of one step: train ``recipe`` with ``settings`` as ``name``, then
+    embed and index the catalog with it (published the moment it is ready). The pid and the step.
+
+    Checked first, nothing started when one fails (:func:`lens.train.checks.check_training`): the recipe and its
+    settings, the backbone's weights, the label column's classes, the catalog's size; no build may be running; no
+    trained model may already have the name (delete it first). An earlier stopped run of the same name is discarded
+    (its checkpoints belong to other settings): :func:`resume_training` continues one instead.
+
+    Raises:
+        JobRunningError: a build (or another training run) of this cache is running.
+        LensError: any failed check (the message says what to do).
+    """
+    from lens.encoders.trained import find_trained_models
+    from lens.train.checks import check_training
+
+    options = options or BuildOptions()
+    step, config = training_step(recipe, settings, name=name)
+    column = label_column or catalog.label_column
+    check_training(catalog, config, label_column=column, weights_dir=options.weights_dir, seed=options.seed)
+    _refuse_while_running(options, f"start training {step.name}")
+    if step.name in find_trained_models(options.models()):
+        raise LensError(
+            f"a trained model named '{step.name}' exists already: delete it first (Train page, past runs), or give "
+            "this run another name."
+        )
+    folder = run_dir(step.name, options)
+    _remove_tree(folder)  # checkpoints of an earlier run with other settings must not be resumed into this one
+    job = {
+        "name": step.name,
+        "recipe": step.recipe,
+        "settings": dict(step.settings),
+        "catalog": str(catalog.root),
+        "catalog_name": catalog.name,
+        "label_column": column,
+        "created": utc_now(),
+    }
+    write_json(folder / JOB_FILE, job)
+    return _start_job(job, step, options), step
+
+
+def resume_training(name: str, options: BuildOptions | None = None) -> tuple[int, BuildStep]:
+    """Start again the stopped run ``name`` from its last epoch checkpoint (its recipe, settings and catalog as
+    first asked); the pid and the step.
+
+    Raises:
+        JobRunningError: a build of this cache is running.
+        LensError: no stopped run of that name, or its model is already trained.
+    """
+    from lens.encoders.trained import find_trained_models
+
+    options = options or BuildOptions()
+    job = read_json(run_dir(name, options) / JOB_FILE)
+    if not job:
+        raise LensError(f"no stopped training run named '{name}' to resume; start it from the Train page.")
+    _refuse_while_running(options, f"resume {name}")
+    step, _ = training_step(str(job["recipe"]), job.get("settings") or {}, name=name)
+    if name in find_trained_models(options.models()):
+        raise LensError(f"'{name}' is trained already; nothing to resume.")
+    return _start_job(job, step, options), step
+
+
+def _start_job(job: Mapping[str, Any], step: BuildStep, options: BuildOptions) -> int:
+    plan = {
+        "encoders": [],
+        "recipes": [
+            {"name": step.name, "recipe": step.recipe, "settings": dict(step.settings), "needs": list(step.needs)}
+        ],
+    }
+    plan_file = run_dir(step.name, options) / "plan.json"
+    write_json(plan_file, plan)
+    return start_build(
+        str(job["catalog"]),
+        label=str(job.get("label_column") or "") or None,
+        options=options,
+        models="none",
+        plan=plan_file,
+        extra_args=["--seed", str(options.seed)],
+    )
+
+
+def training_plan(name: str, options: BuildOptions | None = None) -> list[BuildStep]:
+    """The one step of training run ``name`` (from its run folder), or ``[]`` when there is no such run."""
+    plan_file = run_dir(name, options) / "plan.json"
+    return make_plan(load_plan(plan_file), models="none") if plan_file.is_file() else []
+
+
+def _refuse_while_running(options: BuildOptions, what: str) -> None:
+    holder = runner(options.cache_dir)
+    if holder is not None:
+        raise JobRunningError(
+            f"cannot {what}: a build is running (pid {holder.get('pid', '?')}, since {holder.get('since', '?')}); "
+            "wait for it to finish, or stop it first.",
+            holder,
+        )
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove the folder ``path`` atomically: one rename to a hidden name (from then on nothing sees it: lens skips
+    hidden folders), then the files. A crash between the two leaves a hidden folder, never half a folder."""
+    import shutil
+    import uuid
+
+    if not path.exists():
+        return
+    hidden = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.deleted")
+    os.replace(path, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def delete_model(name: str, options: BuildOptions | None = None) -> list[Path]:
+    """Delete the trained model ``name``: its folder, its run folder, and its cached embeddings, Annoy indexes and
+    maps of every catalog; each removed atomically. The folders removed.
+
+    Holds the build lock while it deletes, so no build can be writing the model (or start to) meanwhile.
+
+    Raises:
+        JobRunningError: a build is running (it could be writing this model); stop it or wait.
+        LensError: ``name`` is not a trained model (pretrained encoders are not deleted).
+    """
+    from lens.encoders.trained import check_model_name, find_trained_models, refresh_trained_models
+
+    options = options or BuildOptions()
+    try:
+        check_model_name(name)  # a safe folder name, and not a pretrained encoder
+    except LensError:
+        raise LensError(f"'{name}' is not a trained model; only models trained on a catalog can be deleted.") from None
+    lock = _lock(options.cache_dir)
+    try:
+        lock.acquire("deletion", wait=0.5)
+    except JobRunningError as exc:
+        raise JobRunningError(
+            f"cannot delete '{name}' while a build is running (pid {exc.holder.get('pid', '?')}): it may be "
+            "writing this model. Stop the build, or wait for it to finish.",
+            exc.holder,
+        ) from None
+    try:
+        trained = find_trained_models(options.models())
+        run = run_dir(name, options)
+        if name not in trained and not run.exists():
+            known = ", ".join(trained) or "none"
+            raise LensError(f"'{name}' is not a trained model of this cache (trained models: {known}).")
+        cache = options.cache()
+        folders = [trained.get(name), run] + [cache / kind / name for kind in ("embeddings", "indexes", "projections")]
+        removed = []
+        for folder in folders:
+            if folder is not None and folder.exists():
+                _remove_tree(folder)
+                removed.append(folder)
+        refresh_trained_models(options.models())
+        return removed
+    finally:
+        lock.release()
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A training run as the Train page lists it.
+
+    Attributes:
+        name: the model's name.
+        state: ``ready`` (trained and saved), ``running``, ``stopped`` (a checkpoint, no model: resumable) or
+            ``failed`` (the last build said why).
+        recipe: the recipe.
+        settings: what was asked (overrides of the recipe's defaults), or the saved model's full training config.
+        epochs_done: epochs in its history so far.
+        metrics: held-out figures (``precision@5``...) when the run finished.
+        saved: when the model was saved (``""`` when it was not).
+        reason: why it failed.
+    """
+
+    name: str
+    state: str
+    recipe: str
+    settings: dict[str, Any]
+    epochs_done: int
+    metrics: dict[str, Any]
+    saved: str = ""
+    reason: str = ""
+
+
+def read_history(name: str, options: BuildOptions | None = None) -> list[dict[str, float]]:
+    """The per-epoch history of run ``name`` (``epoch``, ``loss``, ``seconds``, ``val_p@5``..., ``stage`` for two-stage
+    recipes): ``history.csv`` of a finished run, else the epochs done so far (updated after every epoch)."""
+    import csv
+
+    from lens.train.loop import read_live_history
+
+    folder = run_dir(name, options)
+    final = folder / "history.csv"
+    if final.is_file():
+        try:
+            with open(final, encoding="utf-8", newline="") as fh:
+                return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+        except (OSError, ValueError):
+            pass
+    return read_live_history(folder)
+
+
+def list_runs(options: BuildOptions | None = None) -> list[RunInfo]:
+    """Every trained model and every unfinished run of this cache, by name."""
+    from lens.encoders.trained import find_trained_models, read_model_config
+
+    options = options or BuildOptions()
+    trained = find_trained_models(options.models())
+    runs_root = options.cache() / "runs"
+    names = set(trained)
+    if runs_root.is_dir():
+        names |= {p.name for p in runs_root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    status = read_status(status_path(options.cache_dir)) or {}
+    alive = runner(options.cache_dir) is not None and pid_alive(status.get("pid"))
+    entries = {e.get("name"): e for e in status.get("steps", [])}
+    out = []
+    for name in sorted(names):
+        folder = run_dir(name, options)
+        job = read_json(folder / JOB_FILE) or {}
+        metrics = read_json(folder / "metrics.json") or {}
+        history = read_history(name, options)
+        entry = entries.get(name, {})
+        if name in trained:
+            try:
+                config = read_model_config(trained[name])
+            except LensError:
+                config = {}
+            train = dict(config.get("train") or {})
+            out.append(
+                RunInfo(
+                    name,
+                    "ready",
+                    str(config.get("recipe") or train.get("recipe") or job.get("recipe", "")),
+                    train or dict(job.get("settings") or {}),
+                    len(history),
+                    {k: v for k, v in metrics.items() if k not in ("name",)},
+                    str(config.get("saved", "")),
+                )
+            )
+            continue
+        if not job and not history:
+            continue  # a folder of something else (or a run that never got to its first epoch and was not asked here)
+        if alive and entry.get("state") == "running":
+            state, reason = "running", ""
+        elif entry.get("state") == "failed":
+            state, reason = "failed", str(entry.get("reason", ""))
+        else:
+            state, reason = "stopped", ""
+        out.append(
+            RunInfo(
+                name, state, str(job.get("recipe", "")), dict(job.get("settings") or {}), len(history), {}, "", reason
+            )
+        )
+    return out

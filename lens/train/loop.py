@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lens.errors import LensError
-from lens.store import atomic_write
+from lens.store import atomic_write, read_json, write_json
 
 StepProgress = Callable[[int, int], None]
 """``progress(step, steps_in_epoch)`` after each optimisation step (the CLI passes tqdm)."""
@@ -173,8 +173,33 @@ def fit(
         history.append(row)
         if ckpt_path is not None:
             _save_checkpoint(ckpt_path, model, optimizer, epoch, history, config)
+            write_json(
+                live_history_path(ckpt_path), {"recipe": config.recipe, "epochs": config.epochs, "history": history}
+            )
     model.eval()
     return history
+
+
+def live_history_path(checkpoint: str | os.PathLike) -> Path:
+    """``<checkpoint>.history.json``: the epochs done so far, beside the checkpoint, rewritten after every epoch (JSON,
+    so a dashboard can draw the curves of a running job without loading torch)."""
+    path = Path(checkpoint)
+    return path.with_name(path.stem + ".history.json")
+
+
+def read_live_history(run_dir: str | os.PathLike) -> list[dict[str, float]]:
+    """Every epoch done so far by the runs whose checkpoints are in ``run_dir``, in the order they ran (a recipe with
+    two stages, such as ``mobilenet-small``, has two files: their rows get ``stage`` 1 and 2); ``[]`` when none."""
+    files = sorted(Path(run_dir).glob("*.history.json"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    rows: list[dict[str, float]] = []
+    for stage, path in enumerate(files, start=1):
+        data = read_json(path) or {}
+        for row in data.get("history") or []:
+            if isinstance(row, dict):
+                rows.append(
+                    {**{k: float(v) for k, v in row.items()}, **({"stage": float(stage)} if len(files) > 1 else {})}
+                )
+    return rows
 
 
 def _save_checkpoint(
