@@ -367,6 +367,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from lens.store import resolve_cache_dir
     from lens.train import RECIPES, RunContext, default_config, default_name, get_split, train_recipe
+    from lens.train.checks import check_training
 
     if not args.recipe:
         spellings = ", ".join(RECIPES[n].spelling() for n in sorted(RECIPES))
@@ -377,6 +378,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     args = parser.parse_args(args.settings, namespace=args)
     config = default_config(args.recipe, seed=args.seed, **{name: getattr(args, name) for name in settings})
     catalog = CatalogOptions(args.catalog, args.label, args.id_column, args.image_column, args.skip_missing).load()
+    check_training(catalog, config, label_column=args.label, weights_dir=args.weights_dir, seed=args.seed)
     split, split_path = get_split(
         catalog, args.split, seed=args.seed, label_column=args.label, cache_dir=args.cache_dir
     )

@@ -1,0 +1,201 @@
+"""Training runs as jobs (lens/build.py's training section, lens/train/checks.py): the checks every way of starting a
+run shares, a run's live history, the percent of a resumed step, deleting a model, listing past runs.
+
+A generated catalog (5 classes x 10 photos), the ``tiny`` encoder as backbone, runs of a few epochs (seconds).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fixtures import make_catalog
+
+
+@pytest.fixture(scope="module")
+def jobs_catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_catalog(tmp_path_factory.mktemp("jobs_catalog"), n_classes=5, per_class=10, size=48)
+
+
+@pytest.fixture()
+def env(jobs_catalog_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # -> (catalog, cache)
+    """The catalog loaded and a private cache (trained models under it); the user's trained models restored after."""
+    from lens.catalog import load_catalog
+    from lens.encoders.trained import default_models_dir, refresh_trained_models
+
+    previous = default_models_dir()
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LENS_CACHE_DIR", str(cache))
+    monkeypatch.delenv("LENS_MODELS_DIR", raising=False)
+    monkeypatch.setenv("LENS_OFFLINE", "1")
+    # The Projections page's map after each model (UMAP, numba's compilation): not what these tests are about.
+    monkeypatch.setattr("lens.build._precompute_map", lambda *args, **kwargs: None)
+    refresh_trained_models(cache / "models")
+    yield load_catalog(jobs_catalog_dir), cache
+    refresh_trained_models(previous)
+
+
+@pytest.fixture()
+def missing_encoder() -> Iterator[str]:
+    """``tiny-nowhere``: a registered encoder whose weights file is not on this machine."""
+    from lens.encoders import EncoderSpec, Preprocess, WeightsFile, register_encoder
+    from lens.encoders._registry import _REGISTRY
+
+    spec = EncoderSpec(
+        name="tiny-nowhere",
+        family="test",
+        dim=8,
+        preprocess=Preprocess(input_size=32, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3),
+        description="test: weights missing",
+    )
+
+    def build(spec, weights_path, *, precision=None):  # noqa: ANN001, ANN202
+        raise AssertionError("never built")
+
+    register_encoder(spec, weights=WeightsFile(filename="lens-test-nowhere.pth", pip_name="lens-test-nowhere"))(build)
+    try:
+        yield "tiny-nowhere"
+    finally:
+        _REGISTRY.pop("tiny-nowhere", None)
+
+
+def quick(**more: object) -> dict[str, object]:
+    return {"epochs": 3, "batch_size": 20, **more}
+
+
+# ---------------------------------------------------------------------------------------------------- the checks
+
+
+def test_check_training_says_what_is_wrong(env, tmp_path: Path, missing_encoder: str) -> None:
+    from lens.catalog import load_catalog
+    from lens.errors import CatalogError, LensError, WeightsUnavailableError
+    from lens.train import default_config
+    from lens.train.checks import check_training
+
+    catalog, _ = env
+    check_training(catalog, default_config("triplet-tiny"))  # fine: returns quietly
+    with pytest.raises(WeightsUnavailableError, match="trains on tiny-nowhere, whose weights are not on this machine"):
+        check_training(catalog, default_config("triplet", backbone=missing_encoder))
+    with pytest.raises(LensError, match=r"label column 'id' has 0 class\(es\) with at least 3 items"):
+        check_training(catalog, default_config("autoencoder"), label_column="id")
+    with pytest.raises(CatalogError, match="has no column 'colour'"):
+        check_training(catalog, default_config("autoencoder"), label_column="colour")
+    small = load_catalog(make_catalog(tmp_path / "small", n_classes=2, per_class=3, size=16))
+    with pytest.raises(LensError, match="6 items: too small to split"):
+        check_training(small, default_config("triplet-tiny"))
+
+
+def test_cli_train_runs_the_same_checks(env, capsys: pytest.CaptureFixture[str]) -> None:
+    from lens.cli import main
+
+    catalog, cache = env
+    code = main(["train", "triplet-tiny", "--catalog", str(catalog.root), "--label", "id", "--epochs", "1"])
+    assert code == 2
+    assert "label column 'id' has 0 class(es)" in capsys.readouterr().err
+    assert not (cache / "runs").exists() and not (cache / "models").exists()
+
+
+def test_a_failed_check_starts_nothing(env, missing_encoder: str) -> None:
+    from lens.build import BuildOptions, runner, start_training
+    from lens.errors import LensError
+
+    catalog, cache = env
+    with pytest.raises(LensError, match="weights are not on this machine"):
+        start_training(catalog, "triplet", {"backbone": missing_encoder}, options=BuildOptions(cache))
+    with pytest.raises(LensError, match="has no setting nonsense"):
+        start_training(catalog, "triplet-tiny", {"nonsense": 1}, options=BuildOptions(cache))
+    with pytest.raises(LensError, match="--epochs must be a positive integer"):
+        start_training(catalog, "triplet-tiny", {"epochs": 0}, options=BuildOptions(cache))
+    assert runner(cache) is None
+    assert not (cache / "runs").exists() and not (cache / "build" / "status.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+
+
+def test_a_resumed_step_counts_the_epochs_already_done(env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped after epoch 1 of 3, the next build starts its training at 1/3 done, not at 0 (the issue's bug: its
+    percent read low), and its ETA comes from its own pace."""
+    import lens.build as build
+    import lens.train.loop as loop
+    from lens.jobs import CancelFlag
+
+    catalog, cache = env
+    step, _ = build.training_step("triplet-tiny", quick())
+    monkeypatch.setattr(build, "STATUS_WRITE_EVERY_S", 0.0)  # every progress update reaches the status file
+    seen: list[dict] = []
+    original_write = build.write_status
+
+    def spy(path, status):  # noqa: ANN001, ANN202
+        seen.extend(dict(e) for e in status["steps"] if e.get("phase") == "train")
+        return original_write(path, status)
+
+    monkeypatch.setattr(build, "write_status", spy)
+    cancel = CancelFlag()
+    original_save = loop._save_checkpoint
+
+    def save_then_cancel(path, model, optimizer, epoch, history, config):  # noqa: ANN001, ANN202
+        original_save(path, model, optimizer, epoch, history, config)
+        cancel.event.set()  # like a SIGTERM after the first epoch: the build stops at its next safe point
+
+    monkeypatch.setattr(loop, "_save_checkpoint", save_then_cancel)
+    first = build.run_build(catalog, [step], build.BuildOptions(cache), cancel=cancel)
+    assert first["state"] == "cancelled"
+    assert len(loop.read_live_history(cache / "runs" / step.name)) == 1
+    assert max(e["percent"] for e in seen) <= 100 / 3 + 0.1
+
+    monkeypatch.setattr(loop, "_save_checkpoint", original_save)
+    seen.clear()
+    second = build.run_build(catalog, [step], build.BuildOptions(cache))
+    assert second["state"] == "finished" and second["steps"][0]["state"] == "ready"
+    percents = [e["percent"] for e in seen]
+    assert percents and min(percents) >= 200 / 3 - 0.1, percents  # epoch 2 of 3 done: 67 %, not 33 %
+    assert percents[-1] == pytest.approx(100.0)
+    history = build.read_history(step.name, build.BuildOptions(cache))
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3] and "val_p@5" in history[0]
+
+
+# ---------------------------------------------------------------------------------------------------- runs, delete
+
+
+def test_past_runs_and_delete(env) -> None:
+    import lens.build as build
+    from lens.encoders import list_encoders
+    from lens.errors import LensError
+    from lens.index import cache_state
+
+    catalog, cache = env
+    options = build.BuildOptions(cache)
+    step, _ = build.training_step("triplet-tiny", quick(epochs=2), name="my-triplet")
+    status = build.run_build(catalog, [step], options)
+    assert status["steps"][0]["state"] == "ready"
+    runs = {r.name: r for r in build.list_runs(options)}
+    run = runs["my-triplet"]
+    assert run.state == "ready" and run.recipe == "triplet" and run.epochs_done == 2
+    assert run.settings["epochs"] == 2 and run.settings["backbone"] == "tiny"
+    assert 0.0 <= run.metrics["precision@5"] <= 1.0 and run.saved
+    assert cache_state(catalog, "my-triplet", cache).indexed
+
+    with pytest.raises(LensError, match="not a trained model; only models trained"):
+        build.delete_model("tiny", options)
+    lock = build._lock(cache)
+    lock.acquire("build")
+    try:
+        with pytest.raises(
+            build.JobRunningError, match=f"cannot delete 'my-triplet' while a build is running \\(pid {os.getpid()}"
+        ):
+            build.delete_model("my-triplet", options)
+    finally:
+        lock.release()
+    assert "my-triplet" in {i.name for i in list_encoders()}
+
+    removed = build.delete_model("my-triplet", options)
+    assert cache / "models" / "my-triplet" in removed and cache / "runs" / "my-triplet" in removed
+    assert not cache_state(catalog, "my-triplet", cache).embedded
+    assert not (cache / "indexes" / "my-triplet").exists()
+    assert "my-triplet" not in {i.name for i in list_encoders()}
+    assert "my-triplet" not in {r.name for r in build.list_runs(options)}
+    assert not [p for p in (cache / "models").iterdir() if p.name.startswith(".")], "no leftover hidden folder"
