@@ -24,6 +24,7 @@ PAGES = [
     st.Page("pages/projections.py", title="Projections", icon=":material/scatter_plot:"),
     st.Page("pages/metrics.py", title="Metrics", icon=":material/leaderboard:"),
     st.Page("pages/failures.py", title="Failures", icon=":material/report:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
 ]
 
 navigation = st.navigation(PAGES)

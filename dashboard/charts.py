@@ -160,3 +160,35 @@ def selected_ids(event: Any) -> list[str]:
         if custom is not None and str(custom) not in ids:
             ids.append(str(custom))
     return ids
+
+
+def training_curves(history: pd.DataFrame, *, title: str) -> Any:
+    """Loss (left axis) and validation P@5 (right axis) per epoch of a training run (Train page).
+
+    Args:
+        history: one row per epoch: ``loss``, and ``val_p@5`` when the recipe validates; ``stage`` for recipes of two
+            stages (their epochs are numbered on one axis, stage by stage).
+        title: the chart's title.
+    """
+    import plotly.graph_objects as go
+
+    x = list(range(1, len(history) + 1))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=history["loss"], name="training loss", mode="lines+markers"))
+    if "val_p@5" in history and history["val_p@5"].notna().any():
+        fig.add_trace(go.Scatter(x=x, y=history["val_p@5"], name="validation P@5", mode="lines+markers", yaxis="y2"))
+    if "stage" in history and history["stage"].nunique() > 1:
+        for boundary in [
+            i + 0.5 for i in range(1, len(history)) if history["stage"].iloc[i] != history["stage"].iloc[i - 1]
+        ]:
+            fig.add_vline(x=boundary, line_dash="dot", annotation_text="stage 2")
+    fig.update_layout(
+        title=title,
+        height=320,
+        margin=MARGIN,
+        xaxis={"title": "epoch", "dtick": 1 if len(x) <= 20 else None},
+        yaxis={"title": "loss"},
+        yaxis2={"title": "P@5", "overlaying": "y", "side": "right", "range": [0, 1]},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig

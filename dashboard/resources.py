@@ -320,7 +320,119 @@ def stop_build(cache_dir: str) -> int | None:
     """Ask the running build to stop at its next safe point; its pid, or ``None`` when none runs."""
     pid = lens_build.stop_build(cache_dir or None)
     build_views.clear()
+    train_runs.clear()
     return pid
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training runs (lens.build's training section: a build of one step; the Train page)
+
+
+def recipe_names() -> list[str]:
+    """Every registered recipe (``autoencoder``, ``mobilenet-small``, ``simclr``, ``text-align``, ``triplet``...)."""
+    from lens.train import RECIPES
+
+    return sorted(RECIPES)
+
+
+def recipe_summary(recipe: str) -> str:
+    from lens.train import RECIPES
+
+    return RECIPES[recipe].summary
+
+
+def recipe_settings(recipe: str) -> list[Any]:
+    """The recipe's settings with their defaults (:class:`lens.train.checks.RecipeSetting`), from its config."""
+    from lens.train.checks import recipe_settings as settings
+
+    return settings(recipe)
+
+
+def recipe_backbone(recipe: str) -> str | None:
+    """The recipe's default backbone, or ``None`` when it takes none."""
+    from lens.train import default_config
+    from lens.train.checks import takes_backbone
+
+    return str(default_config(recipe).backbone) if takes_backbone(recipe) else None
+
+
+def backbone_names(show_test: bool) -> list[str]:
+    """The pretrained backbones a recipe can start from (``tiny`` too when test encoders are shown)."""
+    from lens.train.registry import BACKBONE_NAMES
+
+    return [*BACKBONE_NAMES, *(["tiny"] if show_test else [])]
+
+
+def training_name(recipe: str, settings: dict[str, Any]) -> str:
+    """The name a run of ``recipe`` with ``settings`` saves its model as by default (raises ``LensError``)."""
+    return lens_build.training_step(recipe, settings)[0].name
+
+
+def _forget_models() -> None:
+    """After a model is published or deleted: every loader that lists models or holds one (a later model of the same
+    name must not meet the old one's encoder, vectors or index)."""
+    for loader in (encoder_rows, model_states, build_views, train_runs, get_encoder, get_embeddings, get_index):
+        loader.clear()
+
+
+def start_training(
+    path: str,
+    load_label: str,
+    cache_dir: str,
+    label_column: str,
+    recipe: str,
+    settings: dict[str, Any],
+    name: str = "",
+) -> tuple[int, str]:
+    """Check, then start training ``recipe`` in the background (:func:`lens.build.start_training`); pid and model
+    name. Raises ``LensError`` (nothing started) or ``JobRunningError``."""
+    pid, step = lens_build.start_training(
+        get_catalog(path, load_label),
+        recipe,
+        settings,
+        name=name or None,
+        options=lens_build.BuildOptions(cache_dir=cache_dir or None),
+        label_column=label_column,
+    )
+    _forget_models()
+    return pid, step.name
+
+
+def resume_training(cache_dir: str, name: str) -> int:
+    """Resume the stopped run ``name`` in the background; its pid."""
+    pid, _ = lens_build.resume_training(name, lens_build.BuildOptions(cache_dir=cache_dir or None))
+    build_views.clear()
+    train_runs.clear()
+    return pid
+
+
+def delete_model(cache_dir: str, name: str) -> list[str]:
+    """Delete the trained model ``name`` (:func:`lens.build.delete_model`), then forget it in every cache."""
+    removed = lens_build.delete_model(name, lens_build.BuildOptions(cache_dir=cache_dir or None))
+    _forget_models()
+    return [str(p) for p in removed]
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def train_runs(cache_dir: str, stamp: str = "") -> list[lens_build.RunInfo]:
+    """Every trained model and unfinished run of the cache (two seconds: the Train page polls it)."""
+    return lens_build.list_runs(lens_build.BuildOptions(cache_dir=cache_dir or None))
+
+
+def run_history(cache_dir: str, name: str) -> pd.DataFrame:
+    """The per-epoch history of run ``name`` so far (``epoch``, ``loss``, ``val_p@5``...); empty when none."""
+    rows = lens_build.read_history(name, lens_build.BuildOptions(cache_dir=cache_dir or None))
+    return pd.DataFrame(rows)
+
+
+def training_view(path: str, load_label: str, cache_dir: str, name: str) -> lens_build.StepView | None:
+    """The build state of run ``name`` on the catalog (ready / building n %, ETA / queued / failed), or ``None``."""
+    steps = lens_build.training_plan(name, lens_build.BuildOptions(cache_dir=cache_dir or None))
+    if not steps:
+        return None
+    options = lens_build.BuildOptions(cache_dir=cache_dir or None)
+    views, _ = lens_build.plan_status(get_catalog(path, load_label), steps, options)
+    return views[0]
 
 
 # --------------------------------------------------------------------------------------------------------------

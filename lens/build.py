@@ -1018,15 +1018,17 @@ def list_runs(options: BuildOptions | None = None) -> list[RunInfo]:
             except LensError:
                 config = {}
             train = dict(config.get("train") or {})
+            failed = entry.get("state") == "failed"  # saved, but the last build could not embed or index with it
             out.append(
                 RunInfo(
                     name,
-                    "ready",
+                    "failed" if failed else "ready",
                     str(config.get("recipe") or train.get("recipe") or job.get("recipe", "")),
                     train or dict(job.get("settings") or {}),
                     len(history),
                     {k: v for k, v in metrics.items() if k not in ("name",)},
                     str(config.get("saved", "")),
+                    str(entry.get("reason", "")) if failed else "",
                 )
             )
             continue

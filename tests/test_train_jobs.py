@@ -109,6 +109,17 @@ def test_a_failed_check_starts_nothing(env, missing_encoder: str) -> None:
         start_training(catalog, "triplet-tiny", {"nonsense": 1}, options=BuildOptions(cache))
     with pytest.raises(LensError, match="--epochs must be a positive integer"):
         start_training(catalog, "triplet-tiny", {"epochs": 0}, options=BuildOptions(cache))
+    from lens.build import _lock
+
+    lock = _lock(cache)
+    lock.acquire("build")
+    try:
+        with pytest.raises(
+            LensError, match=f"cannot start training triplet-tiny: a build is running \\(pid {os.getpid()}"
+        ):
+            start_training(catalog, "triplet-tiny", {"epochs": 1}, options=BuildOptions(cache))
+    finally:
+        lock.release()
     assert runner(cache) is None
     assert not (cache / "runs").exists() and not (cache / "build" / "status.json").exists()
 
