@@ -191,7 +191,10 @@ def run_watch(ctx: Context) -> None:
         history = resources.run_history(ctx.cache_dir, run.name)
         if len(history):
             st.plotly_chart(
-                charts.training_curves(history, title=f"{run.name}: {len(history)} epoch(s) so far"),
+                charts.training_curves(
+                    history,
+                    title=f"{run.name}: {len(history)} epoch(s)" + ("" if run.state == "ready" else " so far"),
+                ),
                 key="train_curves",
             )
         else:
@@ -248,10 +251,14 @@ def past_runs(ctx: Context) -> None:
     left, right = st.columns([1, 2], gap="large")
     with left:
         st.markdown("**Settings**")
-        st.json(run.settings, expanded=False)
+        st.json(run.settings, expanded=True)
         if run.metrics:
             st.markdown("**Held-out figures** (queries no model saw in training)")
-            shown = {k: v for k, v in run.metrics.items() if isinstance(v, (int, float))}
+            shown = {
+                k: round(float(v), 4)
+                for k, v in run.metrics.items()
+                if isinstance(v, (int, float)) and not k.startswith("n_") and k != "publish_max_abs_diff"
+            }
             st.dataframe(
                 pd.DataFrame({"metric": list(shown), "value": list(shown.values())}),
                 hide_index=True,

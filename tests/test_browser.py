@@ -62,6 +62,7 @@ PAGE_TEXT = {
     "projections": ("Projections", "UMAP"),
     "metrics": ("Metrics", "Per articleType"),
     "failures": ("Failures", "pairs at cosine"),
+    "train": ("Train a model on the catalog", "Past runs"),
 }
 
 
@@ -292,3 +293,27 @@ def test_a_background_build_publishes_a_model_the_open_page_picks_up(
         page.get_by_text("Build log").first.wait_for(timeout=60_000)
         assert_no_traceback(page, "overview after the build")
         screenshot(page, "10-overview-build.png")
+
+
+def test_train_a_model_on_the_train_page_and_find_it_in_the_pickers(
+    small_catalog_dir: Path, tmp_path: Path, page: object
+) -> None:
+    """The Train page starts a run (the autoencoder with its defaults: seconds on 24 photos) as a background job; the
+    open page follows it to "ready" without a reload, and the model is then in the Search page's model picker."""
+    with serve(small_catalog_dir, tmp_path) as url:
+        page.goto(f"{url}/train", wait_until="domcontentloaded")
+        wait_until_rendered(page, "Train a model on the catalog", "Past runs")
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Recipe").first.click()
+        page.get_by_role("option").filter(has_text="autoencoder").first.click()
+        wait_idle(page)
+        page.get_by_role("button", name="Start training").click()
+        page.get_by_text("Training of 'autoencoder' started in the background").first.wait_for(timeout=60_000)
+        page.get_by_text("(autoencoder): ready").first.wait_for(timeout=PAGE_READY_S * 1000)  # the page polls
+        wait_idle(page)
+        assert_no_traceback(page, "train page after the run")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        screenshot(page, "11-train-after-run.png")
+        page.goto(f"{url}/search", wait_until="domcontentloaded")
+        wait_until_rendered(page, "Search", "results for")
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Model").first.click()
+        assert page.get_by_role("option").filter(has_text="autoencoder").count() >= 1, "the new model in the picker"

@@ -210,3 +210,55 @@ def test_past_runs_and_delete(env) -> None:
     assert "my-triplet" not in {i.name for i in list_encoders()}
     assert "my-triplet" not in {r.name for r in build.list_runs(options)}
     assert not [p for p in (cache / "models").iterdir() if p.name.startswith(".")], "no leftover hidden folder"
+
+
+def test_start_and_resume_go_through_one_build_step(env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """start_training records the run (job.json, plan.json) and starts the build of its one step; a run stopped after
+    epoch 1 is resumed from its checkpoint with the settings first asked; a new start discards a stale run folder.
+    The detached build is replaced by the same build run in this process."""
+    import lens.build as build
+    import lens.train.loop as loop
+    from lens.catalog import load_catalog
+    from lens.jobs import CancelFlag
+
+    catalog, cache = env
+    options = build.BuildOptions(cache)
+    started: list[dict] = []
+    cancel_after_first_epoch = {"on": True}
+    original_save = loop._save_checkpoint
+
+    def in_process(catalog_root, *, label=None, options=None, models=None, plan=None, extra_args=()):  # noqa: ANN001, ANN202
+        started.append({"catalog": str(catalog_root), "label": label, "models": models, "plan": str(plan)})
+        cancel = CancelFlag()
+
+        def save(path, model, optimizer, epoch, history, config):  # noqa: ANN001, ANN202
+            original_save(path, model, optimizer, epoch, history, config)
+            if cancel_after_first_epoch["on"]:
+                cancel.event.set()
+
+        monkeypatch.setattr(loop, "_save_checkpoint", save)
+        steps = build.make_plan(build.load_plan(plan), models=models)
+        build.run_build(load_catalog(catalog_root, label_column=label), steps, options, cancel=cancel)
+        return 4242
+
+    monkeypatch.setattr(build, "start_build", in_process)
+    folder = cache / "runs" / "run-a"
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.history.json").write_text('{"history": [{"epoch": 1, "loss": 9}]}')  # a stale run's
+    pid, step = build.start_training(catalog, "triplet-tiny", quick(), name="run-a", options=options)
+    assert pid == 4242 and step.name == "run-a" and started[-1]["models"] == "none"
+    assert started[-1]["label"] == "articleType"
+    job = (folder / "job.json").read_text()
+    assert '"recipe": "triplet-tiny"' in job and '"epochs": 3' in job
+    assert [int(r["epoch"]) for r in build.read_history("run-a", options)] == [1], "stopped after epoch 1"
+    assert [r.state for r in build.list_runs(options) if r.name == "run-a"] == ["stopped"]
+
+    cancel_after_first_epoch["on"] = False
+    pid, step = build.resume_training("run-a", options)
+    assert [int(r["epoch"]) for r in build.read_history("run-a", options)] == [1, 2, 3]
+    run = next(r for r in build.list_runs(options) if r.name == "run-a")
+    assert run.state == "ready" and run.settings["epochs"] == 3
+    with pytest.raises(build.LensError, match="is trained already"):
+        build.resume_training("run-a", options)
+    with pytest.raises(build.LensError, match="a trained model named 'run-a' exists already"):
+        build.start_training(catalog, "triplet-tiny", quick(), name="run-a", options=options)
