@@ -34,6 +34,7 @@ class CatalogOptions:
     id_column: str = "id"
     image_column: str = "image"
     skip_missing: bool = False
+    cache_dir: str | None = None
 
     def load(self):  # noqa: ANN201 - returns lens.catalog.Catalog (imported lazily for a fast --help)
         from lens.catalog import default_catalog_path, load_catalog
@@ -45,6 +46,7 @@ class CatalogOptions:
             id_column=self.id_column,
             image_column=self.image_column,
             on_missing="skip" if self.skip_missing else "error",
+            cache_dir=Path(self.cache_dir).expanduser() if self.cache_dir else None,
         )
 
 
@@ -60,7 +62,9 @@ class RunOptions:
 
 
 def _catalog_options(args: argparse.Namespace) -> CatalogOptions:
-    return CatalogOptions(args.catalog, args.label, args.id_column, args.image_column, args.skip_missing)
+    return CatalogOptions(
+        args.catalog, args.label, args.id_column, args.image_column, args.skip_missing, getattr(args, "cache_dir", None)
+    )
 
 
 def _run_options(args: argparse.Namespace) -> RunOptions:
@@ -376,7 +380,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     parser, settings = _recipe_parser(args.recipe)
     args = parser.parse_args(args.settings, namespace=args)
     config = default_config(args.recipe, seed=args.seed, **{name: getattr(args, name) for name in settings})
-    catalog = CatalogOptions(args.catalog, args.label, args.id_column, args.image_column, args.skip_missing).load()
+    catalog = CatalogOptions(
+        args.catalog, args.label, args.id_column, args.image_column, args.skip_missing, args.cache_dir
+    ).load()
     split, split_path = get_split(
         catalog, args.split, seed=args.seed, label_column=args.label, cache_dir=args.cache_dir
     )

@@ -30,6 +30,11 @@ from lens.errors import CatalogError
 from lens.images import IMAGE_EXTENSIONS
 
 CATALOG_ENV = "LENS_CATALOG"
+
+#: Cell values read as "no value" in label and metadata columns (pandas' and spreadsheets' spellings of NA).
+NA_SPELLINGS: frozenset[str] = frozenset(
+    {"nan", "NaN", "NAN", "-nan", "-NaN", "NA", "N/A", "n/a", "#N/A", "#NA", "<NA>", "NULL", "null", "None", "none"}
+)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -88,6 +93,7 @@ def load_catalog(
             image_column=image_column,
             on_missing=on_missing,
             limit=limit,
+            cache_dir=cache_dir,
         )
     if not p.is_dir():
         raise CatalogError(f"Catalog path {p} is neither a folder nor a .csv file.")
@@ -101,6 +107,7 @@ def load_catalog(
             image_column=image_column,
             on_missing=on_missing,
             limit=limit,
+            cache_dir=cache_dir,
         )
     idx_files = find_idx_files(p)
     if idx_files:
@@ -115,8 +122,9 @@ def load_catalog(
             limit=None,
             source="fashion-mnist",
             name=name,
+            cache_dir=cache_dir,
         )
-    return _load_folders(p, label_column=label_column, limit=limit)
+    return _load_folders(p, label_column=label_column, limit=limit, cache_dir=cache_dir)
 
 
 def _load_csv(
@@ -129,6 +137,7 @@ def _load_csv(
     limit: int | None,
     source: str = "csv",
     name: str | None = None,
+    cache_dir: Path | None = None,
 ) -> Catalog:
     root = csv_path.parent.resolve()
     where = str(csv_path)
@@ -159,6 +168,12 @@ def _load_csv(
     table = table.reset_index(drop=True)
     if len(table) == 0:
         raise CatalogError(f"{where} has a header but no rows; add one row per item.")
+
+    # A label or metadata cell spelt as a missing value ("NaN", "NA", "null", ... as a spreadsheet or pandas writes
+    # one) is unlabelled (""), not a category of its own; ids and paths are taken as written.
+    for column in table.columns:
+        if column not in ("id", "image"):
+            table[column] = table[column].mask(table[column].str.strip().isin(NA_SPELLINGS), "")
 
     # Strings everywhere, with surrounding whitespace dropped from ids and paths.
     table["id"] = table["id"].astype(str).str.strip()
@@ -193,6 +208,18 @@ def _load_csv(
         )
     table["image"] = images
 
+    # A symlink (of the file or of a folder on its way) may point anywhere: every path is resolved, and one that
+    # lands outside the catalog folder is refused as a '..' in the CSV is.
+    escaped = [
+        f"{_line(i)} id {ids[i]!r}: {rel}"
+        for i, rel in enumerate(images)
+        if not _inside(root, os.path.realpath(root / rel))
+    ]
+    if escaped:
+        raise CatalogError(
+            f"{where}: {len(escaped)} image path(s) lead outside the catalog folder through a symbolic link: "
+            f"{_preview(escaped, quote=False)}. Copy those images into {root} (or link only within it)."
+        )
     missing: list[int] = []
     for i, rel in enumerate(images):
         try:
@@ -231,6 +258,7 @@ def _load_csv(
         name=name,
         problems=problems,
         column_names=column_names,
+        cache_dir=cache_dir,
     )
 
 
@@ -272,6 +300,8 @@ def _normalise_relpath(raw: str) -> tuple[str, str | None]:
     """POSIX-normalised relative path, or ``(raw, reason)`` when it would leave the catalog folder."""
     if raw == "":
         return raw, "empty image path"
+    if any(ord(ch) < 32 for ch in raw):
+        return raw, "a control character (e.g. a NUL byte) in the path"
     if "://" in raw:
         return raw, "a URL; download the images and list their local paths"
     text = raw.replace("\\", "/")
@@ -285,6 +315,12 @@ def _normalise_relpath(raw: str) -> tuple[str, str | None]:
     return norm, None
 
 
+def _inside(root: Path, real: str) -> bool:
+    """Whether the resolved path ``real`` is ``root`` (resolved) or below it."""
+    base = str(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
 # Class subfolders -----------------------------------------------------------------------------------------
 
 
@@ -292,16 +328,26 @@ def _is_image_file(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
 
 
-def _load_folders(root: Path, *, label_column: str, limit: int | None) -> Catalog:
+def _load_folders(root: Path, *, label_column: str, limit: int | None, cache_dir: Path | None = None) -> Catalog:
     root = root.resolve()
     entries = sorted(root.iterdir())
     rows: list[tuple[str, str, str]] = []
+    problems: list[CatalogProblem] = []
     for class_dir in entries:
         if not class_dir.is_dir() or class_dir.name.startswith("."):
             continue
+        if not _inside(root, os.path.realpath(class_dir)):
+            problems.append(CatalogProblem(None, None, f"{class_dir.name}/: a symbolic link out of the catalog folder"))
+            continue
         for f in sorted(class_dir.iterdir()):
-            if _is_image_file(f):
-                rows.append((f"{class_dir.name}/{f.stem}", f"{class_dir.name}/{f.name}", class_dir.name))
+            if not _is_image_file(f):
+                continue
+            if not _inside(root, os.path.realpath(f)):  # a symlink to anywhere (e.g. /etc/passwd) is not opened
+                problems.append(
+                    CatalogProblem(None, None, f"{class_dir.name}/{f.name}: a symbolic link out of the catalog folder")
+                )
+                continue
+            rows.append((f"{class_dir.name}/{f.stem}", f"{class_dir.name}/{f.name}", class_dir.name))
     if not rows:
         loose = [e for e in entries if _is_image_file(e)]
         hint = (
@@ -325,7 +371,15 @@ def _load_folders(root: Path, *, label_column: str, limit: int | None) -> Catalo
     if limit is not None:
         rows = rows[:limit]
     table = pd.DataFrame(rows, columns=["id", "image", label_column], dtype=str)
-    return Catalog(root=root, table=table, label_column=label_column, source="folders", name=root.name)
+    return Catalog(
+        root=root,
+        table=table,
+        label_column=label_column,
+        source="folders",
+        name=root.name,
+        problems=problems,
+        cache_dir=cache_dir,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
