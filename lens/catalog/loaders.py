@@ -7,6 +7,7 @@ catalog folder.
 
 from __future__ import annotations
 
+import csv
 import os
 import posixpath
 import stat
@@ -149,8 +150,11 @@ def _load_csv(
         raise CatalogError(f"Cannot parse {where} as UTF-8 CSV ({exc}); fix the file or re-export it as CSV.") from None
     table = table.fillna("")  # short rows still give NaN with keep_default_na=False
     table.columns = [str(c).strip() for c in table.columns]
-    if len(set(table.columns)) != len(table.columns):
-        dup = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
+    # pandas renames a repeated column ("id", "id" -> "id", "id.1"): the header as written is what counts.
+    header = _header_row(csv_path)
+    names = header if len(header) == len(table.columns) else list(table.columns)
+    if len(set(names)) != len(names):
+        dup = sorted({c for c in names if names.count(c) > 1})
         raise CatalogError(f"{where} has repeated column names {dup}; give every column a distinct name.")
 
     _require_column(table, id_column, "id", where, "--id-column <col> (id_column=...)")
@@ -260,6 +264,15 @@ def _load_csv(
         column_names=column_names,
         cache_dir=cache_dir,
     )
+
+
+def _header_row(csv_path: Path) -> list[str]:
+    """The first row of ``csv_path`` as written (names stripped), or ``[]`` when it cannot be read as CSV."""
+    try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as fh:
+            return [name.strip() for name in next(csv.reader(fh), [])]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
 def _repeats(keys: list[str]) -> list[tuple[int, int]]:
