@@ -184,6 +184,48 @@ def test_malformed_digest_memo_is_ignored(small_catalog_dir: Path, tmp_path: Pat
 
 
 @pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.update(params=[1, 2]),
+        lambda m: m.update(n_total="many"),
+        lambda m: m.update(seconds="slow"),
+        lambda m: m.update(ids="abc"),
+    ],
+    ids=["params-list", "n_total-str", "seconds-str", "ids-str"],
+)
+def test_malformed_projection_sidecar_is_recomputed(tmp_path: Path, edit) -> None:  # noqa: ANN001
+    from lens.projection import ProjectionParams, project_embeddings
+
+    embeddings = _hand_embeddings()
+    params = ProjectionParams(method="pca")
+    first = project_embeddings(embeddings, params, cache_dir=tmp_path)
+    (sidecar,) = list(tmp_path.rglob("*.json"))
+    meta = json.loads(sidecar.read_text())
+    edit(meta)
+    sidecar.write_text(json.dumps(meta))
+    again = project_embeddings(embeddings, params, cache_dir=tmp_path)
+    assert not again.from_cache and again.ids == first.ids
+    np.testing.assert_allclose(again.coords, first.coords, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "status",
+    ['{"pid": "123", "state": "running", "steps": []}', '{"steps": [1, 2]}', '{"steps": [{"state": "ready"}]}', "[]"],
+    ids=["pid-str", "steps-ints", "step-without-name", "list"],
+)
+def test_malformed_build_status_is_ignored(
+    small_catalog_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], status: str
+) -> None:
+    cache = tmp_path / "cache"
+    (cache / "build").mkdir(parents=True)
+    (cache / "build" / "status.json").write_text(status)
+    argv = ["status", "--catalog", str(small_catalog_dir), "--cache-dir", str(cache), "--models", "tiny"]
+    code, out, err = run(capsys, *argv, "--recipes", "none")
+    assert code == 0 and "Traceback" not in err, err
+    assert out.startswith("tiny") and "queued" in out
+
+
+@pytest.mark.parametrize(
     ("content", "message"),
     [
         ("[1, 2]", "not a JSON object"),
@@ -585,6 +627,29 @@ def test_property_catalog_csv_parser(
     want = ["" if lab.strip() in NA_SPELLINGS else lab for lab in labels[: len(ids)]]
     assert catalog.labels().tolist() == want
     assert len(set(catalog.ids)) == len(catalog.ids) and "" not in catalog.ids
+
+
+@PROPERTY
+@given(
+    paths=st.lists(
+        st.one_of(_CELL, st.sampled_from(["a.png", "./a.png", "sub/../a.png", "a.png\x00", "..", "/"])),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_property_catalog_image_paths(tmp_path_factory: pytest.TempPathFactory, paths: list[str]) -> None:
+    """Whatever is written in the image column: a ``CatalogError``, or a catalog whose every image resolves to a
+    regular file inside the catalog folder."""
+    folder = tmp_path_factory.mktemp("paths")
+    (folder / "a.png").write_bytes(_image_bytes("PNG"))
+    write_csv(folder, [[f"id-{i}", path, "x"] for i, path in enumerate(paths)])
+    try:
+        catalog = load_catalog(folder)
+    except CatalogError as exc:
+        assert str(exc)
+        return
+    for image in catalog.image_paths():
+        assert image.resolve().is_file() and image.resolve().is_relative_to(folder.resolve())
 
 
 def _valid_upload() -> bytes:
