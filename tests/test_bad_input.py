@@ -39,7 +39,12 @@ from lens.index import ExactIndex, build_index, index_path, load_annoy
 from lens.store import csv_safe, file_digests, resolve_cache_dir, save_array
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# 60 examples per property in the default run; LENS_PROPERTY_EXAMPLES=2000 for a deeper hunt.
+PROPERTY = settings(
+    max_examples=int(os.environ.get("LENS_PROPERTY_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.fixture(autouse=True)
@@ -650,6 +655,30 @@ def test_property_catalog_image_paths(tmp_path_factory: pytest.TempPathFactory, 
         return
     for image in catalog.image_paths():
         assert image.resolve().is_file() and image.resolve().is_relative_to(folder.resolve())
+
+
+@PROPERTY
+@given(
+    text=st.one_of(
+        st.text(max_size=300),
+        st.builds(
+            lambda head, body: head + body,
+            st.sampled_from(["id,image,articleType\n", "\ufeffid,image,articleType\r\n", "id;image;articleType\n"]),
+            st.text(alphabet=st.sampled_from(list('a.png,;"\n\r\t =+-@\x00\\/é')), max_size=200),
+        ),
+    )
+)
+def test_property_catalog_csv_text(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    """Any text as catalog.csv: a ``CatalogError`` with a message, or a catalog with unique, non-empty ids."""
+    folder = tmp_path_factory.mktemp("text")
+    (folder / "a.png").write_bytes(_image_bytes("PNG"))
+    (folder / "catalog.csv").write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        catalog = load_catalog(folder)
+    except CatalogError as exc:
+        assert str(exc)
+        return
+    assert len(catalog) >= 1 and len(set(catalog.ids)) == len(catalog) and "" not in catalog.ids
 
 
 def _valid_upload() -> bytes:
