@@ -21,8 +21,7 @@ from lens.catalog import Catalog
 from lens.embed import EmbeddingSet
 from lens.errors import LensError
 from lens.jobs import JobRunningError, format_duration
-from lens.store import csv_safe
-from lens.store import resolve_cache_dir
+from lens.store import csv_safe, resolve_cache_dir
 
 LABEL_KEY = "label_column"
 """Session key of the sidebar's label-column select (shared by Compare, Metrics, Failures and Projections)."""
