@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import posixpath
+import re
 import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
@@ -213,26 +214,33 @@ def _load_csv(
     table["image"] = images
 
     # A symlink (of the file or of a folder on its way) may point anywhere: every path is resolved, and one that
-    # lands outside the catalog folder is refused as a '..' in the CSV is.
-    escaped = [
-        f"{_line(i)} id {ids[i]!r}: {rel}"
-        for i, rel in enumerate(images)
-        if not _inside(root, os.path.realpath(root / rel))
-    ]
+    # lands outside the catalog folder is refused as a '..' in the CSV is. Each folder is resolved once and each
+    # file is lstat-ed (one call, as the existence check needed anyway); only a file that is a link is resolved.
+    escaped: list[str] = []
+    missing: list[int] = []
+    real_folders: dict[str, str] = {}
+    for i, rel in enumerate(images):
+        rel_folder, file_name = posixpath.split(rel)
+        real_folder = real_folders.get(rel_folder)
+        if real_folder is None:
+            real_folder = real_folders[rel_folder] = os.path.realpath(root / rel_folder)
+        real = os.path.join(real_folder, file_name)
+        try:
+            st = os.lstat(real)
+            if stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(real)
+                st = os.stat(real)
+        except OSError:
+            st = None
+        if not _inside(root, real):
+            escaped.append(f"{_line(i)} id {ids[i]!r}: {rel}")
+        elif st is None or not stat.S_ISREG(st.st_mode):
+            missing.append(i)
     if escaped:
         raise CatalogError(
             f"{where}: {len(escaped)} image path(s) lead outside the catalog folder through a symbolic link: "
             f"{_preview(escaped, quote=False)}. Copy those images into {root} (or link only within it)."
         )
-    missing: list[int] = []
-    for i, rel in enumerate(images):
-        try:
-            st = os.stat(root / rel)
-        except OSError:
-            missing.append(i)
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            missing.append(i)
     problems: list[CatalogProblem] = []
     if missing:
         if on_missing == "error":
@@ -309,11 +317,14 @@ def _rename_to_internal(
     return table, column_names
 
 
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
 def _normalise_relpath(raw: str) -> tuple[str, str | None]:
     """POSIX-normalised relative path, or ``(raw, reason)`` when it would leave the catalog folder."""
     if raw == "":
         return raw, "empty image path"
-    if any(ord(ch) < 32 for ch in raw):
+    if _CONTROL.search(raw):
         return raw, "a control character (e.g. a NUL byte) in the path"
     if "://" in raw:
         return raw, "a URL; download the images and list their local paths"
