@@ -21,7 +21,7 @@ from lens.catalog import Catalog
 from lens.embed import EmbeddingSet
 from lens.errors import LensError
 from lens.jobs import JobRunningError, format_duration
-from lens.store import resolve_cache_dir
+from lens.store import csv_safe, resolve_cache_dir
 
 LABEL_KEY = "label_column"
 """Session key of the sidebar's label-column select (shared by Compare, Metrics, Failures and Projections)."""
@@ -208,6 +208,9 @@ def model_select(ctx: Context, label: str, key: str, *, exclude: Sequence[str] =
     by_name = {r["name"]: r for r in rows}
     names = sorted(by_name, key=lambda n: not by_name[n]["available"])  # usable ones first, registry order kept
     usable = [n for n in names if by_name[n]["available"]]
+    warning = config.default_model_warning(list(by_name), usable)
+    if warning:
+        st.warning(warning)
     cached = cached_models(ctx)
     if large_catalog(ctx):  # only ready models: embedding this catalog in a page would block it for minutes
         waiting = [n for n in usable if n not in cached]
@@ -234,6 +237,9 @@ def models_multiselect(ctx: Context, label: str, key: str, *, max_default: int =
     """A multiselect over the available encoders (defaults: cached ones); unavailable ones listed below, greyed."""
     rows = resources.encoders()
     available = [r["name"] for r in rows if r["available"]]
+    warning = config.default_model_warning([r["name"] for r in rows], available)
+    if warning:
+        st.warning(warning)
     cached = [m for m in cached_models(ctx) if m in available]
     if large_catalog(ctx):  # only ready models (see model_select)
         building_note(ctx, [m for m in available if m not in cached])
@@ -566,7 +572,7 @@ def download_csv(table: pd.DataFrame, label: str, file_name: str, *, key: str) -
     """A download button for ``table`` as UTF-8 CSV (no index column); downloading does not rerun the page."""
     st.download_button(
         label,
-        table.to_csv(index=False).encode("utf-8"),
+        csv_safe(table).to_csv(index=False).encode("utf-8"),
         file_name=file_name,
         mime="text/csv",
         key=key,

@@ -81,6 +81,24 @@ def auto_build_items() -> int:
         return 1000
 
 
+def default_model_warning(known: Sequence[str], available: Sequence[str]) -> str | None:
+    """What to tell the user when ``LENS_DEFAULT_MODEL`` names a model that cannot be the default (unknown, or its
+    weights are missing), else ``None``: the page then starts on another model, and says so."""
+    env = default_model_env()
+    if not env or env in available:
+        return None
+    if env not in known:
+        shown = ", ".join(sorted(known)[:12])
+        return (
+            f"{DEFAULT_MODEL_ENV}={env} names no known encoder (known: {shown}); another model is selected. "
+            f"Fix the name or unset {DEFAULT_MODEL_ENV}."
+        )
+    return (
+        f"{DEFAULT_MODEL_ENV}={env} is not usable here: its weights are missing (the Overview page says how to get "
+        "them); another model is selected."
+    )
+
+
 def pick_default_model(available: Sequence[str], preferred: Sequence[str] = ()) -> str | None:
     """The model a page starts with.
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from dashboard import config
 from lens.errors import ImageLoadError, LensError
-from lens.images import open_image
+from lens.images import UPLOAD_FORMATS, open_image
 from lens.vectors import mix_query_vectors
 
 PRODUCT, UPLOAD, TEXT, IMAGE_TEXT = "Catalog product", "Upload an image", "Text", "Image + text"
@@ -45,7 +45,7 @@ def read_upload(name: str, data: bytes, *, max_mb: float = config.MAX_UPLOAD_MB)
             "(product photos need well under 1 MB) and upload that."
         )
     try:
-        return open_image(data, name=name)
+        return open_image(data, name=name, formats=UPLOAD_FORMATS)
     except ImageLoadError as exc:
         reason = getattr(exc, "reason", str(exc))
         raise LensError(

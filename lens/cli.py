@@ -34,6 +34,7 @@ class CatalogOptions:
     id_column: str = "id"
     image_column: str = "image"
     skip_missing: bool = False
+    cache_dir: str | None = None
 
     def load(self):  # noqa: ANN201 - returns lens.catalog.Catalog (imported lazily for a fast --help)
         from lens.catalog import default_catalog_path, load_catalog
@@ -45,6 +46,7 @@ class CatalogOptions:
             id_column=self.id_column,
             image_column=self.image_column,
             on_missing="skip" if self.skip_missing else "error",
+            cache_dir=Path(self.cache_dir).expanduser() if self.cache_dir else None,
         )
 
 
@@ -60,7 +62,9 @@ class RunOptions:
 
 
 def _catalog_options(args: argparse.Namespace) -> CatalogOptions:
-    return CatalogOptions(args.catalog, args.label, args.id_column, args.image_column, args.skip_missing)
+    return CatalogOptions(
+        args.catalog, args.label, args.id_column, args.image_column, args.skip_missing, getattr(args, "cache_dir", None)
+    )
 
 
 def _run_options(args: argparse.Namespace) -> RunOptions:
@@ -89,9 +93,17 @@ def _parse_models(value: str | None, run: RunOptions) -> list[str]:
     from lens.encoders import list_encoders
 
     if value and value != "all":
-        names = [name.strip() for name in value.split(",") if name.strip()]
+        from lens.encoders import encoder_status
+        from lens.errors import WeightsUnavailableError
+
+        names = list(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
         if not names:
             raise LensError(f"--models takes comma-separated encoder names or 'all', got '{value}'.")
+        # Every name is checked (known, weights here) before the first one embeds the catalog for minutes.
+        for name in names:
+            status = encoder_status(name, run.weights_dir)  # UnknownEncoderError lists the known names
+            if not status.available:
+                raise WeightsUnavailableError(f"Weights for '{name}' are unavailable. To fix: {status.remedy}.")
         return names
     names = [info.name for info in list_encoders(available_only=True, include_test=False, weights_dir=run.weights_dir)]
     if not names:
@@ -119,6 +131,24 @@ def _parse_filters(values: Sequence[str] | None) -> dict[str, list[str]]:
     return filters
 
 
+def _no_match(catalog, filters: dict[str, list[str]]) -> str:  # noqa: ANN001
+    """Why a --filter keeps no item, with the values each filtered column does hold."""
+    hints = []
+    for column, values in filters.items():
+        counts = catalog.table[column].astype(str).value_counts()
+        absent = [v for v in values if v not in counts.index]
+        shown = ", ".join(f"{v!r}" for v in counts.index[:8])
+        hints.append(
+            f"{column}: {'no item has ' + ', '.join(repr(v) for v in absent) if absent else 'values exist'}"
+            f" (values: {shown}{', ...' if len(counts) > 8 else ''})"
+        )
+    return (
+        "--filter keeps no catalog item (other than the query): "
+        + "; ".join(hints)
+        + ". Values are matched exactly, case included; loosen the filter."
+    )
+
+
 def _embed(catalog, model: str, run: RunOptions, quiet: bool):  # noqa: ANN001, ANN202
     from lens.embed import embed_catalog
     from lens.encoders import create_encoder
@@ -143,12 +173,26 @@ def _positive(value: int | None, flag: str, default: int) -> int:
     return value
 
 
+def _check_output(csv: str | None, flag: str) -> None:
+    """Refuse an output path that cannot be written before any work is done (a folder, a file in place of a folder)."""
+    if not csv or csv == "-":
+        return
+    target = Path(csv)
+    if target.is_dir():
+        raise LensError(f"{flag} {csv} is a folder; name a file such as {target / 'results.csv'}.")
+    parent = next((p for p in (target.parent, *target.parent.parents) if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise LensError(f"{flag} {csv}: {parent} is a file, not a folder; name another path.")
+
+
 def _write_table(table: pd.DataFrame, csv: str | None) -> None:
+    from lens.store import csv_safe
+
     if csv == "-":
-        table.to_csv(sys.stdout, index=False)
+        csv_safe(table).to_csv(sys.stdout, index=False)
     elif csv:
         Path(csv).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(csv, index=False)
+        csv_safe(table).to_csv(csv, index=False)
         print(f"wrote {csv} ({len(table)} rows)", file=sys.stderr)
     else:
         with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 48):
@@ -251,12 +295,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     k = _positive(args.k, "--k", 10)
     trees = _positive(args.trees, "--trees", DEFAULT_N_TREES)
     filters = _parse_filters(args.filter)
+    _check_output(args.csv, "--csv")
+    run = _run_options(args)
+    _parse_models(args.model, run)  # a known encoder with its weights here
     query_image = open_image(args.image) if args.image else None
     catalog = _catalog_options(args).load()
     allowed = filter_mask(catalog, filters)
+    if allowed is not None and not allowed - {args.id}:
+        raise LensError(_no_match(catalog, filters))
     if args.id:
         catalog.index_of(args.id)
-    run = _run_options(args)
     encoder, embeddings = _embed(catalog, args.model, run, args.quiet)
     index = build_index(embeddings, kind="exact" if args.exact else "annoy", cache_dir=run.cache_dir, n_trees=trees)
     exclude: list[str] = []
@@ -276,9 +324,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lens.evaluate import evaluate_embeddings, summary_table
 
-    catalog = _catalog_options(args).load()
-    run = _run_options(args)
     ks = _parse_ks(args.k)
+    _check_output(args.csv, "--csv")
+    _check_output(args.per_category, "--per-category")
+    catalog = _catalog_options(args).load()
+    catalog.labels(args.label)  # the label column exists (CatalogError lists the columns)
+    run = _run_options(args)
     query_ids = None
     if args.queries is not None and getattr(args, "split", None):
         raise LensError("evaluate takes --queries N or --split PATH, not both.")
@@ -290,7 +341,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         query_ids = load_split(args.split, catalog).query  # the held-out queries no trained model has seen
     reports = {}
-    for model in _parse_models(args.models, run):
+    models = _parse_models(args.models, run)  # every name checked before the first embeds the catalog
+    for model in models:
         _, embeddings = _embed(catalog, model, run, args.quiet)
         usable = None if query_ids is None else [i for i in query_ids if i not in dict(embeddings.failed)]
         reports[model] = evaluate_embeddings(embeddings, catalog, label_column=args.label, ks=ks, query_ids=usable)
@@ -377,7 +429,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     parser, settings = _recipe_parser(args.recipe)
     args = parser.parse_args(args.settings, namespace=args)
     config = default_config(args.recipe, seed=args.seed, **{name: getattr(args, name) for name in settings})
-    catalog = CatalogOptions(args.catalog, args.label, args.id_column, args.image_column, args.skip_missing).load()
+    catalog = CatalogOptions(
+        args.catalog, args.label, args.id_column, args.image_column, args.skip_missing, args.cache_dir
+    ).load()
     check_training(catalog, config, label_column=args.label, weights_dir=args.weights_dir, seed=args.seed)
     split, split_path = get_split(
         catalog, args.split, seed=args.seed, label_column=args.label, cache_dir=args.cache_dir

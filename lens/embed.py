@@ -294,22 +294,35 @@ def load_embeddings(cache_dir: str | os.PathLike | None, encoder_name: str, key:
     vectors, meta = loaded
     ids = meta.get("ids")
     if vectors.dtype != np.float32 or vectors.ndim != 2 or not isinstance(ids, list) or vectors.shape[0] != len(ids):
-        raise CacheError(
-            f"{npy_path} holds {vectors.dtype} {vectors.shape} for {len(ids or [])} ids; it will be rebuilt."
+        count = len(ids) if isinstance(ids, list) else "no list of"
+        raise CacheError(f"{npy_path} holds {vectors.dtype} {vectors.shape} for {count} ids; it will be rebuilt.")
+    # Every field is checked for its type: a sidecar from an older or interrupted lens, or edited by hand, is a miss.
+    failed_raw = meta.get("failed", [])
+    identity = meta.get("identity", {})
+    seconds = meta.get("seconds", 0.0)
+    if (
+        not all(isinstance(i, str) for i in ids)
+        or not isinstance(failed_raw, list)
+        or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair) for pair in failed_raw
         )
-    try:
-        failed = [(str(a), str(b)) for a, b in meta.get("failed", [])]
-    except (TypeError, ValueError) as exc:
-        raise CacheError(f"{json_path} has a malformed 'failed' list ({exc}); it will be rebuilt.") from exc
+        or not isinstance(identity, dict)
+        or not isinstance(meta.get("catalog", ""), str)
+        or not isinstance(seconds, (int, float))
+        or isinstance(seconds, bool)
+    ):
+        raise CacheError(
+            f"{json_path} has a field of the wrong type (ids, failed, identity, catalog or seconds); it will be rebuilt."
+        )
     return EmbeddingSet(
         vectors=vectors,
-        ids=[str(i) for i in ids],
+        ids=list(ids),
         encoder=encoder_name,
-        failed=failed,
+        failed=[(a, b) for a, b in failed_raw],
         key=key,
-        identity=meta.get("identity", {}),
+        identity=identity,
         catalog=str(meta.get("catalog", "")),
-        seconds=float(meta.get("seconds", 0.0) or 0.0),
+        seconds=float(seconds),
         from_cache=True,
     )
 
@@ -368,7 +381,10 @@ def embedding_state(
         meta = read_json(sidecar)
         if not meta or not sidecar.with_suffix(".npy").is_file():
             continue
-        identity = meta.get("identity") or {}
+        identity = meta.get("identity")
+        ids, failed = meta.get("ids"), meta.get("failed", [])
+        if not isinstance(identity, dict) or not isinstance(ids, list) or not isinstance(failed, list):
+            continue  # malformed: loading would rebuild it, so it is not "embedded"
         if identity.get("catalog") != fingerprint:
             continue
         if precision is not None and identity.get("precision", precision) != precision:
@@ -377,8 +393,8 @@ def embedding_state(
             encoder_name,
             key=str(meta.get("key", sidecar.stem)),
             embedded=True,
-            n=len(meta.get("ids") or []),
-            failed=len(meta.get("failed") or []),
+            n=len(ids),
+            failed=len(failed),
             created=str(meta.get("created", "")),
         )
         if not best.embedded or found.created > best.created:

@@ -17,6 +17,7 @@ import os
 import struct
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MAX_PIXELS_ENV",
     "IMAGE_EXTENSIONS",
+    "UPLOAD_FORMATS",
     "ImageSource",
     "max_image_pixels",
     "open_image",
@@ -42,6 +44,10 @@ DEFAULT_MAX_PIXELS: int = 50_000_000
 
 #: Environment variable that overrides :data:`DEFAULT_MAX_PIXELS` (read at every call, not at import).
 MAX_PIXELS_ENV = "LENS_MAX_IMAGE_PIXELS"
+
+#: Decoded formats accepted for an uploaded query image (checked on the content, not the file name). MPO is how
+#: Pillow names a camera JPEG that carries extra pictures (the first one is used).
+UPLOAD_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP")
 
 #: File suffixes (lower case) that lens treats as images when it lists a folder.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -102,6 +108,7 @@ def open_image(
     max_pixels: int | None = None,
     name: str | None = None,
     draft_size: int | None = None,
+    formats: Sequence[str] | None = None,
 ) -> Image.Image:
     """Open, fully decode and normalise one image.
 
@@ -116,6 +123,8 @@ def open_image(
             (Pillow's ``draft``), keeping both sides >= ``draft_size``: several times faster for a big photo that
             is then resized down to about ``draft_size`` anyway. Pixels differ slightly from a full decode followed
             by the resize. ``None`` (the default) always decodes at full size.
+        formats: the decoded formats accepted (Pillow names, e.g. :data:`UPLOAD_FORMATS`), whatever the file's name
+            says; ``None`` accepts any format Pillow reads.
 
     Returns:
         A loaded image in mode ``"RGB"`` (8 bits per channel), EXIF orientation applied, alpha composited on
@@ -142,21 +151,23 @@ def open_image(
             raise _fail(label, "empty file (0 bytes)")
         try:
             with open(path, "rb") as fh:
-                return _decode(fh, label, limit, draft_size)
+                return _decode(fh, label, limit, draft_size, formats)
         except PermissionError as exc:
             raise _fail(label, f"cannot read file ({exc.strerror or exc})") from None
 
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise _fail(label, "empty file (0 bytes)")
-        return _decode(io.BytesIO(bytes(source)), label, limit, draft_size)
+        return _decode(io.BytesIO(bytes(source)), label, limit, draft_size, formats)
 
     if not hasattr(source, "read"):
         raise TypeError(f"open_image expects a path, bytes or a binary stream, not {type(source).__name__}")
-    return _decode(source, label, limit, draft_size)
+    return _decode(source, label, limit, draft_size, formats)
 
 
-def _decode(fh: BinaryIO, label: str, limit: int, draft_size: int | None = None) -> Image.Image:
+def _decode(
+    fh: BinaryIO, label: str, limit: int, draft_size: int | None = None, formats: Sequence[str] | None = None
+) -> Image.Image:
     try:
         # Our own limit below is the one that counts; Pillow's warning (at ~89 MP) would only be noise.
         with warnings.catch_warnings():
@@ -171,6 +182,8 @@ def _decode(fh: BinaryIO, label: str, limit: int, draft_size: int | None = None)
         raise _fail(label, f"corrupt or truncated image header ({exc})") from None
 
     with im:
+        if formats is not None and im.format not in formats:
+            raise _fail(label, f"its content is {im.format or 'an unknown format'}, not one of {', '.join(formats)}")
         width, height = im.size
         if width <= 0 or height <= 0:
             raise _fail(label, f"zero-size image ({width}x{height})")

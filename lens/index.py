@@ -3,6 +3,11 @@
 ``AnnoyIndex`` wraps annoy and absorbs its sharp edges: the ``.ann`` file stores neither dimension nor metric nor
 ids, so a JSON sidecar keeps them (dim, metric, trees, encoder, embedding key, id list) and is checked on load; ids
 are mapped to annoy's ints; annoy's angular distance ``d = sqrt(2 (1 - cos))`` is turned back into cosine similarity.
+The sidecar also binds the index to what it was built from, so that neither a damaged file nor a stale id list is
+ever served: the SHA-256 of the ``.ann`` file (checked in full on every load: about 35 ms for the 43 MiB index of
+8,010 1280-d vectors, against the first query's 2 ms; the read also warms the page cache the searches use), and
+the SHA-256 of the rows it was built from (ids in row order and their vectors), checked against the embeddings
+the index is loaded for.
 ``ExactIndex`` is brute-force numpy with the same interface: the oracle in tests and the right choice for small
 catalogs.
 """
@@ -10,6 +15,8 @@ catalogs.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -21,7 +28,7 @@ import numpy as np
 from lens.catalog import Catalog
 from lens.embed import EmbeddingSet, EmbeddingState, embedding_state
 from lens.errors import IndexMismatchError, LensError
-from lens.store import FORMAT_VERSION, atomic_write, read_json, resolve_cache_dir, utc_now, write_json
+from lens.store import FORMAT_VERSION, atomic_write, file_sha256, read_json, resolve_cache_dir, utc_now, write_json
 from lens.vectors import CosineGallery, l2_normalize
 
 DEFAULT_N_TREES = 50
@@ -158,6 +165,59 @@ def _sidecar_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
+def rows_sha256(ids: Sequence[str], vectors: np.ndarray) -> str:
+    """SHA-256 of an index's rows: the ids in row order and the float32 vectors (what binds a sidecar to them)."""
+    digest = hashlib.sha256(json.dumps(list(ids), separators=(",", ":")).encode())
+    digest.update(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def _embeddings_rows_sha256(embeddings: EmbeddingSet) -> str:
+    cached = getattr(embeddings, "_rows_sha256", None)
+    if cached is None:  # about 30 ms for 8,010 x 1280: once per embedding set
+        cached = rows_sha256(embeddings.ids, embeddings.vectors)
+        embeddings._rows_sha256 = cached  # type: ignore[attr-defined]
+    return cached
+
+
+# The fields load_annoy relies on, with their types: anything else in a sidecar is a mismatch, never a traceback.
+_SIDECAR_TYPES: dict[str, type | tuple[type, ...]] = {
+    "format": int,
+    "kind": str,
+    "dim": int,
+    "n_trees": int,
+    "search_k": int,
+    "encoder": str,
+    "embedding_key": str,
+    "file_size": int,
+    "file_sha256": str,
+    "rows_sha256": str,
+    "ids": list,
+}
+
+
+def _check_sidecar(path: Path, meta: dict[str, Any] | None) -> dict[str, Any]:
+    """``meta`` when it has every field :func:`load_annoy` needs with the right type, else ``IndexMismatchError``."""
+    hint = "rebuild it with `python -m lens index --rebuild` (lens rebuilds it by itself when it next needs it)"
+    if meta is None:
+        raise IndexMismatchError(
+            f"{path} has no valid sidecar {_sidecar_path(path).name} (missing or unreadable): {hint}."
+        )
+    wrong = [
+        name
+        for name, kind in _SIDECAR_TYPES.items()
+        if not isinstance(meta.get(name), kind) or isinstance(meta.get(name), bool)
+    ]
+    if not wrong and not all(isinstance(i, str) for i in meta["ids"]):
+        wrong = ["ids"]
+    if wrong or meta["kind"] != "annoy" or meta["dim"] < 1 or meta["n_trees"] < 1 or meta["search_k"] < -1:
+        raise IndexMismatchError(
+            f"{path} has no valid sidecar {_sidecar_path(path).name} (missing or malformed: "
+            f"{', '.join(wrong) or 'values'}): {hint}."
+        )
+    return meta
+
+
 def build_annoy(
     embeddings: EmbeddingSet,
     path: str | os.PathLike,
@@ -184,6 +244,9 @@ def build_annoy(
         index.save(str(tmp))
         index.unload()  # save() leaves the file mmapped: let go of it before it is renamed
 
+    # Written as one pair: the old sidecar goes first, so a crash between the two files leaves no sidecar that vouches
+    # for a new .ann (the checksums would refuse it anyway).
+    _sidecar_path(path).unlink(missing_ok=True)
     atomic_write(path, save)
     meta = {
         "format": FORMAT_VERSION,
@@ -197,37 +260,62 @@ def build_annoy(
         "embedding_key": embeddings.key,
         "n_items": len(embeddings),
         "file_size": path.stat().st_size,
+        "file_sha256": file_sha256(path),
+        "rows_sha256": _embeddings_rows_sha256(embeddings),
         "ids": embeddings.ids,
         "created": utc_now(),
     }
     write_json(_sidecar_path(path), meta)
-    return load_annoy(path)
+    return load_annoy(path, expect_rows=embeddings)
 
 
-def load_annoy(path: str | os.PathLike, *, expect_key: str | None = None, expect_dim: int | None = None) -> AnnoyIndex:
-    """Load an Annoy index by mmap after checking its sidecar.
+def load_annoy(
+    path: str | os.PathLike,
+    *,
+    expect_key: str | None = None,
+    expect_dim: int | None = None,
+    expect_rows: EmbeddingSet | None = None,
+) -> AnnoyIndex:
+    """Load an Annoy index by mmap after checking its sidecar and the file's SHA-256.
+
+    Args:
+        path: the ``.ann`` file.
+        expect_key: the embedding key the index must have been built from.
+        expect_dim: the dimension it must hold.
+        expect_rows: the embeddings it must have been built from: their ids in row order and their vectors must be
+            the ones the sidecar's ``rows_sha256`` was computed from (so a reordered id list is refused).
 
     Raises:
-        IndexMismatchError: missing or inconsistent sidecar, wrong size, or not the expected embeddings / dimension.
+        IndexMismatchError: missing or malformed sidecar, a file whose size or checksum differs from the one built
+            (bit-rot, a partial copy), or not the expected embeddings / dimension / rows.
     """
     from annoy import AnnoyIndex as _Annoy
 
     path = Path(path)
-    meta = read_json(_sidecar_path(path))
     if not path.is_file():
         raise IndexMismatchError(f"No index file at {path}: build it with `python -m lens index`.")
-    if meta is None or meta.get("kind") != "annoy" or "dim" not in meta or "ids" not in meta:
-        raise IndexMismatchError(
-            f"{path} has no valid sidecar {_sidecar_path(path).name} (dim, metric, ids): rebuild it with "
-            "`python -m lens index`."
-        )
-    if meta.get("format") != FORMAT_VERSION or path.stat().st_size != meta.get("file_size"):
+    meta = _check_sidecar(path, read_json(_sidecar_path(path)))
+    if meta["format"] != FORMAT_VERSION or path.stat().st_size != meta["file_size"]:
         raise IndexMismatchError(f"{path} does not match its sidecar (format or size): rebuild it.")
-    if expect_key is not None and meta.get("embedding_key") != expect_key:
+    if expect_key is not None and meta["embedding_key"] != expect_key:
         raise IndexMismatchError(f"{path} was built from other embeddings than the current ones: rebuild it.")
-    if expect_dim is not None and int(meta["dim"]) != expect_dim:
+    if expect_dim is not None and meta["dim"] != expect_dim:
         raise IndexMismatchError(f"{path} holds {meta['dim']}-d vectors, expected {expect_dim}-d.")
-    index = _Annoy(int(meta["dim"]), "angular")
+    if expect_rows is not None and (
+        meta["ids"] != expect_rows.ids or meta["rows_sha256"] != _embeddings_rows_sha256(expect_rows)
+    ):
+        raise IndexMismatchError(
+            f"{path}'s sidecar lists other rows (ids or their order) than the embeddings it is loaded for: rebuild it."
+        )
+    try:
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise IndexMismatchError(f"cannot read {path}: {exc}. Rebuild it.") from exc
+    if digest != meta["file_sha256"]:
+        raise IndexMismatchError(
+            f"{path} is damaged: its SHA-256 differs from the one recorded when it was built. Rebuild it."
+        )
+    index = _Annoy(meta["dim"], "angular")
     try:
         index.load(str(path), prefault=False)  # mmap: pages load on demand, several processes share them
     except OSError as exc:
@@ -290,7 +378,7 @@ def build_index(
     path = index_path(cache_dir, embeddings, n_trees)
     if not rebuild and path.exists():
         try:
-            index = load_annoy(path, expect_key=embeddings.key, expect_dim=embeddings.dim)
+            index = load_annoy(path, expect_key=embeddings.key, expect_dim=embeddings.dim, expect_rows=embeddings)
             index.search_k = search_k
             return index
         except IndexMismatchError:

@@ -273,5 +273,16 @@ def write_status(path: Path, status: Mapping[str, Any]) -> bool:
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
-    """A job's status JSON, or ``None``."""
-    return read_json(path)
+    """A job's status JSON, or ``None`` (also when a field has the wrong type: an older lens wrote it, or a hand)."""
+    status = read_json(path)
+    if status is None:
+        return None
+    pid, steps = status.get("pid"), status.get("steps", [])
+    if (
+        (pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)))
+        or not isinstance(status.get("state", ""), str)
+        or not isinstance(steps, list)
+        or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in steps)
+    ):
+        return None
+    return status

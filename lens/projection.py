@@ -317,16 +317,27 @@ def load_projection(cache_dir: str | os.PathLike | None, encoder: str, key: str)
     coords, meta = loaded
     ids = meta.get("ids")
     if not isinstance(ids, list) or coords.dtype != np.float32 or coords.shape != (len(ids), 2):
-        raise CacheError(f"{npy_path} has shape {coords.shape} for {len(ids or [])} ids; it will be recomputed.")
+        count = len(ids) if isinstance(ids, list) else "no list of"
+        raise CacheError(f"{npy_path} has shape {coords.shape} for {count} ids; it will be recomputed.")
+    params, n_total, seconds = meta.get("params") or {}, meta.get("n_total", len(ids)), meta.get("seconds", 0.0)
+    # A sidecar from an older or interrupted lens, or edited by hand, is a miss whatever field is wrong.
+    if (
+        not isinstance(params, dict)
+        or not isinstance(n_total, int)
+        or isinstance(n_total, bool)
+        or not isinstance(seconds, (int, float))
+        or not isinstance(meta.get("method", ""), str)
+    ):
+        raise CacheError(f"{npy_path}'s sidecar has a field of the wrong type; it will be recomputed.")
     return Projection(
         coords=coords,
         ids=[str(i) for i in ids],
         method=str(meta.get("method", "")),
-        params=dict(meta.get("params") or {}),
-        n_total=int(meta.get("n_total", len(ids))),
+        params=dict(params),
+        n_total=n_total,
         encoder=encoder,
         key=key,
-        seconds=float(meta.get("seconds", 0.0) or 0.0),
+        seconds=float(seconds),
         from_cache=True,
     )
 

@@ -8,7 +8,8 @@ catalog's file-digest memo:
 * :func:`save_array` / :func:`load_array` keep a numpy array as ``<key>.npy`` plus a JSON sidecar ``<key>.json``
   (shape, dtype, SHA-256 of the ``.npy`` bytes and whatever the caller adds). Loading verifies all of it; anything
   that does not verify is a cache miss, never a misread array. No pickle anywhere (``allow_pickle=False``).
-* :func:`file_digests` memoises SHA-256 digests of files by ``(size, mtime_ns)``.
+* :func:`file_digests` memoises SHA-256 digests of files by ``(size, mtime_ns, inode, ctime_ns)``.
+* :func:`csv_safe` escapes the cells of a table a spreadsheet would run as a formula, for every CSV export.
 
 Bottom layer: imports only the standard library, numpy and :mod:`lens.errors`.
 """
@@ -16,11 +17,14 @@ Bottom layer: imports only the standard library, numpy and :mod:`lens.errors`.
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,6 +86,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     call. ``write`` may replace the empty temporary file (e.g. annoy unlinks before saving).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -90,6 +95,29 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+STALE_TMP_SECONDS = 15 * 60
+"""A temporary file of :func:`atomic_write` older than this was left by a killed writer (writes take seconds)."""
+
+
+def remove_stale_temporaries(path: Path, *, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_write` of ``path`` left beside it (older than
+    ``older_than`` seconds, so a concurrent writer's fresh one is left alone); returns what was removed."""
+    removed: list[Path] = []
+    cutoff = time.time() - older_than
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        try:
+            if tmp.is_file() and not tmp.is_symlink() and tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            pass  # gone already, or not ours to delete: the next write tries again
+    return removed
 
 
 def write_json(path: Path, data: Mapping[str, Any], *, indent: int | None = 1) -> None:
@@ -195,9 +223,12 @@ def load_array(npy_path: Path, *, expect: Mapping[str, Any] | None = None) -> tu
 def file_digests(root: Path, rels: Sequence[str], *, cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
     """SHA-256 of each file ``root/rel`` (``"missing"`` for one that cannot be read), memoised on disk.
 
-    The memo, ``<cache>/catalogs/digests/<key of root>.json``, maps ``rel -> [size, mtime_ns, sha256]``; a file
-    is read again only when its size or mtime changed. A memo that cannot be read or written is ignored: the
-    digests are then computed from the files (about 0.3 s for 8,000 product photos, 59 MB).
+    The memo, ``<cache>/catalogs/digests/<key of root>.json``, maps ``rel -> [size, mtime_ns, inode, ctime_ns,
+    sha256]``; a file is read again when any of the four changed. ``ctime_ns`` is the one a program cannot set
+    back: an image edited in place and given its old size and mtime again (``touch -d``, ``rsync --times``) still
+    gets a new ctime, so it is hashed again. An entry of another shape (an older lens, a hand edit) counts as
+    unknown, and a memo that cannot be read or written is ignored: the digests are then computed from the files
+    (about 0.3 s for 8,000 product photos, 59 MB).
     """
     memo_path = resolve_cache_dir(cache_dir) / "catalogs" / "digests" / f"{cache_key({'root': str(root)})}.json"
     memo: dict[str, Any] = read_json(memo_path) or {}
@@ -207,23 +238,57 @@ def file_digests(root: Path, rels: Sequence[str], *, cache_dir: str | os.PathLik
         path = root / rel
         try:
             st = os.stat(path)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte in the name
             out[rel] = "missing"
             continue
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
         known = memo.get(rel)
-        if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
-            out[rel] = known[2]
+        if isinstance(known, list) and len(known) == 5 and known[:4] == stamp and _is_sha256(known[4]):
+            out[rel] = known[4]
             continue
         try:
             out[rel] = file_sha256(path)
         except OSError:
             out[rel] = "missing"
             continue
-        memo[rel] = [st.st_size, st.st_mtime_ns, out[rel]]
+        memo[rel] = [*stamp, out[rel]]
         changed = True
     if changed:
         try:
             write_json(memo_path, memo, indent=None)
         except OSError:
             pass  # a read-only cache only costs the re-hashing next time
+    return out
+
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and _SHA256_RE.fullmatch(value) is not None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CSV exports
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def escape_formula(value: object) -> object:
+    """``value`` with a leading ``'`` when a spreadsheet would read it as a formula (OWASP "CSV Injection"): a string
+    starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return. Plain numbers such as ``-0.5`` are kept."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_safe(table: Any) -> Any:
+    """A copy of the pandas DataFrame ``table`` whose text cells and column names are :func:`escape_formula`-ed:
+    what every CSV export of lens writes (ids, names and labels come from user files)."""
+    out = table.copy()
+    for column in out.columns:
+        if out[column].dtype == object or str(out[column].dtype) in ("string", "str"):
+            out[column] = out[column].map(escape_formula)
+    out.columns = [escape_formula(c) if isinstance(c, str) else c for c in out.columns]
     return out

@@ -555,8 +555,9 @@ def test_hub_download_lands_in_the_cache_and_is_checked(isolated: Path, monkeypa
         seen.update(kwargs, repo_id=repo_id)
         folder = Path(str(kwargs["cache_dir"])) / "snap"
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ("config.json", "model.safetensors", "vocab.json"):
+        for name in ("config.json", "vocab.json"):
             (folder / name).write_text("x")
+        (folder / "model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")  # no tensors, but whole
         return str(folder)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)

@@ -44,6 +44,12 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
 )
 
 _FMNIST_FORMAT_VERSION = 1
+
+#: Bounds on what an IDX header may announce, checked before any data is read: a small gzip can expand to
+#: gigabytes, so the header's word is not taken. Fashion-MNIST's largest file holds 60,000 images of 28x28 (47 MB).
+MAX_IDX_ITEMS = 1_000_000
+MAX_IDX_SIDE = 256
+MAX_IDX_BYTES = 256 * 2**20
 _IDX_RE = re.compile(r"^(train|t10k)-(images|labels)[-.]idx([13])-ubyte(\.gz)?$")
 _MANIFEST = "lens-catalog.json"
 
@@ -83,6 +89,14 @@ def _check_idx_header(path: Path, fh: Any, kind: str) -> list[int]:
     dims = [int.from_bytes(dims_raw[i : i + 4], "big") for i in range(0, 4 * ndim, 4)]
     if kind == "images" and dims[0] > 0 and dims[1] * dims[2] == 0:
         raise CatalogError(f"{path} announces images of size {dims[1]}x{dims[2]}; that is not Fashion-MNIST.")
+    item = dims[1] * dims[2] if kind == "images" else 1
+    if dims[0] > MAX_IDX_ITEMS or max(dims[1:], default=0) > MAX_IDX_SIDE or dims[0] * item > MAX_IDX_BYTES:
+        raise CatalogError(
+            f"{path} announces {dims[0]:,} {kind}"
+            + (f" of {dims[1]}x{dims[2]}" if kind == "images" else "")
+            + f", beyond what lens reads from an IDX file ({MAX_IDX_ITEMS:,} items, {MAX_IDX_SIDE}x{MAX_IDX_SIDE} "
+            f"pixels, {MAX_IDX_BYTES // 2**20} MiB); this is not Fashion-MNIST: replace it with the original file."
+        )
     return dims
 
 

@@ -7,8 +7,10 @@ catalog folder.
 
 from __future__ import annotations
 
+import csv
 import os
 import posixpath
+import re
 import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
@@ -30,6 +32,11 @@ from lens.errors import CatalogError
 from lens.images import IMAGE_EXTENSIONS
 
 CATALOG_ENV = "LENS_CATALOG"
+
+#: Cell values read as "no value" in label and metadata columns (pandas' and spreadsheets' spellings of NA).
+NA_SPELLINGS: frozenset[str] = frozenset(
+    {"nan", "NaN", "NAN", "-nan", "-NaN", "NA", "N/A", "n/a", "#N/A", "#NA", "<NA>", "NULL", "null", "None", "none"}
+)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -88,6 +95,7 @@ def load_catalog(
             image_column=image_column,
             on_missing=on_missing,
             limit=limit,
+            cache_dir=cache_dir,
         )
     if not p.is_dir():
         raise CatalogError(f"Catalog path {p} is neither a folder nor a .csv file.")
@@ -101,6 +109,7 @@ def load_catalog(
             image_column=image_column,
             on_missing=on_missing,
             limit=limit,
+            cache_dir=cache_dir,
         )
     idx_files = find_idx_files(p)
     if idx_files:
@@ -115,8 +124,9 @@ def load_catalog(
             limit=None,
             source="fashion-mnist",
             name=name,
+            cache_dir=cache_dir,
         )
-    return _load_folders(p, label_column=label_column, limit=limit)
+    return _load_folders(p, label_column=label_column, limit=limit, cache_dir=cache_dir)
 
 
 def _load_csv(
@@ -129,6 +139,7 @@ def _load_csv(
     limit: int | None,
     source: str = "csv",
     name: str | None = None,
+    cache_dir: Path | None = None,
 ) -> Catalog:
     root = csv_path.parent.resolve()
     where = str(csv_path)
@@ -140,8 +151,11 @@ def _load_csv(
         raise CatalogError(f"Cannot parse {where} as UTF-8 CSV ({exc}); fix the file or re-export it as CSV.") from None
     table = table.fillna("")  # short rows still give NaN with keep_default_na=False
     table.columns = [str(c).strip() for c in table.columns]
-    if len(set(table.columns)) != len(table.columns):
-        dup = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
+    # pandas renames a repeated column ("id", "id" -> "id", "id.1"): the header as written is what counts.
+    header = _header_row(csv_path)
+    names = header if len(header) == len(table.columns) else list(table.columns)
+    if len(set(names)) != len(names):
+        dup = sorted({c for c in names if names.count(c) > 1})
         raise CatalogError(f"{where} has repeated column names {dup}; give every column a distinct name.")
 
     _require_column(table, id_column, "id", where, "--id-column <col> (id_column=...)")
@@ -159,6 +173,12 @@ def _load_csv(
     table = table.reset_index(drop=True)
     if len(table) == 0:
         raise CatalogError(f"{where} has a header but no rows; add one row per item.")
+
+    # A label or metadata cell spelt as a missing value ("NaN", "NA", "null", ... as a spreadsheet or pandas writes
+    # one) is unlabelled (""), not a category of its own; ids and paths are taken as written.
+    for column in table.columns:
+        if column not in ("id", "image"):
+            table[column] = table[column].mask(table[column].str.strip().isin(NA_SPELLINGS), "")
 
     # Strings everywhere, with surrounding whitespace dropped from ids and paths.
     table["id"] = table["id"].astype(str).str.strip()
@@ -193,15 +213,34 @@ def _load_csv(
         )
     table["image"] = images
 
+    # A symlink (of the file or of a folder on its way) may point anywhere: every path is resolved, and one that
+    # lands outside the catalog folder is refused as a '..' in the CSV is. Each folder is resolved once and each
+    # file is lstat-ed (one call, as the existence check needed anyway); only a file that is a link is resolved.
+    escaped: list[str] = []
     missing: list[int] = []
+    real_folders: dict[str, str] = {}
     for i, rel in enumerate(images):
+        rel_folder, file_name = posixpath.split(rel)
+        real_folder = real_folders.get(rel_folder)
+        if real_folder is None:
+            real_folder = real_folders[rel_folder] = os.path.realpath(root / rel_folder)
+        real = os.path.join(real_folder, file_name)
         try:
-            st = os.stat(root / rel)
+            st = os.lstat(real)
+            if stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(real)
+                st = os.stat(real)
         except OSError:
+            st = None
+        if not _inside(root, real):
+            escaped.append(f"{_line(i)} id {ids[i]!r}: {rel}")
+        elif st is None or not stat.S_ISREG(st.st_mode):
             missing.append(i)
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            missing.append(i)
+    if escaped:
+        raise CatalogError(
+            f"{where}: {len(escaped)} image path(s) lead outside the catalog folder through a symbolic link: "
+            f"{_preview(escaped, quote=False)}. Copy those images into {root} (or link only within it)."
+        )
     problems: list[CatalogProblem] = []
     if missing:
         if on_missing == "error":
@@ -231,7 +270,17 @@ def _load_csv(
         name=name,
         problems=problems,
         column_names=column_names,
+        cache_dir=cache_dir,
     )
+
+
+def _header_row(csv_path: Path) -> list[str]:
+    """The first row of ``csv_path`` as written (names stripped), or ``[]`` when it cannot be read as CSV."""
+    try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as fh:
+            return [name.strip() for name in next(csv.reader(fh), [])]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
 def _repeats(keys: list[str]) -> list[tuple[int, int]]:
@@ -268,10 +317,15 @@ def _rename_to_internal(
     return table, column_names
 
 
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
 def _normalise_relpath(raw: str) -> tuple[str, str | None]:
     """POSIX-normalised relative path, or ``(raw, reason)`` when it would leave the catalog folder."""
     if raw == "":
         return raw, "empty image path"
+    if _CONTROL.search(raw):
+        return raw, "a control character (e.g. a NUL byte) in the path"
     if "://" in raw:
         return raw, "a URL; download the images and list their local paths"
     text = raw.replace("\\", "/")
@@ -285,6 +339,12 @@ def _normalise_relpath(raw: str) -> tuple[str, str | None]:
     return norm, None
 
 
+def _inside(root: Path, real: str) -> bool:
+    """Whether the resolved path ``real`` is ``root`` (resolved) or below it."""
+    base = str(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
 # Class subfolders -----------------------------------------------------------------------------------------
 
 
@@ -292,16 +352,26 @@ def _is_image_file(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
 
 
-def _load_folders(root: Path, *, label_column: str, limit: int | None) -> Catalog:
+def _load_folders(root: Path, *, label_column: str, limit: int | None, cache_dir: Path | None = None) -> Catalog:
     root = root.resolve()
     entries = sorted(root.iterdir())
     rows: list[tuple[str, str, str]] = []
+    problems: list[CatalogProblem] = []
     for class_dir in entries:
         if not class_dir.is_dir() or class_dir.name.startswith("."):
             continue
+        if not _inside(root, os.path.realpath(class_dir)):
+            problems.append(CatalogProblem(None, None, f"{class_dir.name}/: a symbolic link out of the catalog folder"))
+            continue
         for f in sorted(class_dir.iterdir()):
-            if _is_image_file(f):
-                rows.append((f"{class_dir.name}/{f.stem}", f"{class_dir.name}/{f.name}", class_dir.name))
+            if not _is_image_file(f):
+                continue
+            if not _inside(root, os.path.realpath(f)):  # a symlink to anywhere (e.g. /etc/passwd) is not opened
+                problems.append(
+                    CatalogProblem(None, None, f"{class_dir.name}/{f.name}: a symbolic link out of the catalog folder")
+                )
+                continue
+            rows.append((f"{class_dir.name}/{f.stem}", f"{class_dir.name}/{f.name}", class_dir.name))
     if not rows:
         loose = [e for e in entries if _is_image_file(e)]
         hint = (
@@ -325,7 +395,15 @@ def _load_folders(root: Path, *, label_column: str, limit: int | None) -> Catalo
     if limit is not None:
         rows = rows[:limit]
     table = pd.DataFrame(rows, columns=["id", "image", label_column], dtype=str)
-    return Catalog(root=root, table=table, label_column=label_column, source="folders", name=root.name)
+    return Catalog(
+        root=root,
+        table=table,
+        label_column=label_column,
+        source="folders",
+        name=root.name,
+        problems=problems,
+        cache_dir=cache_dir,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------

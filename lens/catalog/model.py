@@ -58,6 +58,8 @@ class Catalog:
         problems: rows dropped while loading with ``on_missing="skip"``.
         column_names: internal column name -> name in the source file, for renamed columns
             (e.g. ``{"id": "sku"}``).
+        cache_dir: the lens cache that the file-digest memo behind :meth:`fingerprint` goes to (``None``:
+            ``$LENS_CACHE_DIR`` or ``~/.cache/lens``); ``load_catalog(cache_dir=...)`` sets it.
     """
 
     root: Path
@@ -67,6 +69,7 @@ class Catalog:
     name: str
     problems: list[CatalogProblem] = field(default_factory=list)
     column_names: dict[str, str] = field(default_factory=dict)
+    cache_dir: Path | None = None
     _fingerprint: str | None = field(default=None, init=False, repr=False)
     _positions: dict[str, int] | None = field(default=None, init=False, repr=False)
     _columns: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
@@ -179,12 +182,12 @@ class Catalog:
         image file's bytes (a missing file counts as ``missing``). Content, not timestamps: a catalog that is
         copied, re-synced or restored keeps its cached embeddings, splits and indexes, and an edited image
         invalidates them. Labels and metadata are left out: they do not change what an encoder sees. File digests
-        are memoised on disk by ``(size, mtime_ns)`` (:func:`lens.store.file_digests`), so a re-load costs one
+        are memoised on disk by ``(size, mtime_ns, inode, ctime_ns)`` (:func:`lens.store.file_digests`), so a re-load costs one
         ``stat`` per file; the result is memoised on the object too. Pass ``refresh=True`` to look at the files again.
         """
         if self._fingerprint is None or refresh:
             rels = self.table["image"].tolist()
-            digests = file_digests(self.root, rels)
+            digests = file_digests(self.root, rels, cache_dir=self.cache_dir)
             digest = hashlib.sha256()
             digest.update(f"{_FINGERPRINT_VERSION}\0{self.source}\0".encode())
             for item_id, rel in zip(self.table["id"].tolist(), rels):
@@ -228,6 +231,7 @@ class Catalog:
             name=self.name,
             problems=list(self.problems),
             column_names=dict(self.column_names),
+            cache_dir=self.cache_dir,
         )
 
     def sample(self, n: int, *, per_label: int | None = None, seed: int = 0) -> Catalog:

@@ -10,7 +10,14 @@ from dataclasses import dataclass, replace
 from lens.encoders.base import Encoder, EncoderSpec, Precision, TorchImageEncoder, random_init
 from lens.encoders.engines import EngineChoice, attach_engine, choose_engine
 from lens.encoders.hub import HubWeights
-from lens.encoders.weights import WeightsFile, WeightsStatus, find_weights, resolve_weights, user_weights_dir
+from lens.encoders.weights import (
+    TrainedWeights,
+    WeightsFile,
+    WeightsStatus,
+    find_weights,
+    resolve_weights,
+    user_weights_dir,
+)
 from lens.errors import LensError, UnknownEncoderError, WeightsUnavailableError
 
 try:
@@ -28,7 +35,7 @@ Builder = Callable[..., Encoder]
 architecture with seeded random weights (weight-free encoders, ``create_encoder(..., pretrained=False)``).
 """
 
-Weights = WeightsFile | HubWeights
+Weights = WeightsFile | HubWeights | TrainedWeights
 
 
 @dataclass(frozen=True)
@@ -223,8 +230,24 @@ def _build(
     # (RuntimeError), a pickle that weights_only refuses (UnpicklingError), malformed safetensors or config
     # (ValueError / SafetensorError, which subclasses Exception only).
     except (OSError, EOFError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError, _SafetensorError) as exc:
-        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        first_line = _load_failure(exc)
         raise WeightsUnavailableError(
             f"Weights for '{name}' at {weights_path} could not be loaded ({exc.__class__.__name__}: {first_line}). "
             f"To fix: replace them: {entry.weights.remedy(user_weights_dir(weights_dir))}."
         ) from exc
+
+
+def _load_failure(exc: BaseException) -> str:
+    """The reason a checkpoint did not load, in one line.
+
+    A pickle that ``weights_only=True`` refuses gets lens's own words: torch's advice runs over many lines and, cut
+    to its first, reads "re-run with weights_only=False" without "only if you got the file from a trusted source".
+    lens never loads a full pickle, whatever its origin.
+    """
+    if isinstance(exc, pickle.UnpicklingError):
+        return (
+            "the file holds Python objects besides tensors, and lens loads weights only (torch.load with "
+            "weights_only=True), never a full pickle, since unpickling a file can run any code in it; use a "
+            "state_dict or safetensors file from a source you trust"
+        )
+    return (str(exc).strip().splitlines() or [""])[0][:300]

@@ -18,7 +18,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lens.encoders.weights import OFFLINE_ENV, WeightsStatus, env_flag, offline, weights_dir_label
+from lens.encoders.weights import (
+    OFFLINE_ENV,
+    WeightsStatus,
+    checkpoint_problem,
+    env_flag,
+    offline,
+    weights_dir_label,
+)
 
 HF_OFFLINE_ENVS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -77,6 +84,10 @@ class HubWeights:
     def missing(self, folder: Path) -> list[str]:
         """The required files (in words) that ``folder`` lacks; empty when lens can load it."""
         lacking = [f for f in self.files if not _nonempty(folder / f)]
+        for f in self.files:  # a damaged safetensors file is as good as none (checked without loading it)
+            problem = checkpoint_problem(folder / f) if f.endswith(".safetensors") and f not in lacking else None
+            if problem is not None:
+                lacking.append(f"an undamaged {f} ({problem})")
         if self.one_of and not any(all(_nonempty(folder / f) for f in group) for group in self.one_of):
             lacking.append(" or ".join(" + ".join(group) for group in self.one_of))
         return lacking

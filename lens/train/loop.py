@@ -130,16 +130,22 @@ def fit(
     start_epoch = 0
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if resume and ckpt_path is not None and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state.get("recipe") != config.recipe or int(state.get("seed", -1)) != config.seed:
+        state = _read_checkpoint(ckpt_path)
+        if state["recipe"] != config.recipe or state["seed"] != config.seed:
             raise LensError(
-                f"checkpoint {ckpt_path} is from recipe {state.get('recipe')!r} seed {state.get('seed')}, not "
+                f"checkpoint {ckpt_path} is from recipe {state['recipe']!r} seed {state['seed']}, not "
                 f"{config.recipe!r} seed {config.seed}; delete it or drop --resume."
             )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = [dict(row) for row in state["history"]]
-        start_epoch = int(state["epoch"]) + 1
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            history = [{str(k): float(v) for k, v in dict(row).items()} for row in state["history"]]
+        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+            raise LensError(
+                f"checkpoint {ckpt_path} does not fit this model ({exc.__class__.__name__}: "
+                f"{(str(exc).strip().splitlines() or [''])[0][:200]}); delete it or drop --resume."
+            ) from None
+        start_epoch = state["epoch"] + 1
 
     for epoch in range(start_epoch, config.epochs):
         seed_everything(epoch_seed(config.seed, epoch))
@@ -238,3 +244,28 @@ def batchnorms_to_eval(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The resume checkpoint at ``path``, checked to be one :func:`fit` wrote; ``LensError`` (with the remedy) if not.
+
+    Read with ``weights_only=True``: a file holding other Python objects is refused, never unpickled.
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        raise LensError(
+            f"{path} is not a lens training checkpoint that can be read safely ({exc.__class__.__name__}); "
+            "delete it (or the run folder) or drop --resume."
+        ) from None
+    fields = {"recipe": str, "seed": int, "epoch": int, "model": dict, "optimizer": dict, "history": list}
+    if not isinstance(state, dict) or any(
+        not isinstance(state.get(name), kind) or isinstance(state.get(name), bool) for name, kind in fields.items()
+    ):
+        raise LensError(
+            f"{path} is not a lens training checkpoint (it lacks recipe, seed, epoch, model, optimizer or history); "
+            "delete it (or the run folder) or drop --resume."
+        )
+    return state

@@ -118,18 +118,35 @@ def load_split(path: str | os.PathLike, catalog: Catalog | None = None) -> Split
     if data is None:
         if not p.is_file():
             raise LensError(f"split file not found: {p}. Create one with `python -m lens train ... --split {p}`.")
-        raise LensError(f"cannot read split file {p}: not a JSON object.")
+        raise LensError(f"cannot read split file {p}: not a JSON object. Delete it or pass another --split.")
     if data.get("format") != SPLIT_FORMAT:
         raise LensError(f"{p} is not a lens split file (format {data.get('format')!r}, expected {SPLIT_FORMAT!r}).")
+    parts = {name: data.get(name) for name in ("train", "val", "query")}
+    wrong = [
+        name for name, ids in parts.items() if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)
+    ]
+    if not isinstance(data.get("label_column"), str):
+        wrong.append("label_column")
+    if not isinstance(data.get("seed"), int) or isinstance(data.get("seed"), bool):
+        wrong.append("seed")
+    fractions = data.get("fractions", {})
+    if not isinstance(fractions, dict) or not all(isinstance(v, (int, float)) for v in fractions.values()):
+        wrong.append("fractions")
+    if wrong:
+        raise LensError(
+            f"{p} is not a valid lens split file: {', '.join(wrong)} missing or of the wrong type (train, val and "
+            "query are lists of ids, label_column a string, seed an integer). Delete it to have `python -m lens "
+            "train` make a new one, or pass another --split."
+        )
     split = Split(
-        train=[str(i) for i in data["train"]],
-        val=[str(i) for i in data["val"]],
-        query=[str(i) for i in data["query"]],
-        label_column=str(data["label_column"]),
-        seed=int(data["seed"]),
+        train=list(parts["train"]),  # type: ignore[arg-type]
+        val=list(parts["val"]),  # type: ignore[arg-type]
+        query=list(parts["query"]),  # type: ignore[arg-type]
+        label_column=data["label_column"],
+        seed=data["seed"],
         catalog=str(data.get("catalog", "")),
         catalog_fingerprint=str(data.get("catalog_fingerprint", "")),
-        fractions=dict(data.get("fractions", {})),
+        fractions={str(k): float(v) for k, v in fractions.items()},
     )
     split.check()
     if catalog is not None:

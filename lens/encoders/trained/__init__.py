@@ -30,7 +30,7 @@ import numpy as np
 
 from lens.encoders import _registry
 from lens.encoders.base import Encoder, EncoderSpec, Precision, Preprocess, TorchImageEncoder
-from lens.encoders.weights import file_sha256
+from lens.encoders.weights import TrainedWeights, file_sha256
 from lens.errors import LensError, UnknownEncoderError
 from lens.store import default_cache_dir, read_json, utc_now
 
@@ -197,7 +197,8 @@ def refresh_trained_models(models_dir: str | os.PathLike | None = None) -> list[
             spec = _spec_from_config(name, folder, read_model_config(folder))
         except (LensError, KeyError, TypeError, ValueError):
             continue
-        _registry.register_encoder(spec)(_make_builder(folder))
+        weights = TrainedWeights(folder / WEIGHTS_NAME, where=spec.weights)
+        _registry.register_encoder(spec, weights=weights)(_make_builder(folder))
         names.append(name)
     return names
 
