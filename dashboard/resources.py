@@ -52,6 +52,7 @@ from lens.images import open_image, try_open_image
 from lens.index import ExactIndex, VectorIndex, build_index, cache_state
 from lens.metrics import RetrievalReport
 from lens.projection import Projection, ProjectionParams, cached_projection, project_embeddings
+from lens.remote import fetch_image_bytes
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -358,6 +359,13 @@ def text_query_vector(model: str, text: str) -> np.ndarray:
     encoder = get_encoder(model)
     with single_query_threads():
         return np.asarray(encoder.embed_texts([text]), dtype=np.float32)[0]
+
+
+@st.cache_data(ttl=600, max_entries=32, show_spinner="Fetching the image…")
+def fetch_url(url: str) -> tuple[bytes, str, str]:
+    """``(bytes, content type, final url)`` of the image at ``url`` (refusals raise ``LensError`` and are not cached)."""
+    fetched = fetch_image_bytes(url, max_bytes=int(config.MAX_UPLOAD_MB * 2**20))
+    return fetched.data, fetched.content_type, fetched.url
 
 
 def digest(*parts: object) -> str:

@@ -1,0 +1,126 @@
+"""AppTest tests of the analyst features on the Search page: query by image URL (a local image server) and the
+session's query history (record, re-open, export). Small generated catalog, ``tiny`` encoder."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from test_pages import assert_clean, downloads, png_bytes, results, start  # noqa: F401  (downloads: a fixture)
+
+from dashboard import history  # noqa: E402
+
+
+@pytest.fixture()
+def image_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A local server of one PNG (class 1, a blue square) and one HTML page; the dashboard may fetch from loopback
+    for this test only (its real fetcher refuses loopback, which another test checks)."""
+    import dashboard.resources as resources
+    from lens import remote
+
+    routes = {"/blue.png": ("image/png", png_bytes(1)), "/page.html": ("text/html", b"<html></html>")}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            content_type, body = routes.get(self.path, ("text/plain", b""))
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    real = remote.fetch_image_bytes
+    monkeypatch.setattr(resources, "fetch_image_bytes", lambda url, **kw: real(url, allow_loopback=True, **kw))
+    resources.fetch_url.clear()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    resources.fetch_url.clear()
+
+
+def test_query_by_url(dashboard_env: dict[str, Path], image_server: str) -> None:
+    at = start("search")
+    at.radio(key="search_mode").set_value("Image URL").run()
+    assert not at.exception and "search_results" not in at.session_state
+    assert any("Paste the address" in i.value for i in at.info)
+    at.text_input(key="search_url").set_value(f"{image_server}/blue.png").run()
+    assert_clean(at)
+    table = results(at)
+    assert table["query"].iat[0] == "image from 127.0.0.1"
+    assert table["articleType"].iat[0] == "BlueSquare"  # the same answer as the uploaded photo gets
+    at.text_input(key="search_url").set_value(f"{image_server}/page.html").run()
+    assert not at.exception and "search_results" not in at.session_state
+    assert any("not a JPEG, PNG or WebP image" in e.value for e in at.error)
+
+
+def test_url_to_this_machine_is_refused_by_the_real_fetcher(dashboard_env: dict[str, Path]) -> None:
+    at = start("search")
+    at.radio(key="search_mode").set_value("Image URL").run()
+    for url, message in [
+        ("http://127.0.0.1:8501/x.jpg", "loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("file:///etc/passwd", "Only http"),
+    ]:
+        at.text_input(key="search_url").set_value(url).run()
+        assert not at.exception, url
+        assert any(message in e.value for e in at.error), (url, [e.value for e in at.error])
+        assert "search_results" not in at.session_state
+
+
+def test_history_records_reopens_and_exports(
+    dashboard_env: dict[str, Path], downloads: dict[str, bytes]  # noqa: F811
+) -> None:
+    at = start("search")  # the default query: a catalog product
+    first = results(at)
+    first_product = at.selectbox(key="search_product").value
+    at.slider(key="search_k").set_value(3).run()
+    at.radio(key="search_mode").set_value("Upload an image").run()
+    at.file_uploader(key="search_upload").set_value(("q.png", png_bytes(2), "image/png")).run()
+    assert_clean(at)
+    at.run()  # a rerun of the same query is not a new entry
+    entries = history.entries(at.session_state)
+    assert [e.label for e in entries] == [f"product {first_product}", f"product {first_product}", "uploaded image"]
+    assert [e.k for e in entries] == [10, 3, 3]
+    shown = next(d.value for d in at.dataframe if "top result" in d.value.columns)
+    assert shown["#"].tolist() == [3, 2, 1]  # newest first
+    # Uploads cannot be re-opened; the product queries can.
+    assert at.selectbox(key="search_history_pick").options == ["#2", "#1"]
+    at.selectbox(key="search_history_pick").set_value(1).run()
+    at.button(key="search_history_reopen").click().run()
+    assert_clean(at)
+    assert at.radio(key="search_mode").value == "Catalog product" and at.slider(key="search_k").value == 10
+    assert results(at)["id"].tolist() == first["id"].tolist()
+    exported = pd.read_csv(io.BytesIO(downloads["lens-search-history.csv"]), dtype={"id": str})
+    # The re-opened query is made again, so it is the session's 4th query.
+    assert history.entries(at.session_state)[-1].label == entries[0].label
+    assert exported.columns[0] == "query_no" and set(exported["query_no"]) == {1, 2, 3, 4}
+    assert (exported["query_no"] == 3).sum() == 3 and (exported["query_no"] == 1).sum() == 10
+
+
+def test_history_without_streamlit() -> None:
+    state: dict = {}
+    table = pd.DataFrame({"rank": [1], "id": ["a"], "similarity": [0.9]})
+    assert history.record(state, model="m", k=1, label="q", filters={}, widgets={"w": 1}, results=table, now=0)
+    assert history.record(state, model="m", k=1, label="q", filters={}, widgets={"w": 1}, results=table) is None
+    assert history.record(state, model="m", k=1, label="q", filters={"c": ["x"]}, widgets={}, results=table)
+    assert history.table(state)["filters"].tolist() == ["c=x", ""]
+    with pytest.raises(ValueError, match="upload"):
+        history.reopen(state, 2)
+    with pytest.raises(KeyError):
+        history.reopen(state, 9)
+    history.reopen(state, 1)
+    assert state["w"] == 1
+    for i in range(history.MAX_ENTRIES + 5):
+        history.record(state, model="m", k=i, label="q", filters={}, widgets={}, results=table)
+    assert len(history.entries(state)) == history.MAX_ENTRIES
