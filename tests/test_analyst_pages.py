@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from test_pages import assert_clean, downloads, png_bytes, results, start  # noqa: F401  (downloads: a fixture)
 
 from dashboard import history  # noqa: E402
