@@ -78,7 +78,8 @@ def test_url_to_this_machine_is_refused_by_the_real_fetcher(dashboard_env: dict[
 
 
 def test_history_records_reopens_and_exports(
-    dashboard_env: dict[str, Path], downloads: dict[str, bytes]  # noqa: F811
+    dashboard_env: dict[str, Path],
+    downloads: dict[str, bytes],  # noqa: F811
 ) -> None:
     at = start("search")  # the default query: a catalog product
     first = results(at)
