@@ -297,6 +297,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if text is not None:
         text_vector = encoder.embed_texts([text])[0]
         vector = text_vector if vector is None else mix_query_vectors(vector, text_vector, weight)
+    assert vector is not None  # one query source was checked above
     hits = search_vector(index, vector, k, exclude=exclude, allowed=allowed)
     if allowed is not None and not hits:
         raise LensError(

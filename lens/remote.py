@@ -77,7 +77,9 @@ def check_url(url: str) -> tuple[str, str, int, str]:
     return parts.scheme.lower(), host, port, path
 
 
-def _refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_private: bool, allow_loopback: bool):
+def _refusal(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_private: bool, allow_loopback: bool
+) -> str | None:
     """Why ``address`` is refused, or ``None`` when it may be contacted."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
@@ -107,7 +109,7 @@ def resolve_public(host: str, port: int, *, allow_private: bool = False, allow_l
         ) from None
     addresses = []
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         why = _refusal(address, allow_private=allow_private, allow_loopback=allow_loopback)
         if why is not None:
             raise UrlFetchError(
