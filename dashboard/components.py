@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import config, query, resources
+from dashboard import charts, config, query, resources
 from lens.build import StepView, format_state
 from lens.catalog import Catalog
 from lens.embed import EmbeddingSet
@@ -585,6 +585,58 @@ def pct(value: float) -> str:
 
 MAX_COLOURS = 12
 """Colour the 12 most frequent values; the rest share one grey "other" (a legend of 140 categories helps no one)."""
+
+
+LINKED_KEY = "proj_linked"
+"""Session key of the Projections page's linked selection: ``{"ids": [...], "seen": {side: [...]}}``."""
+
+
+def linked_selection(state: MutableMapping[str, Any], chart_keys: Mapping[str, str]) -> list[str]:
+    """The products selected on either of two linked maps: the latest new, non-empty selection of any chart.
+
+    Each chart's selection lives in ``state[chart key]`` (Streamlit's event state). A chart is redrawn with new
+    highlights whenever the linked selection changes, and a redrawn chart starts with an empty selection, so an empty
+    selection does not clear the linked one (the page's "Clear selection" button does, :func:`clear_linked`).
+
+    Args:
+        state: ``st.session_state`` (or a dict in tests).
+        chart_keys: ``{side: the chart's widget key}``.
+    """
+    memo = state.get(LINKED_KEY) or {}
+    ids = list(memo.get("ids", []))
+    seen = dict(memo.get("seen", {}))
+    for side, key in chart_keys.items():
+        current = charts.selected_ids(state[key]) if key in state else []
+        if current and current != seen.get(side):
+            ids = current
+        seen[side] = current
+    state[LINKED_KEY] = {"ids": ids, "seen": seen}
+    return ids
+
+
+def clear_linked(state: MutableMapping[str, Any]) -> None:
+    memo = state.get(LINKED_KEY) or {}
+    state[LINKED_KEY] = {"ids": [], "seen": memo.get("seen", {})}
+
+
+def placement_table(ctx: Context, ids: Sequence[str], maps: Mapping[str, Any], colour_column: str) -> pd.DataFrame:
+    """Where each model put each selected product: ``id, title, <colour column>``, then ``<model> x`` and
+    ``<model> y`` per map (``maps``: ``{model: Projection}``; empty cells where a map does not hold the product)."""
+    table = pd.DataFrame(
+        {
+            "id": list(ids),
+            "title": [ctx.title(i) for i in ids],
+            colour_column: ctx.catalog.labels(colour_column, ids=ids),
+        }
+    )
+    for model, projection in maps.items():
+        position = {item: row for row, item in enumerate(projection.ids)}
+        rows = [position.get(i) for i in ids]
+        for axis, name in enumerate(("x", "y")):
+            table[f"{model} {name}"] = [
+                None if r is None else round(float(projection.coords[r, axis]), 3) for r in rows
+            ]
+    return table
 
 
 def projection_frame(ctx: Context, ids: Sequence[str], coords: Any, colour_column: str) -> pd.DataFrame:

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from test_pages import assert_clean, downloads, png_bytes, results, start  # noqa: F401  (downloads: a fixture)
+from test_pages import assert_clean, downloads, png_bytes, results, start, test_encoders  # noqa: F401  (fixtures)
 
 from dashboard import history  # noqa: E402
 
@@ -124,3 +125,71 @@ def test_history_without_streamlit() -> None:
     for i in range(history.MAX_ENTRIES + 5):
         history.record(state, model="m", k=i, label="q", filters={}, widgets={}, results=table)
     assert len(history.entries(state)) == history.MAX_ENTRIES
+
+
+# ------------------------------------------------------------------------------------------------ linked projections
+
+
+def _traces(chart) -> list[dict]:  # noqa: ANN001 - an AppTest plotly_chart element
+    import json
+
+    return json.loads(chart.proto.spec)["data"]
+
+
+def test_linked_selection_rings_the_same_products_on_both_maps(
+    dashboard_env: dict[str, Path],
+    test_encoders: None,  # noqa: F811
+) -> None:
+    from dashboard.components import LINKED_KEY
+
+    at = start("projections", proj_left="tiny", proj_right="tiny-text", proj_method="PCA")
+    assert_clean(at)
+    assert any("No point selected" in c.value for c in at.caption)
+    picked = ["000100", "000107", "000115"]
+    # What a selection on the left map leaves in the session (the chart's own event state cannot be set by a test).
+    at.session_state[LINKED_KEY] = {"ids": picked, "seen": {}}
+    at.run()
+    assert_clean(at)
+    charts_ = at.get("plotly_chart")
+    assert len(charts_) == 2
+    for chart in charts_:
+        ringed = [t for t in _traces(chart) if str(t.get("name", "")).startswith("selected")]
+        assert len(ringed) == 1 and ringed[0]["name"] == "selected (3)"
+        assert sorted(c[0] for c in ringed[0]["customdata"]) == picked
+    assert any("3 selected" in m.value for m in at.markdown)
+    placements = next(d.value for d in at.dataframe if "id" in d.value.columns and "title" in d.value.columns)
+    assert placements["id"].tolist() == picked
+    assert {"tiny x", "tiny y", "tiny-text x", "tiny-text y"} <= set(placements.columns)
+    assert placements[["tiny x", "tiny-text x"]].notna().all().all()
+    # The two models put the same products in different places (different random CNNs).
+    assert not np.allclose(placements["tiny x"], placements["tiny-text x"])
+    at.button(key="proj_clear").click().run()
+    assert_clean(at)
+    assert at.session_state[LINKED_KEY]["ids"] == []
+    assert all(
+        not any(str(t.get("name", "")).startswith("selected") for t in _traces(c)) for c in at.get("plotly_chart")
+    )
+
+
+def test_linked_selection_logic() -> None:
+    from dashboard.components import LINKED_KEY, clear_linked, linked_selection
+
+    def event(*ids: str) -> dict:
+        return {"selection": {"points": [{"customdata": [i]} for i in ids]}}
+
+    keys = {"left": "L", "right": "R"}
+    state: dict = {}
+    assert linked_selection(state, keys) == []
+    state["L"] = event("a", "b")
+    assert linked_selection(state, keys) == ["a", "b"]
+    # Both charts are redrawn with the highlights and come back empty: the linked selection stays.
+    state["L"], state["R"] = event(), event()
+    assert linked_selection(state, keys) == ["a", "b"]
+    state["R"] = event("c")
+    assert linked_selection(state, keys) == ["c"]
+    # A chart whose selection did not change does not take the selection back.
+    state["L"] = event("a", "b")
+    assert linked_selection(state, keys) == ["a", "b"]
+    assert linked_selection(state, keys) == ["a", "b"]
+    clear_linked(state)
+    assert state[LINKED_KEY]["ids"] == [] and linked_selection(state, keys) == []
