@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -21,6 +22,7 @@ from lens.catalog import Catalog
 from lens.embed import EmbeddingSet
 from lens.errors import LensError
 from lens.jobs import JobRunningError, format_duration
+from lens.probe import CategoryProbe, Prediction
 from lens.store import resolve_cache_dir
 
 LABEL_KEY = "label_column"
@@ -465,6 +467,30 @@ def build_panel(ctx: Context, extra: Sequence[str] = ()) -> None:
             st.code(info["log"] or "(no build has run on this cache yet)", language=None)
 
     progress()
+
+
+def predicted_category(ctx: Context, model: str, vector: np.ndarray) -> tuple[Prediction, CategoryProbe] | None:
+    """The predicted label of a query vector from ``model``'s category probe; ``None`` (with a caption saying why)
+    when the catalog's labels cannot train one."""
+    try:
+        probe = resources.get_probe(*ctx.emb(model), ctx.label_column)
+        return probe.predict(vector), probe
+    except LensError as exc:
+        st.caption(f"No predicted {ctx.label_column}: {exc}")
+        return None
+
+
+def prediction_line(label_column: str, prediction: Prediction, probe: CategoryProbe, model: str) -> str:
+    """Markdown: the predicted label with its confidence, the runners-up, and how often the probe is right."""
+    others = ", ".join(f"{escape_md(label)} {p:.0%}" for label, p in prediction.top[1:] if p >= 0.01)
+    accuracy = (
+        "" if np.isnan(probe.accuracy) else f"; right on {probe.accuracy:.0%} of {probe.n_holdout:,} held-out products"
+    )
+    return (
+        f"Predicted {escape_md(label_column)}: **{escape_md(prediction.label)}** ({prediction.confidence:.0%})"
+        + (f" · then {others}" if others else "")
+        + f"  \n:gray[a linear probe on {escape_md(model)}'s vectors{accuracy}]"
+    )
 
 
 def query_encoders(ctx: Context, model: str, embeddings: EmbeddingSet) -> query.QueryEncoders:

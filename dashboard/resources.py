@@ -51,6 +51,7 @@ from lens.evaluate import evaluate_embeddings, summary_table
 from lens.images import open_image, try_open_image
 from lens.index import ExactIndex, VectorIndex, build_index, cache_state
 from lens.metrics import RetrievalReport
+from lens.probe import CategoryProbe, category_probe
 from lens.projection import Projection, ProjectionParams, cached_projection, project_embeddings
 from lens.remote import fetch_image_bytes
 
@@ -343,6 +344,16 @@ def get_index(path: str, load_label: str, model: str, fingerprint: str, cache_di
     if kind == "exact":
         return ExactIndex.from_embeddings(embeddings)
     return build_index(embeddings, cache_dir=cache_dir or None)
+
+
+@st.cache_resource(max_entries=16, show_spinner="Fitting the category probe…")
+def get_probe(
+    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, label_column: str
+) -> CategoryProbe:
+    """The linear probe that predicts ``label_column`` from ``model``'s vectors (fitted once, cached on disk)."""
+    catalog = get_catalog(path, load_label)
+    embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
+    return category_probe(catalog, embeddings, label_column, cache_dir=cache_dir or None)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -7,6 +7,7 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -305,7 +306,24 @@ def cmd_search(args: argparse.Namespace) -> int:
             "loosen a filter (values are matched exactly)."
         )
     columns = [c for c in catalog.table.columns if c != "image"] if not args.csv else None
-    _write_table(results_table(hits, catalog, columns=columns), args.csv)
+    table = results_table(hits, catalog, columns=columns)
+    if not args.no_predict:
+        from lens.probe import category_probe
+
+        probe = category_probe(catalog, embeddings, catalog.label_column, cache_dir=run.cache_dir)
+        guess = probe.predict(vector)
+        table[f"query_predicted_{catalog.label_column}"] = guess.label
+        table["query_predicted_confidence"] = round(guess.confidence, 4)
+        accuracy = (
+            "" if math.isnan(probe.accuracy) else f"; the probe is right on {probe.accuracy:.0%} of held-out products"
+        )
+        print(
+            f"predicted {catalog.label_column} of the query: {guess.label} ({guess.confidence:.0%}; "
+            + ", ".join(f"{label} {p:.0%}" for label, p in guess.top[1:])
+            + f"{accuracy})",
+            file=sys.stderr,
+        )
+    _write_table(table, args.csv)
     return 0
 
 
@@ -648,6 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--trees", type=int, default=None, help="use the Annoy index with this many trees (built if missing)"
     )
     p.add_argument("--csv", default=None, help="write CSV to this file ('-' for stdout)")
+    p.add_argument(
+        "--no-predict", action="store_true", help="skip the predicted category of the query (a linear probe)"
+    )
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("evaluate", parents=[common, cat], help="retrieval metrics per model (exact search)")

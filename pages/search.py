@@ -259,8 +259,14 @@ except LensError as exc:
     st.error(str(exc))
     finish()
 results = query.annotate_results(results, model=model, label=found.label)
+predicted = components.predicted_category(ctx, model, found.vector)
+if predicted is not None:
+    results[f"query_predicted_{ctx.label_column}"] = predicted[0].label
+    results["query_predicted_confidence"] = round(predicted[0].confidence, 4)
 st.session_state[RESULTS_KEY] = results
 
+if predicted is not None:
+    st.markdown(components.prediction_line(ctx.label_column, *predicted, model))
 header = st.columns([3, 1, 1], vertical_alignment="bottom")
 timing = header[0].empty()
 as_table = header[1].toggle("Show as table", key="search_as_table")
