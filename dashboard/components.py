@@ -493,6 +493,43 @@ def prediction_line(label_column: str, prediction: Prediction, probe: CategoryPr
     )
 
 
+MAP_EXPLAINER = (
+    "How to read it: the cosine similarity of the two photos is a sum over the regions of each photo (the model's "
+    "last feature map, averaged into its vector). Bright regions add most to the similarity: their features point "
+    "the way the other photo's whole vector points. Uncoloured regions add little or take away. Maps exist for the CNN "
+    "encoders whose vector is that average (mobilenet-v2, efficientnet-lite0/2, resnet-50, efficientnet-b0/b4), not "
+    "for transformers (ViT, CLIP, DINOv2) or trained heads."
+)
+
+
+def why_similar(ctx: Context, model: str, image: Any, image_key: str, results: pd.DataFrame) -> None:
+    """The Search page's similarity map: the query and a chosen result, each overlaid with where their similarity
+    comes from (on demand: a toggle)."""
+    reason = resources.map_support(model)
+    if reason is not None:
+        st.info(f"No similarity map for {model}: {reason}.  \n{MAP_EXPLAINER}")
+        return
+    ids = results["id"].astype(str).tolist()
+    ranks = dict(zip(ids, results["rank"].tolist()))
+    columns = st.columns([3, 1], vertical_alignment="bottom")
+    chosen = columns[0].selectbox(
+        "Result", ids, key="search_why_pick", format_func=lambda i: f"#{ranks[i]} · {i} — {ctx.title(i)}"[:90]
+    )
+    if not columns[1].toggle("Show the map", key="search_why_show") or chosen is None:
+        st.caption(MAP_EXPLAINER)
+        return
+    path = str(ctx.catalog.image_path(ctx.catalog.index_of(chosen)))
+    try:
+        cosine, query_png, result_png = resources.similarity_overlays(model, image_key, image, path)
+    except LensError as exc:
+        st.error(str(exc))
+        return
+    left, right = st.columns(2)
+    left.image(query_png, caption="Query: the regions that match the result", width="stretch")
+    right.image(result_png, caption=f"Result #{ranks[chosen]}: the regions that match the query", width="stretch")
+    st.caption(f"Cosine similarity {cosine:.3f} under {model}. {MAP_EXPLAINER}")
+
+
 def query_encoders(ctx: Context, model: str, embeddings: EmbeddingSet) -> query.QueryEncoders:
     """The cached loaders that turn a Search query's parts into ``model``'s vectors (see ``query.build_query``)."""
     catalog = ctx.catalog

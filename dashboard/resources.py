@@ -48,6 +48,7 @@ from lens.encoders import Encoder, create_encoder, list_encoders, single_query_t
 from lens.encoders.trained import default_models_dir, refresh_trained_models
 from lens.errors import CatalogError
 from lens.evaluate import evaluate_embeddings, summary_table
+from lens.explain import overlay, similarity_maps, supports_maps
 from lens.images import open_image, try_open_image
 from lens.index import ExactIndex, VectorIndex, build_index, cache_state
 from lens.metrics import RetrievalReport
@@ -409,6 +410,29 @@ def thumbnail(path: str, fingerprint: str, px: int = config.THUMBNAIL_PX) -> byt
     image.thumbnail((px, px), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+@st.cache_data(ttl=600, show_spinner=False)
+def map_support(model: str) -> str | None:
+    """``None`` when ``model`` gives similarity maps, else why not."""
+    return supports_maps(get_encoder(model))
+
+
+@st.cache_data(max_entries=64, show_spinner="Computing the similarity map…")
+def similarity_overlays(
+    model: str, query_key: str, _query: Image.Image, result_path: str
+) -> tuple[float, bytes, bytes]:
+    """``(cosine, query overlay PNG, result overlay PNG)`` of a query image and a catalog photo under ``model``;
+    ``query_key`` identifies the query image (bytes hash + crop)."""
+    with single_query_threads():
+        maps = similarity_maps(get_encoder(model), _query, open_image(result_path))
+    return maps.cosine, _png(overlay(maps.query_view, maps.query)), _png(overlay(maps.result_view, maps.result))
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 

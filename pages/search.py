@@ -283,6 +283,14 @@ elapsed = time.perf_counter() - started
 timing.markdown(f"**{len(results)} results** for {found.label} · {model} · {elapsed * 1000:.0f} ms")
 st.session_state["search_elapsed_s"] = elapsed
 
+# ----------------------------------------------------------------------------------------------------- why similar
+if source is not None and mode != query.IMAGE_TEXT and not results.empty:
+    with st.expander("Why similar? Where the similarity of the query and a result comes from"):
+        query_image = found.image
+        if query_image is None and product_id is not None:  # an uncropped product: its stored vector served
+            query_image = resources.load_image(str(catalog.image_path(catalog.index_of(product_id))))
+        components.why_similar(ctx, model, query_image, parts.image_key, results)
+
 # ------------------------------------------------------------------------------------------------------- history
 REOPEN_KEYS = ["search_model", "search_k", "search_mode", "search_crop_x", "search_crop_y"]
 if mode == query.IMAGE_TEXT:

@@ -193,3 +193,32 @@ def test_linked_selection_logic() -> None:
     assert linked_selection(state, keys) == ["a", "b"]
     clear_linked(state)
     assert state[LINKED_KEY]["ids"] == [] and linked_selection(state, keys) == []
+
+
+def test_why_similar_map_for_a_result(dashboard_env: dict[str, Path]) -> None:
+    at = start("search")
+    assert_clean(at)
+    table = results(at)
+    assert any("How to read it" in c.value for c in at.caption)  # explained before it is asked for
+    n_images = len(at.image)
+    second = table["id"].iat[1]
+    at.selectbox(key="search_why_pick").set_value(second).run()
+    at.toggle(key="search_why_show").set_value(True).run()
+    assert_clean(at)
+    captions = [c for image in at.image for c in image.captions]
+    assert "Query: the regions that match the result" in captions
+    assert "Result #2: the regions that match the query" in captions
+    assert len(at.image) == n_images + 2
+    # The map's cosine is the search's similarity of that result (the map decomposes exactly that number).
+    line = next(c.value for c in at.caption if c.value.startswith("Cosine similarity"))
+    assert float(line.split()[2]) == pytest.approx(float(table["similarity"].iat[1]), abs=2e-3)
+
+
+def test_no_why_similar_for_text_queries(dashboard_env: dict[str, Path], test_encoders: None) -> None:  # noqa: F811
+    at = start("search")
+    at.selectbox(key="search_model").set_value("tiny-text").run()
+    at.radio(key="search_mode").set_value("Text").run()
+    at.text_input(key="search_text").set_value("blue square").run()
+    assert_clean(at)
+    assert len(results(at)) == 10
+    assert not [s for s in at.selectbox if s.key == "search_why_pick"]  # no map for a text query
