@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, config, query, resources
+from dashboard import charts, config, query, report, resources
 from lens.build import StepView, format_state
 from lens.catalog import Catalog
 from lens.embed import EmbeddingSet
@@ -636,6 +636,58 @@ def download_csv(table: pd.DataFrame, label: str, file_name: str, *, key: str) -
         on_click="ignore",
         icon=":material/download:",
         disabled=table.empty,
+    )
+
+
+def download_html(build: Callable[[], str], label: str, file_name: str, *, key: str) -> None:
+    """A download button for an HTML report, built only when the button is clicked (``build() -> html``)."""
+    st.download_button(
+        label,
+        lambda: build().encode("utf-8"),
+        file_name=file_name,
+        mime="text/html",
+        key=key,
+        on_click="ignore",
+        icon=":material/description:",
+    )
+
+
+def compare_report(ctx: Context, grid: pd.DataFrame, models: Sequence[str], k: int, label: str) -> str:
+    """The Compare page as one HTML file: mean P@k per model and the grid with thumbnails."""
+    summary = resources.compare_summary(grid)
+    means = summary.groupby("model", sort=False)["precision_at_k"].agg(["mean", "count"]).reset_index()
+    means.columns = ["model", f"mean P@{k}", "queries"]
+    n_queries = grid["query_id"].nunique()
+    return report.render(
+        f"lens · {n_queries} queries × {len(models)} models, top {k}",
+        [
+            report.Section(
+                f"Mean P@{k}",
+                report.table_html(means),
+                note=f"Relevant = same {label} as the query; each query is searched against the rest of the catalog.",
+            ),
+            report.Section(
+                "Results per query",
+                report.grid_html(grid, models, thumbnail=lambda i: ctx.thumb(i), title=ctx.title),
+                note="Green border: same label as the query; red: another label. Under each result: rank · cosine.",
+            ),
+        ],
+        subtitle=f"catalog {ctx.catalog.name} · {len(ctx.catalog):,} products · label column {label}",
+    )
+
+
+def metrics_report(
+    ctx: Context, summary: pd.DataFrame, figure: Any, per_category: pd.DataFrame, label: str, note: str
+) -> str:
+    """The Metrics page as one HTML file: the summary table, its chart and the per-category table."""
+    return report.render(
+        f"lens · retrieval metrics by {label}",
+        [
+            report.Section("Summary", report.table_html(summary), note=note),
+            report.Section("Chart", report.figure_html(figure, first=True)),
+            report.Section(f"Per {label}", report.table_html(per_category)),
+        ],
+        subtitle=f"catalog {ctx.catalog.name} · {len(ctx.catalog):,} products",
     )
 
 

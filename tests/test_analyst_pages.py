@@ -222,3 +222,57 @@ def test_no_why_similar_for_text_queries(dashboard_env: dict[str, Path], test_en
     assert_clean(at)
     assert len(results(at)) == 10
     assert not [s for s in at.selectbox if s.key == "search_why_pick"]  # no map for a text query
+
+
+# ----------------------------------------------------------------------------------------------------- HTML reports
+
+
+@pytest.fixture()
+def deferred(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """``{file name: the download's builder}`` of every deferred (built-on-click) download button."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    captured: dict = {}
+    original = MediaFileManager.add_deferred
+
+    def spy(self, data, mimetype, coordinates, file_name=None, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        captured[file_name] = data
+        return original(self, data, mimetype, coordinates, file_name, *args, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", spy)
+    return captured
+
+
+def test_compare_report_is_one_self_contained_html(dashboard_env: dict[str, Path], deferred: dict) -> None:
+    import base64
+    import re
+
+    at = start("compare")
+    at.slider(key="compare_k").set_value(3).run()
+    assert_clean(at)
+    page = deferred["lens-compare-report.html"]().decode()
+    assert page.startswith("<!DOCTYPE html>") and "Mean P@3" in page
+    images = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
+    n_queries = page.count('class="tile q"')
+    assert n_queries >= 1 and len(images) == n_queries * (1 + 3)  # each query, then its top 3 under the one model
+    assert base64.b64decode(images[0])[:2] == b"\xff\xd8"  # real JPEG thumbnails
+    assert "http://" not in page and "https://" not in page  # nothing to fetch: it opens offline
+
+
+def test_metrics_report_has_the_table_and_the_chart(dashboard_env: dict[str, Path], deferred: dict) -> None:
+    at = start("metrics")
+    assert_clean(at)
+    page = deferred["lens-metrics-articleType.html"]().decode()
+    summary = at.dataframe[0].value
+    assert "precision@5" in page and "tiny" in page
+    assert f"{summary['precision@5'].iat[0]:.3f}" in page  # the page's figure, in the report
+    assert "Plotly.newPlot" in page  # the chart, with plotly.js inline
+
+
+def test_report_escapes_catalog_strings() -> None:
+    from dashboard import report
+
+    table = pd.DataFrame({"name": ["<script>alert(1)</script>"], "score": [0.5]})
+    page = report.render("t<b>", [report.Section("s", report.table_html(table), note="n&")])
+    assert "<script>alert" not in page and "&lt;script&gt;" in page and "t&lt;b&gt;" in page
+    assert '<td class="num">0.500</td>' in page
