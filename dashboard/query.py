@@ -16,6 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from dashboard import config
+from lens.encoders.base import MAX_TEXT_CHARS, check_texts  # noqa: F401  (MAX_TEXT_CHARS: the page)
 from lens.errors import ImageLoadError, LensError
 from lens.images import open_image
 from lens.vectors import mix_query_vectors
@@ -176,6 +177,8 @@ def build_query(parts: QueryParts, encoders: QueryEncoders) -> Query:
     Raises:
         LensError: from the encoders (an unreadable product image, a model that cannot embed text).
     """
+    if parts.text is not None and parts.mode in (TEXT, IMAGE_TEXT):
+        check_texts([parts.text])  # whatever the model: an empty or a 10,000-character text gets a message
     image = parts.upload
     image_vector = None
     if parts.product_id is not None:

@@ -101,6 +101,7 @@ def text_input(image_too: bool) -> str | None:
         "Describe the product",
         key="search_text",
         placeholder="e.g. red floral summer dress",
+        max_chars=query.MAX_TEXT_CHARS,
         help="Text queries need a text-capable model (marked 'image + text' in the model list).",
     )
     if not text.strip():
@@ -112,6 +113,11 @@ def text_input(image_too: bool) -> str | None:
     if not model_row["text"]:
         st.error(query.text_unsupported(model, text_models))
         return None
+    if len(text) >= query.MAX_TEXT_CHARS:
+        st.warning(
+            f"Descriptions are limited to {query.MAX_TEXT_CHARS:,} characters, so the text was cut there; a few words "
+            "that describe the product work best (e.g. 'red floral summer dress')."
+        )
     return text.strip()
 
 

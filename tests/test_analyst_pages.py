@@ -1,6 +1,7 @@
-"""AppTest tests of the analyst features on the Search page: query by image URL (a local image server) and the
-session's query history (record, re-open, export). Small generated catalog, ``tiny`` encoder."""
+"""AppTest tests of the analyst features: query by image URL (a local image server), the session's query history,
+the predicted category, why-similar maps, linked projections and the HTML reports. Small generated catalog, ``tiny``."""
 
+# ruff: noqa: F811  (pytest fixtures imported from test_pages are redefined as arguments)
 from __future__ import annotations
 
 import io
@@ -80,7 +81,7 @@ def test_url_to_this_machine_is_refused_by_the_real_fetcher(dashboard_env: dict[
 
 def test_history_records_reopens_and_exports(
     dashboard_env: dict[str, Path],
-    downloads: dict[str, bytes],  # noqa: F811
+    downloads: dict[str, bytes],
 ) -> None:
     at = start("search")  # the default query: a catalog product
     first = results(at)
@@ -138,7 +139,7 @@ def _traces(chart) -> list[dict]:  # noqa: ANN001 - an AppTest plotly_chart elem
 
 def test_linked_selection_rings_the_same_products_on_both_maps(
     dashboard_env: dict[str, Path],
-    test_encoders: None,  # noqa: F811
+    test_encoders: None,
 ) -> None:
     from dashboard.components import LINKED_KEY
 
@@ -214,7 +215,7 @@ def test_why_similar_map_for_a_result(dashboard_env: dict[str, Path]) -> None:
     assert float(line.split()[2]) == pytest.approx(float(table["similarity"].iat[1]), abs=2e-3)
 
 
-def test_no_why_similar_for_text_queries(dashboard_env: dict[str, Path], test_encoders: None) -> None:  # noqa: F811
+def test_no_why_similar_for_text_queries(dashboard_env: dict[str, Path], test_encoders: None) -> None:
     at = start("search")
     at.selectbox(key="search_model").set_value("tiny-text").run()
     at.radio(key="search_mode").set_value("Text").run()
@@ -276,3 +277,29 @@ def test_report_escapes_catalog_strings() -> None:
     page = report.render("t<b>", [report.Section("s", report.table_html(table), note="n&")])
     assert "<script>alert" not in page and "&lt;script&gt;" in page and "t&lt;b&gt;" in page
     assert '<td class="num">0.500</td>' in page
+
+
+def test_a_10000_character_text_query_is_cut_with_a_message(
+    dashboard_env: dict[str, Path], test_encoders: None
+) -> None:
+    at = start("search")
+    at.selectbox(key="search_model").set_value("tiny-text").run()
+    at.radio(key="search_mode").set_value("Text").run()
+    at.text_input(key="search_text").set_value("reddress" * 1250).run()
+    assert not at.exception and not at.error
+    assert len(at.text_input(key="search_text").value) == 1000  # the widget keeps 1,000 characters
+    assert any("limited to 1,000 characters" in w.value for w in at.warning)
+    assert len(results(at)) == 10
+
+
+def test_text_checks_apply_whatever_the_model() -> None:
+    from dashboard import query
+    from lens.errors import LensError
+
+    def never(*args: object) -> None:
+        raise AssertionError("no vector is computed for a bad text")
+
+    encoders = query.QueryEncoders(never, never, never, never)
+    for text, message in (("x" * 10_000, "10,000 characters long"), ("   ", "is empty")):
+        with pytest.raises(LensError, match=message):
+            query.build_query(query.QueryParts(mode=query.TEXT, text=text), encoders)
