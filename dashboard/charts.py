@@ -6,6 +6,7 @@ plotly is imported inside the functions: it takes about a second to import, and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -97,7 +98,7 @@ def confused_pairs(pairs: pd.DataFrame, *, top: int = 15) -> Any:
     return fig
 
 
-def projection(frame: pd.DataFrame, colour_column: str, *, title: str) -> Any:
+def projection(frame: pd.DataFrame, colour_column: str, *, title: str, highlight: Sequence[str] = ()) -> Any:
     """Scatter of a 2-D projection; hover shows the title, id and colour value; ``customdata`` = id (Projections).
 
     Args:
@@ -105,8 +106,11 @@ def projection(frame: pd.DataFrame, colour_column: str, *, title: str) -> Any:
             ``"other"`` of ``colour`` is drawn grey, after every other value.
         colour_column: the metadata column the points are coloured by (legend title).
         title: the chart title.
+        highlight: ids to ring in black, drawn over the map as one more trace named ``selected (n)`` (the points
+            selected on either of two linked maps).
     """
     import plotly.express as px
+    import plotly.graph_objects as go
 
     order = [v for v in frame["colour"].value_counts().index if v != "other"]
     if (frame["colour"] == "other").any():
@@ -128,6 +132,20 @@ def projection(frame: pd.DataFrame, colour_column: str, *, title: str) -> Any:
         title=title,
     )
     fig.update_traces(marker={"size": 5, "opacity": 0.8})
+    if highlight:
+        ringed = frame[frame["id"].isin(set(highlight))]
+        fig.add_trace(
+            go.Scatter(
+                x=ringed["x"],
+                y=ringed["y"],
+                mode="markers",
+                name=f"selected ({len(ringed)})",
+                marker={"size": 11, "symbol": "circle-open", "color": "black", "line": {"width": 2}},
+                customdata=ringed[["id"]].to_numpy(),
+                hovertext=ringed["title"],
+                hoverinfo="text",
+            )
+        )
     fig.update_layout(
         height=620,
         margin=MARGIN,

@@ -7,20 +7,22 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import config, query, resources
+from dashboard import charts, config, query, report, resources
 from lens.build import StepView, format_state
 from lens.catalog import Catalog
 from lens.embed import EmbeddingSet
 from lens.errors import LensError
 from lens.jobs import JobRunningError, format_duration
+from lens.probe import CategoryProbe, Prediction
 from lens.store import csv_safe, resolve_cache_dir
 
 LABEL_KEY = "label_column"
@@ -473,6 +475,67 @@ def build_panel(ctx: Context, extra: Sequence[str] = ()) -> None:
     progress()
 
 
+def predicted_category(ctx: Context, model: str, vector: np.ndarray) -> tuple[Prediction, CategoryProbe] | None:
+    """The predicted label of a query vector from ``model``'s category probe; ``None`` (with a caption saying why)
+    when the catalog's labels cannot train one."""
+    try:
+        probe = resources.get_probe(*ctx.emb(model), ctx.label_column)
+        return probe.predict(vector), probe
+    except LensError as exc:
+        st.caption(f"No predicted {ctx.label_column}: {exc}")
+        return None
+
+
+def prediction_line(label_column: str, prediction: Prediction, probe: CategoryProbe, model: str) -> str:
+    """Markdown: the predicted label with its confidence, the runners-up, and how often the probe is right."""
+    others = ", ".join(f"{escape_md(label)} {p:.0%}" for label, p in prediction.top[1:] if p >= 0.01)
+    accuracy = (
+        "" if np.isnan(probe.accuracy) else f"; right on {probe.accuracy:.0%} of {probe.n_holdout:,} held-out products"
+    )
+    return (
+        f"Predicted {escape_md(label_column)}: **{escape_md(prediction.label)}** ({prediction.confidence:.0%})"
+        + (f" · then {others}" if others else "")
+        + f"  \n:gray[a linear probe on {escape_md(model)}'s vectors{accuracy}]"
+    )
+
+
+MAP_EXPLAINER = (
+    "How to read it: the cosine similarity of the two photos is a sum over the regions of each photo (the model's "
+    "last feature map, averaged into its vector). Bright regions add most to the similarity: their features point "
+    "the way the other photo's whole vector points. Uncoloured regions add little or take away. Maps exist for the CNN "
+    "encoders whose vector is that average (mobilenet-v2, efficientnet-lite0/2, resnet-50, efficientnet-b0/b4), not "
+    "for transformers (ViT, CLIP, DINOv2) or trained heads."
+)
+
+
+def why_similar(ctx: Context, model: str, image: Any, image_key: str, results: pd.DataFrame) -> None:
+    """The Search page's similarity map: the query and a chosen result, each overlaid with where their similarity
+    comes from (on demand: a toggle)."""
+    reason = resources.map_support(model)
+    if reason is not None:
+        st.info(f"No similarity map for {model}: {reason}.  \n{MAP_EXPLAINER}")
+        return
+    ids = results["id"].astype(str).tolist()
+    ranks = dict(zip(ids, results["rank"].tolist()))
+    columns = st.columns([3, 1], vertical_alignment="bottom")
+    chosen = columns[0].selectbox(
+        "Result", ids, key="search_why_pick", format_func=lambda i: f"#{ranks[i]} · {i} — {ctx.title(i)}"[:90]
+    )
+    if not columns[1].toggle("Show the map", key="search_why_show") or chosen is None:
+        st.caption(MAP_EXPLAINER)
+        return
+    path = str(ctx.catalog.image_path(ctx.catalog.index_of(chosen)))
+    try:
+        cosine, query_png, result_png = resources.similarity_overlays(model, image_key, image, path)
+    except LensError as exc:
+        st.error(str(exc))
+        return
+    left, right = st.columns(2)
+    left.image(query_png, caption="Query: the regions that match the result", width="stretch")
+    right.image(result_png, caption=f"Result #{ranks[chosen]}: the regions that match the query", width="stretch")
+    st.caption(f"Cosine similarity {cosine:.3f} under {model}. {MAP_EXPLAINER}")
+
+
 def query_encoders(ctx: Context, model: str, embeddings: EmbeddingSet) -> query.QueryEncoders:
     """The cached loaders that turn a Search query's parts into ``model``'s vectors (see ``query.build_query``)."""
     catalog = ctx.catalog
@@ -582,6 +645,58 @@ def download_csv(table: pd.DataFrame, label: str, file_name: str, *, key: str) -
     )
 
 
+def download_html(build: Callable[[], str], label: str, file_name: str, *, key: str) -> None:
+    """A download button for an HTML report, built only when the button is clicked (``build() -> html``)."""
+    st.download_button(
+        label,
+        lambda: build().encode("utf-8"),
+        file_name=file_name,
+        mime="text/html",
+        key=key,
+        on_click="ignore",
+        icon=":material/description:",
+    )
+
+
+def compare_report(ctx: Context, grid: pd.DataFrame, models: Sequence[str], k: int, label: str) -> str:
+    """The Compare page as one HTML file: mean P@k per model and the grid with thumbnails."""
+    summary = resources.compare_summary(grid)
+    means = summary.groupby("model", sort=False)["precision_at_k"].agg(["mean", "count"]).reset_index()
+    means.columns = ["model", f"mean P@{k}", "queries"]
+    n_queries = grid["query_id"].nunique()
+    return report.render(
+        f"lens · {n_queries} queries × {len(models)} models, top {k}",
+        [
+            report.Section(
+                f"Mean P@{k}",
+                report.table_html(means),
+                note=f"Relevant = same {label} as the query; each query is searched against the rest of the catalog.",
+            ),
+            report.Section(
+                "Results per query",
+                report.grid_html(grid, models, thumbnail=lambda i: ctx.thumb(i), title=ctx.title),
+                note="Green border: same label as the query; red: another label. Under each result: rank · cosine.",
+            ),
+        ],
+        subtitle=f"catalog {ctx.catalog.name} · {len(ctx.catalog):,} products · label column {label}",
+    )
+
+
+def metrics_report(
+    ctx: Context, summary: pd.DataFrame, figure: Any, per_category: pd.DataFrame, label: str, note: str
+) -> str:
+    """The Metrics page as one HTML file: the summary table, its chart and the per-category table."""
+    return report.render(
+        f"lens · retrieval metrics by {label}",
+        [
+            report.Section("Summary", report.table_html(summary), note=note),
+            report.Section("Chart", report.figure_html(figure, first=True)),
+            report.Section(f"Per {label}", report.table_html(per_category)),
+        ],
+        subtitle=f"catalog {ctx.catalog.name} · {len(ctx.catalog):,} products",
+    )
+
+
 def pct(value: float) -> str:
     return "—" if pd.isna(value) else f"{100 * float(value):.0f} %"
 
@@ -591,6 +706,58 @@ def pct(value: float) -> str:
 
 MAX_COLOURS = 12
 """Colour the 12 most frequent values; the rest share one grey "other" (a legend of 140 categories helps no one)."""
+
+
+LINKED_KEY = "proj_linked"
+"""Session key of the Projections page's linked selection: ``{"ids": [...], "seen": {side: [...]}}``."""
+
+
+def linked_selection(state: MutableMapping[str, Any], chart_keys: Mapping[str, str]) -> list[str]:
+    """The products selected on either of two linked maps: the latest new, non-empty selection of any chart.
+
+    Each chart's selection lives in ``state[chart key]`` (Streamlit's event state). A chart is redrawn with new
+    highlights whenever the linked selection changes, and a redrawn chart starts with an empty selection, so an empty
+    selection does not clear the linked one (the page's "Clear selection" button does, :func:`clear_linked`).
+
+    Args:
+        state: ``st.session_state`` (or a dict in tests).
+        chart_keys: ``{side: the chart's widget key}``.
+    """
+    memo = state.get(LINKED_KEY) or {}
+    ids = list(memo.get("ids", []))
+    seen = dict(memo.get("seen", {}))
+    for side, key in chart_keys.items():
+        current = charts.selected_ids(state[key]) if key in state else []
+        if current and current != seen.get(side):
+            ids = current
+        seen[side] = current
+    state[LINKED_KEY] = {"ids": ids, "seen": seen}
+    return ids
+
+
+def clear_linked(state: MutableMapping[str, Any]) -> None:
+    memo = state.get(LINKED_KEY) or {}
+    state[LINKED_KEY] = {"ids": [], "seen": memo.get("seen", {})}
+
+
+def placement_table(ctx: Context, ids: Sequence[str], maps: Mapping[str, Any], colour_column: str) -> pd.DataFrame:
+    """Where each model put each selected product: ``id, title, <colour column>``, then ``<model> x`` and
+    ``<model> y`` per map (``maps``: ``{model: Projection}``; empty cells where a map does not hold the product)."""
+    table = pd.DataFrame(
+        {
+            "id": list(ids),
+            "title": [ctx.title(i) for i in ids],
+            colour_column: ctx.catalog.labels(colour_column, ids=ids),
+        }
+    )
+    for model, projection in maps.items():
+        position = {item: row for row, item in enumerate(projection.ids)}
+        rows = [position.get(i) for i in ids]
+        for axis, name in enumerate(("x", "y")):
+            table[f"{model} {name}"] = [
+                None if r is None else round(float(projection.coords[r, axis]), 3) for r in rows
+            ]
+    return table
 
 
 def projection_frame(ctx: Context, ids: Sequence[str], coords: Any, colour_column: str) -> pd.DataFrame:

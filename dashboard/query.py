@@ -9,20 +9,22 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from dashboard import config
+from lens.encoders.base import MAX_TEXT_CHARS, check_texts  # noqa: F401  (MAX_TEXT_CHARS: the page)
 from lens.errors import ImageLoadError, LensError
 from lens.images import UPLOAD_FORMATS, open_image
 from lens.vectors import mix_query_vectors
 
-PRODUCT, UPLOAD, TEXT, IMAGE_TEXT = "Catalog product", "Upload an image", "Text", "Image + text"
-MODES = (PRODUCT, UPLOAD, TEXT, IMAGE_TEXT)
+PRODUCT, UPLOAD, URL, TEXT, IMAGE_TEXT = "Catalog product", "Upload an image", "Image URL", "Text", "Image + text"
+MODES = (PRODUCT, UPLOAD, URL, TEXT, IMAGE_TEXT)
 """What a search can start from (the labels of the page's "Query by" radio)."""
-IMAGE_SOURCES = (PRODUCT, UPLOAD)
+IMAGE_SOURCES = (PRODUCT, UPLOAD, URL)
 """Where the image of an image query comes from."""
 FULL_RANGE = (0, 100)
 
@@ -51,6 +53,29 @@ def read_upload(name: str, data: bytes, *, max_mb: float = config.MAX_UPLOAD_MB)
         raise LensError(
             f"'{name}' cannot be used as a query image: {reason}. Upload a valid {allowed} photo."
         ) from None
+
+
+def read_url_image(url: str, fetch: Callable[[str], tuple[bytes, str, str]]) -> tuple[Image.Image, bytes, str]:
+    """Fetch and decode a query image from ``url``: ``(image, bytes, final url)``.
+
+    ``fetch(url) -> (bytes, content type, final url)`` is :func:`lens.remote.fetch_image_bytes` behind the page's
+    cache; it refuses non-public addresses, non-images and downloads over the upload limit.
+
+    Raises:
+        LensError: the address is refused or unreachable, or what it returns is not a usable image.
+    """
+    data, content_type, final = fetch(url)
+    suffix = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}.get(content_type, "jpg")
+    name = PurePath(urlsplit(final).path).name or "image"
+    try:
+        image = open_image(data, name=name)
+    except ImageLoadError as exc:
+        reason = getattr(exc, "reason", str(exc))
+        raise LensError(
+            f"The file at {final!r} cannot be used as a query image: {reason}. Use the address of a {suffix.upper()} "
+            "photo itself."
+        ) from None
+    return image, data, final
 
 
 def crop_box(
@@ -92,7 +117,8 @@ class QueryParts:
     Attributes:
         mode: one of :data:`MODES`.
         product_id: the catalog product whose image is the query (image modes only), if one is picked.
-        upload: the decoded uploaded photo (image modes only), if one is uploaded.
+        upload: the decoded uploaded (or fetched) photo (image modes only), if there is one.
+        url: the address the photo was fetched from, for a URL query.
         image_key: identifies the image and its crop: the cache key of the image's vector.
         crop_x: the kept part of the image's width, in percent (0-100).
         crop_y: the kept part of the image's height, in percent (0-100).
@@ -103,6 +129,7 @@ class QueryParts:
     mode: str
     product_id: str | None = None
     upload: Image.Image | None = None
+    url: str | None = None
     image_key: str = ""
     crop_x: tuple[float, float] = FULL_RANGE
     crop_y: tuple[float, float] = FULL_RANGE
@@ -150,6 +177,8 @@ def build_query(parts: QueryParts, encoders: QueryEncoders) -> Query:
     Raises:
         LensError: from the encoders (an unreadable product image, a model that cannot embed text).
     """
+    if parts.text is not None and parts.mode in (TEXT, IMAGE_TEXT):
+        check_texts([parts.text])  # whatever the model: an empty or a 10,000-character text gets a message
     image = parts.upload
     image_vector = None
     if parts.product_id is not None:
@@ -176,6 +205,8 @@ def query_label(parts: QueryParts) -> str:
     image_side = ""
     if parts.product_id is not None:
         image_side = f"product {parts.product_id}"
+    elif parts.url is not None:
+        image_side = f"image from {urlsplit(parts.url).hostname or parts.url}"
     elif parts.upload is not None:
         image_side = "uploaded image"
     text_side = f"text: {parts.text}" if parts.text is not None and parts.mode in (TEXT, IMAGE_TEXT) else ""

@@ -48,10 +48,13 @@ from lens.encoders import Encoder, create_encoder, list_encoders, single_query_t
 from lens.encoders.trained import default_models_dir, refresh_trained_models
 from lens.errors import CatalogError
 from lens.evaluate import evaluate_embeddings, summary_table
+from lens.explain import overlay, similarity_maps, supports_maps
 from lens.images import open_image, try_open_image
 from lens.index import ExactIndex, VectorIndex, build_index, cache_state
 from lens.metrics import RetrievalReport
+from lens.probe import CategoryProbe, category_probe
 from lens.projection import Projection, ProjectionParams, cached_projection, project_embeddings
+from lens.remote import fetch_image_bytes
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -456,6 +459,16 @@ def get_index(path: str, load_label: str, model: str, fingerprint: str, cache_di
     return build_index(embeddings, cache_dir=cache_dir or None)
 
 
+@st.cache_resource(max_entries=16, show_spinner="Fitting the category probe…")
+def get_probe(
+    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, label_column: str
+) -> CategoryProbe:
+    """The linear probe that predicts ``label_column`` from ``model``'s vectors (fitted once, cached on disk)."""
+    catalog = get_catalog(path, load_label)
+    embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
+    return category_probe(catalog, embeddings, label_column, cache_dir=cache_dir or None)
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def image_query_vector(model: str, digest: str, _image: Image.Image) -> np.ndarray:
     """``(dim,)`` float32 vector of a query image; ``digest`` identifies the image (bytes hash + crop)."""
@@ -470,6 +483,13 @@ def text_query_vector(model: str, text: str) -> np.ndarray:
     encoder = get_encoder(model)
     with single_query_threads():
         return np.asarray(encoder.embed_texts([text]), dtype=np.float32)[0]
+
+
+@st.cache_data(ttl=600, max_entries=32, show_spinner="Fetching the image…")
+def fetch_url(url: str) -> tuple[bytes, str, str]:
+    """``(bytes, content type, final url)`` of the image at ``url`` (refusals raise ``LensError`` and are not cached)."""
+    fetched = fetch_image_bytes(url, max_bytes=int(config.MAX_UPLOAD_MB * 2**20))
+    return fetched.data, fetched.content_type, fetched.url
 
 
 def digest(*parts: object) -> str:
@@ -502,6 +522,29 @@ def thumbnail(path: str, fingerprint: str, px: int = config.THUMBNAIL_PX) -> byt
     image.thumbnail((px, px), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+@st.cache_data(ttl=600, show_spinner=False)
+def map_support(model: str) -> str | None:
+    """``None`` when ``model`` gives similarity maps, else why not."""
+    return supports_maps(get_encoder(model))
+
+
+@st.cache_data(max_entries=64, show_spinner="Computing the similarity map…")
+def similarity_overlays(
+    model: str, query_key: str, _query: Image.Image, result_path: str
+) -> tuple[float, bytes, bytes]:
+    """``(cosine, query overlay PNG, result overlay PNG)`` of a query image and a catalog photo under ``model``;
+    ``query_key`` identifies the query image (bytes hash + crop)."""
+    with single_query_threads():
+        maps = similarity_maps(get_encoder(model), _query, open_image(result_path))
+    return maps.cosine, _png(overlay(maps.query_view, maps.query)), _png(overlay(maps.result_view, maps.result))
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -7,6 +7,7 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -285,13 +286,26 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from lens.embed import embed_images
+    from lens.encoders.base import check_texts
     from lens.images import open_image
     from lens.index import DEFAULT_N_TREES, build_index
+    from lens.remote import fetch_image_bytes
     from lens.search import filter_mask, results_table, search_vector
+    from lens.vectors import mix_query_vectors
 
     # Check everything cheap before embedding the catalog, so a typo costs no minutes.
-    if bool(args.image) == bool(args.id):
-        raise LensError("search needs exactly one query: --image PATH or --id ITEM_ID.")
+    images = [flag for flag, value in (("--image", args.image), ("--id", args.id), ("--url", args.url)) if value]
+    if len(images) > 1 or not (images or args.text is not None):
+        raise LensError(
+            "search needs one query: --image PATH, --id ITEM_ID or --url URL, or --text 'a description' "
+            "(alone, or with one of the image queries for an image + text query)."
+        )
+    text = check_texts([args.text])[0].strip() if args.text is not None else None
+    weight = 0.5 if args.text_weight is None else args.text_weight
+    if not 0.0 <= weight <= 1.0:
+        raise LensError(f"--text-weight must lie in [0, 1], got {weight}.")
+    if args.text_weight is not None and not (text and images):
+        raise LensError("--text-weight mixes an image query with --text; give both, or drop --text-weight.")
     k = _positive(args.k, "--k", 10)
     trees = _positive(args.trees, "--trees", DEFAULT_N_TREES)
     filters = _parse_filters(args.filter)
@@ -299,25 +313,60 @@ def cmd_search(args: argparse.Namespace) -> int:
     run = _run_options(args)
     _parse_models(args.model, run)  # a known encoder with its weights here
     query_image = open_image(args.image) if args.image else None
+    if args.url:
+        fetched = fetch_image_bytes(args.url)
+        query_image = open_image(fetched.data, name=fetched.url)
     catalog = _catalog_options(args).load()
     allowed = filter_mask(catalog, filters)
     if allowed is not None and not allowed - {args.id}:
         raise LensError(_no_match(catalog, filters))
     if args.id:
         catalog.index_of(args.id)
+    if text is not None:
+        from lens.encoders import get_spec
+
+        if not get_spec(args.model).supports_text:
+            raise LensError(
+                f"model {args.model!r} embeds images only, so it cannot search by text; use a text-capable model "
+                "(`python -m lens encoders` lists them in its 'text' column, e.g. text-align)."
+            )
     encoder, embeddings = _embed(catalog, args.model, run, args.quiet)
     index = build_index(embeddings, kind="exact" if args.exact else "annoy", cache_dir=run.cache_dir, n_trees=trees)
     exclude: list[str] = []
-    if query_image is not None:
+    vector = None
+    if args.image:
         # From the file, not the decoded image: decoded as the catalog's files are (draft for big JPEGs), a catalog
         # photo used as the query gets exactly its catalog vector.
         vector = embed_images(encoder, [args.image])[0]
-    else:
+    elif query_image is not None:
+        vector = embed_images(encoder, [query_image])[0]
+    elif args.id:
         vector = embeddings.vectors[embeddings.position(args.id)]
         exclude = [args.id]
+    if text is not None:
+        text_vector = encoder.embed_texts([text])[0]
+        vector = text_vector if vector is None else mix_query_vectors(vector, text_vector, weight)
+    assert vector is not None  # one query source was checked above
     hits = search_vector(index, vector, k, exclude=exclude, allowed=allowed)
     columns = [c for c in catalog.table.columns if c != "image"] if not args.csv else None
-    _write_table(results_table(hits, catalog, columns=columns), args.csv)
+    table = results_table(hits, catalog, columns=columns)
+    if not args.no_predict:
+        from lens.probe import category_probe
+
+        probe = category_probe(catalog, embeddings, catalog.label_column, cache_dir=run.cache_dir)
+        guess = probe.predict(vector)
+        table[f"query_predicted_{catalog.label_column}"] = guess.label
+        table["query_predicted_confidence"] = round(guess.confidence, 4)
+        accuracy = (
+            "" if math.isnan(probe.accuracy) else f"; the probe is right on {probe.accuracy:.0%} of held-out products"
+        )
+        print(
+            f"predicted {catalog.label_column} of the query: {guess.label} ({guess.confidence:.0%}; "
+            + ", ".join(f"{label} {p:.0%}" for label, p in guess.top[1:])
+            + f"{accuracy})",
+            file=sys.stderr,
+        )
+    _write_table(table, args.csv)
     return 0
 
 
@@ -655,6 +704,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", parents=[common, cat, eng], help="most similar catalog items to an image or item")
     p.add_argument("--image", default=None, help="query image file")
     p.add_argument("--id", default=None, help="query by a catalog item id (the item itself is excluded)")
+    p.add_argument("--url", default=None, help="query image address (http/https; public addresses only)")
+    p.add_argument("--text", default=None, help="text query, alone or with an image query (text-capable models)")
+    p.add_argument(
+        "--text-weight", type=float, default=None, help="weight of --text in an image + text query, 0..1 (0.5)"
+    )
     p.add_argument("--model", default="efficientnet-lite0", help="encoder name (default efficientnet-lite0)")
     p.add_argument("--k", type=int, default=10, help="number of results")
     p.add_argument("--filter", action="append", help="COLUMN=VALUE[,VALUE] metadata filter; repeatable")
@@ -663,6 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--trees", type=int, default=None, help="use the Annoy index with this many trees (built if missing)"
     )
     p.add_argument("--csv", default=None, help="write CSV to this file ('-' for stdout)")
+    p.add_argument(
+        "--no-predict", action="store_true", help="skip the predicted category of the query (a linear probe)"
+    )
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("evaluate", parents=[common, cat], help="retrieval metrics per model (exact search)")

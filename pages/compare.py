@@ -82,4 +82,15 @@ for query_id in query_ids:
             components.result_strip(ctx, cell, width=strip)
 
 st.divider()
-components.download_csv(grid, "Download CSV (one row per query × model × rank)", "lens-compare.csv", key="compare_csv")
+exports = st.columns(2)
+with exports[0]:
+    components.download_csv(
+        grid, "Download CSV (one row per query × model × rank)", "lens-compare.csv", key="compare_csv"
+    )
+with exports[1]:
+    components.download_html(
+        lambda: components.compare_report(ctx, grid, ready, k, label),
+        "Download HTML report (shareable, with thumbnails)",
+        "lens-compare-report.html",
+        key="compare_html",
+    )

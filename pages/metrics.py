@@ -77,7 +77,8 @@ if skipped:
     st.caption(f"{skipped:,} queries have no other product with their label and are left out of every mean.")
 components.download_csv(summary, "Download summary CSV", f"lens-metrics-{label}.csv", key="metrics_csv")
 
-st.plotly_chart(charts.metrics_by_model(summary, keys), key="metrics_chart")
+figure = charts.metrics_by_model(summary, keys)
+st.plotly_chart(figure, key="metrics_chart")
 
 st.subheader(f"Per {label}")
 metric = st.selectbox(
@@ -100,6 +101,23 @@ per_category = pd.concat(
     [report.per_category.assign(model=model, label_column=label) for model, report in reports.items()],
     ignore_index=True,
 )
-components.download_csv(
-    per_category, f"Download per-{label} CSV", f"lens-metrics-per-{label}.csv", key="metrics_cat_csv"
-)
+exports = st.columns(2)
+with exports[0]:
+    components.download_csv(
+        per_category, f"Download per-{label} CSV", f"lens-metrics-per-{label}.csv", key="metrics_cat_csv"
+    )
+with exports[1]:
+    queries_note = f"{sample_size:,} sampled queries" if sample_size else f"all {len(catalog):,} products as queries"
+    components.download_html(
+        lambda: components.metrics_report(
+            ctx,
+            summary.drop(columns=["average", "label"]),
+            figure,
+            matrix.reset_index() if not matrix.empty else per_category,
+            label,
+            f"{average}; {queries_note}; relevant = same {label}.",
+        ),
+        "Download HTML report (shareable)",
+        f"lens-metrics-{label}.html",
+        key="metrics_html",
+    )

@@ -53,7 +53,8 @@ n_shown = min(max_points, len(catalog))
 st.caption(
     f"Each map shows {n_shown:,} of {len(catalog):,} products"
     + (" (a uniform random sample, seed 0)" if n_shown < len(catalog) else "")
-    + ". Hover a point for its title; click, box- or lasso-select points to list those products below the map."
+    + ". Hover a point for its title; click, box- or lasso-select points on either map: the same products are ringed "
+    "on both maps and listed once below, with where each model put them."
 )
 
 sides = []
@@ -65,9 +66,7 @@ for column, row, side in zip(st.columns(2, gap="large"), (left_row, right_row), 
         embeddings = components.ensure_embeddings(ctx, row["name"], key=f"proj_{side}")
         if embeddings is None:
             continue
-        sides.append(
-            {"side": side, "model": row["name"], "note": st.empty(), "chart": st.empty(), "below": st.container()}
-        )
+        sides.append({"side": side, "model": row["name"], "note": st.empty(), "chart": st.empty()})
 
 limit = None if max_points >= len(catalog) else int(max_points)
 umap_args = ("umap", int(n_neighbors), float(min_dist), limit, 0)
@@ -92,15 +91,22 @@ try:
             )
             entry["note"].info(f"PCA preview — computing the UMAP of {len(pca):,} points (about 10–60 s, once)…")
             pending.append(entry)
-    # Phase 2: the maps themselves (UMAP from the disk cache, or computed now).
+    # Phase 2: the maps themselves (UMAP from the disk cache, or computed now), linked: the points selected on
+    # either map are ringed on both.
+    chart_keys = {entry["side"]: f"proj_{entry['side']}_{method}" for entry in sides}
+    linked = components.linked_selection(st.session_state, chart_keys)
+    maps = {}
     for entry in sides:
         args = ctx.emb(entry["model"])
         chosen = umap_args if method == "UMAP" else pca_args
         projection = resources.get_projection(*args, *chosen)
+        maps[entry["model"]] = projection
         frame = components.projection_frame(ctx, projection.ids, projection.coords, colour_column)
-        event = entry["chart"].plotly_chart(
-            charts.projection(frame, colour_column, title=title_of(entry["model"], method, projection)),
-            key=f"proj_{entry['side']}_{method}",
+        entry["chart"].plotly_chart(
+            charts.projection(
+                frame, colour_column, title=title_of(entry["model"], method, projection), highlight=linked
+            ),
+            key=chart_keys[entry["side"]],
             on_select="rerun",
             selection_mode=("points", "box", "lasso"),
         )
@@ -109,12 +115,17 @@ try:
             f"{method} {how}"
             + (f", n_neighbors = {projection.params.get('n_neighbors_used')}" if method == "UMAP" else "")
         )
-        picked = charts.selected_ids(event)
-        with entry["below"]:
-            if picked:
-                st.markdown(f"**{len(picked)} selected**" + (" (showing 24)" if len(picked) > 24 else ""))
-                components.product_grid(ctx, picked[:24], n_cols=4, caption_columns=[colour_column])
-            else:
-                st.caption("No point selected.")
+    if linked:
+        head = st.columns([4, 1], vertical_alignment="bottom")
+        head[0].markdown(
+            f"**{len(linked)} selected**, ringed on both maps" + (" (showing 24)" if len(linked) > 24 else "")
+        )
+        head[1].button("Clear selection", key="proj_clear", on_click=components.clear_linked, args=(st.session_state,))
+        components.product_grid(ctx, linked[:24], n_cols=8, caption_columns=[colour_column])
+        placements = components.placement_table(ctx, linked, maps, colour_column)
+        st.dataframe(placements, hide_index=True, key="proj_placements")
+        components.download_csv(placements, "Selected products (CSV)", "lens-projection-selection.csv", key="proj_csv")
+    elif sides:
+        st.caption("No point selected.")
 except LensError as exc:
     st.error(str(exc))

@@ -7,7 +7,7 @@ import time
 
 import streamlit as st
 
-from dashboard import components, config, query, resources
+from dashboard import components, config, history, query, resources
 from lens.errors import LensError
 
 components.run_through_app()
@@ -17,6 +17,7 @@ RESULTS_KEY = "search_results"  # session key of the last results table (what th
 st.title("Search")
 st.caption("Find the catalog products most similar to a photo, a product, a crop of either, or a description.")
 st.session_state.pop(RESULTS_KEY, None)  # set again only when this run renders results
+history_slot = st.container()
 ctx = components.require_context()
 catalog = ctx.catalog
 
@@ -68,6 +69,25 @@ def uploaded_image() -> tuple[object, bytes] | None:
         return None
 
 
+def url_image() -> tuple[object, bytes, str] | None:
+    """The query image fetched from an address (public addresses only), its bytes and final URL; a hint otherwise."""
+    url = st.text_input(
+        "Image address (URL)",
+        key="search_url",
+        placeholder="https://…/product.jpg",
+        help="The address of a JPEG, PNG or WebP photo (right-click an image, 'Copy image address'). Only public "
+        f"addresses are fetched, up to {config.MAX_UPLOAD_MB} MB.",
+    )
+    if not url.strip():
+        st.info("Paste the address of a product photo to search with it.")
+        return None
+    try:
+        return query.read_url_image(url.strip(), resources.fetch_url)
+    except LensError as exc:
+        st.error(str(exc))
+        return None
+
+
 def crop_controls() -> tuple[tuple[float, float], tuple[float, float]]:
     with st.expander("Crop the query image"):
         x = st.slider("Horizontal range (%)", 0, 100, (0, 100), key="search_crop_x")
@@ -81,6 +101,7 @@ def text_input(image_too: bool) -> str | None:
         "Describe the product",
         key="search_text",
         placeholder="e.g. red floral summer dress",
+        max_chars=query.MAX_TEXT_CHARS,
         help="Text queries need a text-capable model (marked 'image + text' in the model list).",
     )
     if not text.strip():
@@ -92,7 +113,58 @@ def text_input(image_too: bool) -> str | None:
     if not model_row["text"]:
         st.error(query.text_unsupported(model, text_models))
         return None
+    if len(text) >= query.MAX_TEXT_CHARS:
+        st.warning(
+            f"Descriptions are limited to {query.MAX_TEXT_CHARS:,} characters, so the text was cut there; a few words "
+            "that describe the product work best (e.g. 'red floral summer dress')."
+        )
     return text.strip()
+
+
+def reopen(number: int) -> None:
+    """Button callback: restore query ``number``'s widgets before the page's widgets are drawn again."""
+    try:
+        history.reopen(st.session_state, number)
+    except (KeyError, ValueError) as exc:
+        st.session_state["search_history_error"] = f"Query #{number} cannot be re-opened: {exc}."
+
+
+def show_history() -> None:
+    """The session's queries, drawn into the slot under the title; called before every stop of the page."""
+    with history_slot.expander(f"Query history ({len(history.entries(st.session_state))} this session)"):
+        if message := st.session_state.pop("search_history_error", None):
+            st.warning(message)
+        st.dataframe(history.table(st.session_state), hide_index=True, key="search_history_table")
+        numbers = [e.number for e in reversed(history.entries(st.session_state)) if e.reopenable]
+        cols = st.columns([2, 1, 2], vertical_alignment="bottom")
+        chosen = cols[0].selectbox(
+            "Query",
+            numbers,
+            key="search_history_pick",
+            format_func=lambda n: f"#{n}",
+            help="Uploaded photos cannot be re-opened (upload them again); their results stay in the export.",
+        )
+        cols[1].button(
+            "Re-open",
+            key="search_history_reopen",
+            on_click=reopen,
+            args=(chosen,),
+            disabled=chosen is None,
+            icon=":material/history:",
+        )
+        with cols[2]:
+            components.download_csv(
+                history.all_results(st.session_state),
+                "All results of the session (CSV)",
+                "lens-search-history.csv",
+                key="search_history_csv",
+            )
+
+
+def finish() -> None:
+    """Draw the history, then stop the page (what every early exit does)."""
+    show_history()
+    st.stop()
 
 
 # ------------------------------------------------------------------------------------------------ query inputs
@@ -101,16 +173,17 @@ found: query.Query | None = None
 exclude: list[str] = []
 with left:
     if not components.require_available(model_row):
-        st.stop()
+        finish()
     embeddings = components.ensure_embeddings(ctx, model, key="search")
     if embeddings is None:
-        st.stop()
+        finish()
     source = mode if mode in query.IMAGE_SOURCES else None
     if mode == query.IMAGE_TEXT:
         source = st.radio("Image from", query.IMAGE_SOURCES, horizontal=True, key="search_image_source")
     upload = None
     image_key = ""
     product_id = None
+    url = None
     if source == query.PRODUCT:
         product_id = pick_product()
         if product_id is not None:
@@ -119,6 +192,11 @@ with left:
         loaded = uploaded_image()
         if loaded is not None:
             upload, data = loaded
+            image_key = resources.digest(data)
+    elif source == query.URL:
+        fetched = url_image()
+        if fetched is not None:
+            upload, data, url = fetched
             image_key = resources.digest(data)
     crop_x, crop_y = crop_controls() if source else (query.FULL_RANGE, query.FULL_RANGE)
     text = text_input(image_too=mode == query.IMAGE_TEXT) if mode in (query.TEXT, query.IMAGE_TEXT) else None
@@ -133,6 +211,7 @@ with left:
         mode=mode,
         product_id=product_id,
         upload=upload,
+        url=url,
         image_key=resources.digest(image_key, crop_x, crop_y),
         crop_x=crop_x,
         crop_y=crop_y,
@@ -176,18 +255,24 @@ with right:
 # ----------------------------------------------------------------------------------------------------- results
 st.divider()
 if found is None or found.vector is None:
-    st.stop()
+    finish()
 if allowed is not None and not (allowed - set(exclude)):
     st.warning("No product passes these filters; remove a filter value to see results.")
-    st.stop()
+    finish()
 try:
     results = resources.search(*ctx.emb(model), found.vector, k, exclude=exclude, allowed=allowed)
 except LensError as exc:
     st.error(str(exc))
-    st.stop()
+    finish()
 results = query.annotate_results(results, model=model, label=found.label)
+predicted = components.predicted_category(ctx, model, found.vector)
+if predicted is not None:
+    results[f"query_predicted_{ctx.label_column}"] = predicted[0].label
+    results["query_predicted_confidence"] = round(predicted[0].confidence, 4)
 st.session_state[RESULTS_KEY] = results
 
+if predicted is not None:
+    st.markdown(components.prediction_line(ctx.label_column, *predicted, model))
 header = st.columns([3, 1, 1], vertical_alignment="bottom")
 timing = header[0].empty()
 as_table = header[1].toggle("Show as table", key="search_as_table")
@@ -203,3 +288,36 @@ else:
 elapsed = time.perf_counter() - started
 timing.markdown(f"**{len(results)} results** for {found.label} · {model} · {elapsed * 1000:.0f} ms")
 st.session_state["search_elapsed_s"] = elapsed
+
+# ----------------------------------------------------------------------------------------------------- why similar
+if source is not None and mode != query.IMAGE_TEXT and not results.empty:
+    with st.expander("Why similar? Where the similarity of the query and a result comes from"):
+        query_image = found.image
+        if query_image is None and product_id is not None:  # an uncropped product: its stored vector served
+            query_image = resources.load_image(str(catalog.image_path(catalog.index_of(product_id))))
+        components.why_similar(ctx, model, query_image, parts.image_key, results)
+
+# ------------------------------------------------------------------------------------------------------- history
+REOPEN_KEYS = ["search_model", "search_k", "search_mode", "search_crop_x", "search_crop_y"]
+if mode == query.IMAGE_TEXT:
+    REOPEN_KEYS.append("search_image_source")
+if source == query.PRODUCT:
+    REOPEN_KEYS += ["search_product", "search_exclude_self"]
+elif source == query.URL:
+    REOPEN_KEYS.append("search_url")
+if mode in (query.TEXT, query.IMAGE_TEXT):
+    REOPEN_KEYS += ["search_text", "search_text_weight"]
+widgets = {key: st.session_state[key] for key in REOPEN_KEYS if key in st.session_state}
+if source == query.PRODUCT:
+    widgets["search_product_query"] = product_id  # the product picker lists the product again
+widgets.update({f"search_filter_{column}": list(filters.get(column, [])) for column in filter_columns})
+history.record(
+    st.session_state,
+    model=model,
+    k=k,
+    label=found.label,
+    filters=filters,
+    widgets={} if source == query.UPLOAD else widgets,  # an uploaded photo cannot be re-made from widgets
+    results=results,
+)
+show_history()

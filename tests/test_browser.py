@@ -230,6 +230,10 @@ def test_select_points_on_a_projection(server: str, page: object) -> None:
     page.get_by_text("24 selected").first.wait_for(timeout=PAGE_READY_S * 1000)
     wait_idle(page)
     assert_no_traceback(page, "projection selection")
+    # Linked maps: the selection is ringed on every map, the one it was made on and the other.
+    plots = page.locator(".js-plotly-plot")
+    assert plots.count() == 2
+    assert plots.filter(has_text="selected (24)").count() == 2
     screenshot(page, "8-projections-selection.png")
 
 

@@ -262,7 +262,7 @@ BAD_INPUTS = {
         ["search", "--catalog", "{catalog}", "--model", "tiny", "--id", "999999"],
         "Unknown item id '999999'",
     ),
-    "no query": (["search", "--catalog", "{catalog}", "--model", "tiny"], "search needs exactly one query"),
+    "no query": (["search", "--catalog", "{catalog}", "--model", "tiny"], "search needs one query"),
     "weights unavailable": (
         ["embed", "--catalog", "{catalog}", "--models", "mobilenet-v2"],
         "Weights for 'mobilenet-v2' are unavailable",

@@ -188,11 +188,16 @@ class Encoder:
         raise NotImplementedError
 
 
+MAX_TEXT_CHARS = 1000
+"""Longest text query embedded: a product description, not a document (the text models read 128 tokens at most)."""
+
+
 def check_texts(texts: Sequence[str]) -> list[str]:
-    """Validate text queries before tokenising them: a list of non-empty strings.
+    """Validate text queries before tokenising them: a list of non-empty strings of at most :data:`MAX_TEXT_CHARS`.
 
     Raises:
-        LensError: a bare string instead of a list, a non-string item, or an empty / whitespace-only text.
+        LensError: a bare string instead of a list, a non-string item, an empty / whitespace-only text, or a text
+            longer than :data:`MAX_TEXT_CHARS` characters.
     """
     if isinstance(texts, str):
         raise LensError(f"embed_texts takes a list of texts, got a single string {texts!r}: pass [{texts!r}].")
@@ -204,6 +209,11 @@ def check_texts(texts: Sequence[str]) -> list[str]:
             raise LensError(
                 f"text query #{i} is empty{' (only whitespace)' if text else ''}: type a few words that describe "
                 "the product, e.g. 'red summer dress'."
+            )
+        if len(text) > MAX_TEXT_CHARS:
+            raise LensError(
+                f"text query #{i} is {len(text):,} characters long; describe the product in at most "
+                f"{MAX_TEXT_CHARS:,} characters (a few words work best, e.g. 'red summer dress')."
             )
     return checked
 
