@@ -242,8 +242,30 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     catalog = _catalog_options(args).load()
     run = _run_options(args)
-    for model in _parse_models(args.models, run):
-        _, embeddings = _embed(catalog, model, run, args.quiet)
+    models = _parse_models(args.models, run)
+    if not args.ray and (args.address or args.workers is not None):
+        raise LensError("--address and --workers go with --ray (embedding on Ray Data); add --ray or drop them.")
+    for model in models:
+        if args.ray:
+            from lens.distributed import embed_catalog_ray
+
+            progress, close = _progress(f"embed {model} on Ray", args.quiet)
+            try:
+                _, embeddings = embed_catalog_ray(
+                    catalog,
+                    model,
+                    workers=_positive(args.workers, "--workers", 2),
+                    address=args.address,
+                    batch_size=run.batch_size,
+                    cache_dir=run.cache_dir,
+                    weights_dir=run.weights_dir,
+                    engine=run.engine,
+                    progress=progress,
+                )
+            finally:
+                close()
+        else:
+            _, embeddings = _embed(catalog, model, run, args.quiet)
         how = (
             "from cache"
             if embeddings.from_cache
@@ -692,6 +714,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", parents=[common, cat, eng], help="embed the catalog (cached)")
     p.add_argument("--models", default=None, help="comma-separated encoder names, or 'all' available (default)")
+    p.add_argument(
+        "--ray", action="store_true", help="embed on Ray Data: decoding tasks + a pool of encoder actors (same cache)"
+    )
+    p.add_argument("--address", default=None, help="with --ray: a running cluster (auto, ray://host:10001)")
+    p.add_argument("--workers", type=int, default=None, help="with --ray: encoder actors (default 2)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("index", parents=[common, cat, eng], help="embed and build Annoy indexes (cached)")

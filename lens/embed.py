@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,11 @@ from lens.encoders.base import (
 from lens.errors import CacheError, LensError
 from lens.images import try_open_image
 from lens.store import FORMAT_VERSION, cache_key, read_json, resolve_cache_dir, save_array, verify_array
+
+Compute = Callable[
+    [Catalog, Encoder, int, "ProgressCallback | None"], "tuple[np.ndarray, list[str], list[tuple[str, str]]]"
+]
+"""``compute(catalog, encoder, batch_size, progress) -> (vectors, kept ids, failed)``: what embeds a catalog's files."""
 
 
 @dataclass
@@ -111,6 +116,7 @@ def embed_catalog(
     use_cache: bool = True,
     batch_size: int = 32,
     progress: ProgressCallback | None = None,
+    compute: Compute | None = None,
 ) -> EmbeddingSet:
     """Embed every image of ``catalog`` with ``encoder``, reusing the disk cache when its key matches.
 
@@ -124,6 +130,9 @@ def embed_catalog(
         use_cache: read and write the cache; ``False`` computes and writes nothing.
         batch_size: images per forward pass.
         progress: ``progress(done, total)`` after each batch.
+        compute: what embeds the files when the cache misses: ``compute(catalog, encoder, batch_size, progress)
+            -> (vectors, kept ids, failed)``; default: this process (decoding in threads). ``lens.distributed``
+            passes a Ray Data pipeline; the result is stored under the same key either way.
 
     Returns:
         The embeddings, ``vectors`` of shape ``(len(ids), encoder.dim)``, float32, rows L2-normalised.
@@ -148,11 +157,17 @@ def embed_catalog(
     if stacked is not None:  # a trained head on a frozen encoder: the base's vectors (usually cached), then the head
         base, head = stacked
         base_set = embed_catalog(
-            catalog, base, cache_dir=cache_dir, use_cache=use_cache, batch_size=batch_size, progress=progress
+            catalog,
+            base,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+            batch_size=batch_size,
+            progress=progress,
+            compute=compute,
         )
         vectors, kept, failed = head(base_set.vectors), list(base_set.ids), list(base_set.failed)
     else:
-        vectors, kept, failed = _embed_files(catalog, encoder, batch_size=batch_size, progress=progress)
+        vectors, kept, failed = (compute or embed_files)(catalog, encoder, batch_size, progress)
     result = EmbeddingSet(
         vectors=vectors,
         ids=kept,
@@ -182,8 +197,8 @@ def _check_rows_match_catalog(cached: EmbeddingSet, catalog: Catalog) -> None:
         )
 
 
-def _embed_files(
-    catalog: Catalog, encoder: Encoder, *, batch_size: int, progress: ProgressCallback | None
+def embed_files(
+    catalog: Catalog, encoder: Encoder, batch_size: int = 32, progress: ProgressCallback | None = None
 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     """Decode, preprocess and embed every catalog image, decoding ahead in threads while the forward pass runs.
 
@@ -195,14 +210,10 @@ def _embed_files(
     ids = catalog.ids
     paths = catalog.image_paths()
     total = len(ids)
-    preprocess = _pixel_preprocess(encoder)
+    preprocess = pixel_preprocess(encoder)
 
     def prepare(i: int) -> tuple[Any, str | None]:
-        name = f"{ids[i]} ({paths[i]})"
-        if preprocess is None:
-            return try_open_image(paths[i], name=name)
-        image, reason = try_open_image(paths[i], name=name, draft_size=preprocess.resize_size)
-        return (None, reason) if image is None else (resize_crop(image, preprocess), None)
+        return prepare_image(paths[i], f"{ids[i]} ({paths[i]})", preprocess)
 
     out = np.empty((total, encoder.dim), dtype=np.float32)
     kept_rows: list[int] = []
@@ -247,7 +258,16 @@ def _embed_files(
     return out[kept_rows], [ids[i] for i in kept_rows], failed
 
 
-def _pixel_preprocess(encoder: Encoder) -> Preprocess | None:
+def prepare_image(path: Any, name: str, preprocess: Preprocess | None) -> tuple[Any, str | None]:
+    """One catalog file as the forward pass takes it: ``(S, S, 3)`` uint8 crop when ``preprocess`` is given (draft
+    decode, one resize on uint8), else the decoded image; ``(None, reason)`` when it cannot be read."""
+    if preprocess is None:
+        return try_open_image(path, name=name)
+    image, reason = try_open_image(path, name=name, draft_size=preprocess.resize_size)
+    return (None, reason) if image is None else (resize_crop(image, preprocess), None)
+
+
+def pixel_preprocess(encoder: Encoder) -> Preprocess | None:
     """``encoder.spec.preprocess`` when the encoder embeds with lens's own pixel pipeline (a torch image encoder
     that does not override ``_embed_batch``), so that files can go straight to uint8 crops; else ``None``."""
     if isinstance(encoder, TorchImageEncoder) and type(encoder)._embed_batch is TorchImageEncoder._embed_batch:
@@ -410,7 +430,7 @@ def embed_images(encoder: Encoder, images: Sequence[Any], *, batch_size: int = 3
     """
     from lens.images import open_image
 
-    preprocess = _pixel_preprocess(encoder)
+    preprocess = pixel_preprocess(encoder)
     draft_size = preprocess.resize_size if preprocess is not None else None
     loaded = [image if hasattr(image, "mode") else open_image(image, draft_size=draft_size) for image in images]
     return encoder.embed_images(loaded, batch_size=batch_size)

@@ -305,10 +305,10 @@ def test_head_models_embed_a_catalog_from_the_base_vectors(
     assert base.name == "tiny"
     assert embed_catalog(train_catalog, base, cache_dir=cache).from_cache  # training embedded the base
 
-    def no_images(catalog, enc, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    def no_images(catalog, enc, *args):  # noqa: ANN001, ANN002, ANN202
         raise AssertionError(f"{enc.name} decoded images although the base's vectors are cached")
 
-    monkeypatch.setattr(embed_module, "_embed_files", no_images)
+    monkeypatch.setattr(embed_module, "embed_files", no_images)
     stacked = embed_catalog(train_catalog, encoder, cache_dir=cache)
     assert not stacked.from_cache and stacked.ids == train_catalog.ids and stacked.vectors.shape[1] == encoder.dim
     monkeypatch.undo()

@@ -148,8 +148,15 @@ def attach_engine(encoder: Any, choice: EngineChoice, cache_dir: str | os.PathLi
 # ----------------------------------------------------------------------------------------------------------- threads
 
 
+THREADS_ENV = "LENS_THREADS"
+
+
 def lens_threads() -> int:
-    """The number of cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where missing)."""
+    """The number of cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where missing), or
+    ``$LENS_THREADS`` when set (a Ray worker that shares a machine with others gets its share)."""
+    override = os.environ.get(THREADS_ENV, "").strip()
+    if override.isdigit() and int(override) > 0:
+        return int(override)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
