@@ -404,9 +404,10 @@ def test_detached_build_returns_at_once_and_finishes(build_env, tmp_path: Path) 
     catalog, cache = build_env
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"encoders": ["tiny"], "recipes": []}))
-    started = time.monotonic()
     pid = start_build(catalog.root, options=options(cache), plan=plan)
-    assert time.monotonic() - started < 2 and pid > 0
+    # It returned while the detached runner holds the build (no wall-clock bound: those fail on a loaded machine).
+    holder = runner(cache)
+    assert pid > 0 and holder is not None and holder["pid"] == pid
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         views, status = plan_status(catalog, make_plan({"encoders": ["tiny"]}), options(cache))
