@@ -24,6 +24,7 @@ from lens.encoders.base import (
 )
 from lens.errors import CacheError, LensError
 from lens.images import try_open_image
+from lens.itemstore import ItemStore
 from lens.store import FORMAT_VERSION, cache_key, read_json, resolve_cache_dir, save_array, verify_array
 
 Compute = Callable[
@@ -166,6 +167,8 @@ def embed_catalog(
             compute=compute,
         )
         vectors, kept, failed = head(base_set.vectors), list(base_set.ids), list(base_set.failed)
+    elif use_cache:  # only the images the per-item store has not seen (a catalog update costs what changed)
+        vectors, kept, failed = _embed_new_items(catalog, encoder, root, batch_size, progress, compute or embed_files)
     else:
         vectors, kept, failed = (compute or embed_files)(catalog, encoder, batch_size, progress)
     result = EmbeddingSet(
@@ -181,6 +184,58 @@ def embed_catalog(
     if use_cache:
         save_embeddings(result, root)
     return result
+
+
+def _embed_new_items(
+    catalog: Catalog,
+    encoder: Encoder,
+    root: Path,
+    batch_size: int,
+    progress: ProgressCallback | None,
+    compute: Compute,
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """The catalog's vectors from the encoder's per-item store (:mod:`lens.itemstore`), embedding only the images
+    whose content it has not seen, then adding those to it. Rows come back in catalog order, as ``compute``'s do."""
+    digests = catalog.image_digests()
+    store = ItemStore(root, encoder.name, encoder.identity())
+    known = store.lookup(digests)
+    todo = [row for row, digest in enumerate(digests) if digest not in known]
+    new: dict[str, np.ndarray] = {}
+    failed_by_id: dict[str, str] = {}
+    if todo:
+        done_before = len(digests) - len(todo)
+        part = catalog.subset(todo)
+
+        def shifted(done: int, total: int) -> None:
+            if progress is not None:
+                progress(done_before + done, done_before + total)
+
+        vectors, kept, failed = compute(part, encoder, batch_size, shifted)
+        failed_by_id = dict(failed)
+        position = {item_id: i for i, item_id in enumerate(kept)}
+        kept_digests = [digests[row] for row in todo if catalog.ids[row] in position]
+        for row in todo:
+            item_id = catalog.ids[row]
+            if item_id in position:
+                new[digests[row]] = vectors[position[item_id]]
+        store.add(
+            kept_digests, np.stack([new[d] for d in kept_digests]) if kept_digests else np.zeros((0, encoder.dim))
+        )
+    elif progress is not None:
+        progress(len(digests), len(digests))
+    out = np.empty((len(digests), encoder.dim), dtype=np.float32)
+    kept_rows: list[int] = []
+    failed_rows: list[tuple[str, str]] = []
+    for row, (item_id, digest) in enumerate(zip(catalog.ids, digests)):
+        vector = known.get(digest)
+        if vector is None:
+            vector = new.get(digest)
+        if vector is None:
+            failed_rows.append((item_id, failed_by_id.get(item_id, "unreadable")))
+            continue
+        out[row] = vector
+        kept_rows.append(row)
+    return out[kept_rows], [catalog.ids[row] for row in kept_rows], failed_rows
 
 
 def _check_rows_match_catalog(cached: EmbeddingSet, catalog: Catalog) -> None:

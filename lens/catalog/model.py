@@ -71,6 +71,7 @@ class Catalog:
     column_names: dict[str, str] = field(default_factory=dict)
     cache_dir: Path | None = None
     _fingerprint: str | None = field(default=None, init=False, repr=False)
+    _digests: list[str] | None = field(default=None, init=False, repr=False)
     _positions: dict[str, int] | None = field(default=None, init=False, repr=False)
     _columns: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
@@ -186,14 +187,22 @@ class Catalog:
         ``stat`` per file; the result is memoised on the object too. Pass ``refresh=True`` to look at the files again.
         """
         if self._fingerprint is None or refresh:
-            rels = self.table["image"].tolist()
-            digests = file_digests(self.root, rels, cache_dir=self.cache_dir)
+            digests = self.image_digests(refresh=refresh)
             digest = hashlib.sha256()
             digest.update(f"{_FINGERPRINT_VERSION}\0{self.source}\0".encode())
-            for item_id, rel in zip(self.table["id"].tolist(), rels):
-                digest.update(f"{item_id}\0{rel}\0{digests[rel]}\n".encode())
+            for item_id, rel, file_digest in zip(self.table["id"].tolist(), self.table["image"].tolist(), digests):
+                digest.update(f"{item_id}\0{rel}\0{file_digest}\n".encode())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
+
+    def image_digests(self, *, refresh: bool = False) -> list[str]:
+        """SHA-256 of each row's image file, in row order (``"missing"`` where it cannot be read); memoised like
+        :meth:`fingerprint`. What the per-item embedding store is keyed by: an image's content, not its id."""
+        if self._digests is None or refresh:
+            rels = self.table["image"].tolist()
+            by_rel = file_digests(self.root, rels, cache_dir=self.cache_dir)
+            self._digests = [by_rel[rel] for rel in rels]
+        return list(self._digests)
 
     def subset(self, ids_or_indices: Iterable[str] | Iterable[int]) -> Catalog:
         """A catalog of the given items, in the order given, sharing :attr:`root`.
