@@ -106,7 +106,7 @@ def test_content_change_changes_key_and_mtime_alone_does_not(
     Image.new("RGB", (40, 40), (200, 30, 30)).save(image, "JPEG")  # a new photo under the same name
     second = embed_catalog(load_catalog(small_catalog_copy), tiny)
     assert second.key != first.key and not second.from_cache
-    assert tiny.images == images_before + 24
+    assert tiny.images == images_before + 1  # only the edited photo: the per-item store has the other 23
     row = load_catalog(small_catalog_copy).table["image"].tolist().index("images/000105.jpg")
     others = [i for i in range(len(first.ids)) if i != row]
     np.testing.assert_allclose(second.vectors[others], first.vectors[others], atol=1e-6)  # same pixels, same vectors
@@ -152,7 +152,7 @@ def test_corrupt_cache_entry_is_recomputed(
     images_before = tiny.images
     again = embed_catalog(catalog, tiny)
     assert not again.from_cache
-    assert tiny.images == images_before + 24
+    assert tiny.images == images_before  # rebuilt from the per-item store: no image embedded again
     assert again.ids == catalog.ids
     np.testing.assert_allclose(again.vectors, first.vectors, atol=1e-6)
     # The entry was rewritten and now verifies.
@@ -201,9 +201,12 @@ def test_cache_format_no_pickle_sidecar_in_row_order(
     assert meta["ids"] == catalog.ids
     assert meta["shape"] == [24, 64] and meta["dtype"] == "float32" and meta["encoder"] == "tiny"
     assert meta["identity"]["encoder"] == "tiny" and meta["identity"]["catalog"] == catalog.fingerprint()
-    # Nothing but .npy + .json in the cache (no pickles, no leftover temp files; the other .json is the catalog's
-    # file-digest memo) ...
-    assert sorted(p.suffix for p in lens_cache_dir.rglob("*") if p.is_file()) == [".json", ".json", ".npy"]
+    # Nothing but .npy + .json in the cache (no pickles, no leftover temp files): the catalog-level entry, the
+    # per-item store's shard, and the catalog's file-digest memo ...
+    files = sorted(p.suffix for p in lens_cache_dir.rglob("*") if p.is_file())
+    assert files == [".json", ".json", ".json", ".npy", ".npy"]
+    shard = next((lens_cache_dir / "items" / "tiny").rglob("shard-*.npy"))
+    np.testing.assert_array_equal(np.load(shard, allow_pickle=False), result.vectors)  # same rows, catalog order
     # ... and nothing written into the catalog folder.
     assert _tree(small_catalog_dir) == catalog_files
 
