@@ -168,6 +168,24 @@ def test_export_is_cached_verified_and_redone_on_mismatch(lens_cache_dir: Path, 
     assert hashlib.sha256(graph.read_bytes()).hexdigest() == meta["sha256"]
 
 
+def test_a_fresh_export_removes_stale_graphs(lens_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    create_encoder("tiny", engine="onnx").embed_images(_images()[:1])
+    (old,) = _graphs(lens_cache_dir)
+    other_variant = old.with_name("int8graph.onnx")
+    other_variant.write_bytes(b"x")
+    other_variant.with_suffix(".json").write_text(json.dumps({"identity": {"variant": "int8"}}))
+    # a new torch version: a new key, so a fresh export, and the old graph (and its sidecar) are gone
+    monkeypatch.setattr(engines.torch, "__version__", "9.9.9")
+    engines.clear_sessions()
+    create_encoder("tiny", engine="onnx").embed_images(_images()[:1])
+    (new,) = [g for g in _graphs(lens_cache_dir) if g != other_variant]
+    assert new != old and not old.exists() and not old.with_suffix(".json").exists()
+    assert json.loads(new.with_suffix(".json").read_text())["identity"]["torch"] == "9.9.9"
+    assert other_variant.exists()  # another variant is not this export's business
+
+
 def test_graph_key_follows_torch_and_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     encoder = create_encoder("tiny", engine="onnx")
     base = engines._export_identity(encoder, "fp32")

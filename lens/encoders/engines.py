@@ -13,7 +13,8 @@ How an encoder reaches ONNX Runtime:
    row by row) before it is trusted.
 3. The graph is cached as ``<cache>/onnx/<encoder>/<key>.onnx`` plus a JSON sidecar with its SHA-256. The key covers
    what the graph depends on: encoder name, weights hash, input size, torch / onnx / onnxruntime versions, opset and
-   the export recipe. Written atomically; verified on load; re-exported when it does not verify.
+   the export recipe. Written atomically; verified on load; re-exported when it does not verify. A fresh export
+   removes the encoder's other graphs (made by older versions or other weights: :func:`remove_stale_graphs`).
 4. One ``InferenceSession`` per graph and process (CPUExecutionProvider, graph optimisation ALL, intra-op threads =
    the cores lens may use), shared by every encoder object of that graph.
 
@@ -250,6 +251,31 @@ def _store(graph_path: Path, meta_path: Path, key: str, identity: dict[str, Any]
         log.warning("cannot cache the ONNX graph at %s (%s); it will be exported again next time.", graph_path, exc)
 
 
+def remove_stale_graphs(folder: Path, keep: str, variant: str = "fp32") -> list[Path]:
+    """Delete the graphs of ``folder`` (one encoder's) of this ``variant`` other than ``keep``; returns them.
+
+    Called after a fresh export: every other graph of the encoder was made by another torch / onnx / onnxruntime /
+    opset / export recipe or other weights, so no process of this installation loads it again (about 14-330 MB each).
+    A graph whose sidecar is missing or unreadable is removed with it; other variants are left alone.
+    """
+    removed = []
+    for graph in sorted(folder.glob("*.onnx")):
+        if graph.stem == keep:
+            continue
+        meta = read_json(graph.with_suffix(".json")) or {}
+        if (meta.get("identity") or {}).get("variant", variant) != variant:
+            continue
+        for path in (graph, graph.with_suffix(".json")):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # a read-only cache keeps them; nothing else depends on this
+                log.warning("cannot remove the stale ONNX graph %s (%s)", path, exc)
+        removed.append(graph)
+    if removed:
+        log.info("removed %d stale ONNX graph(s) of %s", len(removed), folder.name)
+    return removed
+
+
 def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a.reshape(len(a), -1).astype(np.float64)
     b = b.reshape(len(b), -1).astype(np.float64)
@@ -333,6 +359,7 @@ def onnx_runner(
         if graph is None:
             graph, runner = _export_and_check(encoder, key)
             _store(graph_path, meta_path, key, identity, graph)
+            remove_stale_graphs(graph_path.parent, key, variant)
             runner.path = graph_path
         _SESSIONS[key] = runner
         return runner
