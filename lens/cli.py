@@ -650,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, text in (
         ("build", cmd_build, "build every model in the background (resumable); --detach"),
-        ("status", cmd_status, "one line per model: ready / building n % / queued / failed"),
+        ("status", cmd_status, "one line per model: ready / building n %% / queued / failed"),
     ):
         p = sub.add_parser(name, parents=[common, cat], help=text)
         p.add_argument("--models", default=None, help="pretrained encoders to build (default: the plan's; 'none')")
