@@ -20,6 +20,7 @@ from lens.encoders.base import (
     ProgressCallback,
     TorchImageEncoder,
     pixels_to_batch,
+    preprocess_images,
     resize_crop,
 )
 from lens.errors import CacheError, LensError
@@ -152,6 +153,9 @@ def embed_catalog(
         )
         vectors, kept, failed = head(base_set.vectors), list(base_set.ids), list(base_set.failed)
     else:
+        if isinstance(encoder, TorchImageEncoder) and encoder.quantization and encoder.calibration is None:
+            # an int8 graph not yet made is quantized on photos of the first catalog it embeds
+            encoder.calibration = lambda: calibration_pixels(catalog, encoder)
         vectors, kept, failed = _embed_files(catalog, encoder, batch_size=batch_size, progress=progress)
     result = EmbeddingSet(
         vectors=vectors,
@@ -384,6 +388,26 @@ def embedding_state(
         if not best.embedded or found.created > best.created:
             best = found
     return best
+
+
+def calibration_pixels(catalog: Catalog, encoder: Encoder, n: int = 192) -> np.ndarray:
+    """``(M, 3, S, S)`` float32 preprocessed photos to quantize an int8 encoder on: ``n`` catalog photos evenly spread
+    over the catalog's rows (so every part of a sorted catalog is seen), decoded as the catalog pass decodes them;
+    unreadable ones are skipped.
+
+    Raises:
+        LensError: the catalog has no readable photo.
+    """
+    preprocess = _pixel_preprocess(encoder)
+    if preprocess is None:
+        raise LensError(f"Encoder '{encoder.name}' has no pixel preprocessing to calibrate int8 on.")
+    paths = catalog.image_paths()
+    rows = np.unique(np.linspace(0, len(paths) - 1, num=min(n, len(paths))).round().astype(int))
+    loaded = (try_open_image(paths[i], draft_size=preprocess.resize_size)[0] for i in rows)
+    images = [image for image in loaded if image is not None]
+    if not images:
+        raise LensError(f"Catalog '{catalog.name}' has no readable photo to calibrate int8 on.")
+    return preprocess_images(images, preprocess).numpy()
 
 
 def embed_images(encoder: Encoder, images: Sequence[Any], *, batch_size: int = 32) -> np.ndarray:
