@@ -30,7 +30,7 @@ class BenchConfig:
     batch_size: int = 32
     index_queries: int = 1000
     trees: tuple[int, ...] = (10, 25, 50, 100)
-    search_ks: tuple[int, ...] = (-1, 2000, 5000, 10000, 20000, 50000)
+    search_ks: tuple[int, ...] = (-1, 1000, 2000, 5000, 10000, 20000)
     extra_labels: tuple[str, ...] = ("subCategory",)
     scale_sizes: tuple[int, ...] = (100_000, 1_000_000)
     scale_queries: int = 200
@@ -56,7 +56,7 @@ class BenchConfig:
             self.embed_items = min(self.embed_items or 256, 256)
             self.index_queries = min(self.index_queries, 100)
             self.trees = (10, 50)
-            self.search_ks = (-1, 5000)
+            self.search_ks = (-1, 1000)
             if self.scale_sizes == (100_000, 1_000_000):
                 self.scale_sizes = (20_000,)
             self.scale_queries = min(self.scale_queries, 100)

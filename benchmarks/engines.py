@@ -103,6 +103,32 @@ def torch_fp32_eager(name: str, pretrained: bool) -> Embed:
     return run
 
 
+def openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def openvino_mode(graph_path: Path, precision: str) -> Embed:
+    """OpenVINO's CPU plugin on lens's cached fp32 ONNX graph, inference precision ``f32`` or ``bf16`` (an outside
+    reference: benchmark-only, pinned in requirements-bench.txt; lens never runs it)."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(
+        str(graph_path),
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": engines.lens_threads()},
+    )
+    request = compiled.create_infer_request()
+
+    def run(batch: torch.Tensor) -> np.ndarray:
+        result = request.infer({0: np.ascontiguousarray(batch.numpy(), dtype=np.float32)})
+        return l2_normalize(np.asarray(next(iter(result.values())), dtype=np.float32).reshape(len(batch), -1))
+
+    return run
+
+
 def paired_ratio(slow: list[float], fast: list[float]) -> float:
     """Median over rounds of ``slow[i] / fast[i]`` (seconds, one round each): how many times the throughput of
     ``fast`` is that of ``slow``."""
@@ -155,6 +181,12 @@ def forward_section(name: str, photos: list, calibration: list, reps: int, pretr
         calib = preprocess_images(calibration, spec_pre).numpy()
         runner = engines.OnnxRunner(engines.quantize_int8(graph, calib))
         modes["ONNX Runtime int8"] = lambda b: l2_normalize(runner(b.numpy()))
+    if openvino_installed():
+        for precision in ("f32", "bf16"):
+            try:
+                modes[f"OpenVINO {precision} (reference)"] = openvino_mode(onnx.onnx_runner().path, precision)
+            except Exception as exc:  # an outside reference only: its failure must not lose lens's figures
+                log(f"forward {name}: OpenVINO {precision} failed: {exc!r}")
     for fn in modes.values():  # warm-up
         fn(batch)
     times: dict[str, list[float]] = {label: [] for label in modes}
@@ -226,6 +258,99 @@ def catalog_section(name: str, slice_catalog, reps: int, fwd: dict) -> dict:  # 
         quality["P@5 int8"] = p_at_5(int8_vectors, labels)
         quality["top-5 overlap int8 vs fp32"] = overlap(top5(now), top5(int8_vectors))
     return {"rates": rates, "quality": quality, "n": n, "times": times}
+
+
+# ---------------------------------------------------------------------------------------- python -m benchmarks
+
+#: A mode is a correct path when every row's cosine to torch fp32 eager is at least this (float rounding, not a
+#: coarser number format); the goal "lens's default >= 90% of the fastest correct path" compares among these.
+CORRECT_COSINE = 0.999
+
+
+def bench_engines(catalog, models: list[str], *, reps: int = 3, slice_items: int = 1000, log_fn=print) -> tuple:  # noqa: ANN001
+    """The engines table of ``python -m benchmarks``: forward img/s per engine mode in one process (interleaved
+    rounds), ratios per round, the catalog pass end to end vs forward, and issue 10's goals as ratios.
+
+    Returns ``(modes, goals)`` DataFrames. ``models``: the CNNs among the benchmarked models (others are skipped).
+    """
+    import pandas as pd
+
+    names = [m for m in models if m in REAL]
+    if not names or len(catalog) < 512:
+        return pd.DataFrame(), pd.DataFrame()
+    photos = [open_image(p) for p in catalog.image_paths()[-64:]]
+    calibration = [open_image(p) for p in catalog.image_paths()[-256:-64]]
+    slice_catalog = catalog.subset(range(min(slice_items, len(catalog) - 256)))
+    mode_rows, goal_rows = [], []
+    for name in names:
+        fwd = forward_section(name, photos, calibration, reps, True, int8=True)
+        cells = {k: v for k, v in fwd.items() if not k.startswith("_")}
+        eager, default = cells["torch fp32 eager"]["times"], cells["ONNX Runtime fp32"]["times"]
+        for label, c in cells.items():
+            mode_rows.append(
+                {
+                    "model": name,
+                    "mode": label + (" = lens default" if label == "ONNX Runtime fp32" else ""),
+                    "img/s": c["img/s"],
+                    "x fp32 eager": paired_ratio(eager, c["times"]),
+                    "x lens default": paired_ratio(default, c["times"]),
+                    "cos_min": c["cos_min"],
+                    "correct": c["cos_min"] >= CORRECT_COSINE,
+                }
+            )
+        correct = [label for label, c in cells.items() if c["cos_min"] >= CORRECT_COSINE]
+        fastest = max(correct, key=lambda label: cells[label]["img/s"])
+        result = catalog_section(name, slice_catalog, max(2, reps - 1), fwd)
+        t = result["times"]
+        goal_rows.append(
+            {
+                "model": name,
+                "fastest correct path": fastest,
+                "default / fastest correct (goal >= 0.90)": paired_ratio(cells[fastest]["times"], default),
+                "default / fp32 eager (goal >= 4)": paired_ratio(eager, default),
+                "end to end / forward (goal >= 0.80)": paired_ratio(
+                    t["forward only (ONNX fp32)"], t["end to end, lens now"]
+                ),
+                "end to end img/s": result["rates"]["end to end, lens now"],
+                "P@5 int8 - fp32 (slice)": result["quality"].get("P@5 int8", float("nan"))
+                - result["quality"]["P@5 lens now"],
+            }
+        )
+        log_fn(
+            f"engines {name}: fastest correct {fastest}; "
+            + str({k: v for k, v in goal_rows[-1].items() if k != "model"})
+        )
+        engines.clear_sessions()
+    return pd.DataFrame(mode_rows), pd.DataFrame(goal_rows)
+
+
+def engines_lines(modes, goals, *, reps: int, slice_items: int) -> list[str]:  # noqa: ANN001
+    """The report's engines section."""
+    from benchmarks.common import markdown_table
+
+    lines = [
+        "## Engines: forward pass per engine, side by side in one process",
+        "",
+        f"Batch {BATCH}, the same 32 preprocessed catalog photos for every mode, modes interleaved ({reps} rounds,"
+        " median img/s); ratios are medians of per-round ratios (the modes of a round ran seconds apart, so machine"
+        " load cancels out). `cos_min`: lowest row cosine to torch fp32 eager over 64 photos; a path is *correct* at"
+        f" >= {CORRECT_COSINE}. torch tuned = lens's torch path (BatchNorm folded, channels_last, bf16 autocast where"
+        " the spec says so); ONNX Runtime int8 = static QDQ calibrated on 192 other catalog photos; OpenVINO (pinned in"
+        " requirements-bench.txt, skipped when missing) runs lens's cached ONNX graph as an outside reference.",
+        "",
+    ]
+    if not len(modes):
+        return [*lines, "(no CNN among the benchmarked models)", ""]
+    lines += [
+        markdown_table(modes, ".3f"),
+        "",
+        f"Goals of issue 10 as ratios (catalog pass on the first {slice_items} catalog photos: end to end from the"
+        " files vs the forward pass alone on the same photos already in memory):",
+        "",
+        markdown_table(goals, ".3f"),
+        "",
+    ]
+    return lines
 
 
 def main() -> int:

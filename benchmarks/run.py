@@ -24,9 +24,11 @@ import torch
 from benchmarks.charts import write_charts
 from benchmarks.common import BenchConfig, total_ram_mib
 from benchmarks.dashboard import bench_dashboard, dashboard_lines
+from benchmarks.engines import bench_engines, engines_lines
 from benchmarks.index import bench_index, index_lines
 from benchmarks.projection import bench_projection, projection_lines
 from benchmarks.quality import bench_heldout, bench_quality, find_split, heldout_lines, metric_columns, quality_lines
+from benchmarks.reference import bench_reference, reference_lines
 from benchmarks.scale import bench_scale, scale_lines
 from benchmarks.throughput import (
     bench_embed_catalog,
@@ -115,7 +117,19 @@ def run_benchmark(catalog: Catalog, config: BenchConfig) -> Path:
     config.log(f"quality on {len(embeddings)} models; speed sections on {', '.join(speed)}")
     quality, per_category = bench_quality(catalog, embeddings, config)
     throughput = bench_throughput(catalog, config)
+    engine_reps, engine_slice = (2, 128) if config.quick else (3, 1000)
+    engine_modes, engine_goals = bench_engines(
+        catalog, list(speed), reps=engine_reps, slice_items=engine_slice, log_fn=config.log
+    )
     index_table = pd.concat([bench_index(emb, config, work) for emb in speed.values()], ignore_index=True)
+    reference_model = "efficientnet-lite0" if "efficientnet-lite0" in speed else next(iter(speed), None)
+    reference = (
+        bench_reference(
+            speed[reference_model].vectors, reference_model, work, n_queries=config.index_queries, log=config.log
+        )
+        if reference_model
+        else pd.DataFrame()
+    )
     for leftover in work.glob("*"):
         leftover.unlink()
     split, split_path = find_split(catalog, config)
@@ -149,6 +163,9 @@ def run_benchmark(catalog: Catalog, config: BenchConfig) -> Path:
         "throughput": throughput,
         "embed_catalog": embed_table,
         "index": index_table,
+        "engines": engine_modes,
+        "engine_goals": engine_goals,
+        "index_reference": reference,
     }
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False)
@@ -164,7 +181,9 @@ def run_benchmark(catalog: Catalog, config: BenchConfig) -> Path:
         *quality_lines(quality, metric_cols),
         *embed_lines(embed_table, config),
         *throughput_lines(throughput, config),
+        *engines_lines(engine_modes, engine_goals, reps=engine_reps, slice_items=engine_slice),
         *index_lines(index_table, config),
+        *reference_lines(reference),
         *heldout_lines(heldout, text_table, split, split_path, metric_cols),
         *scale_lines(scale, config),
         *projection_lines(projection, config),

@@ -49,9 +49,9 @@ class Context:
 
     def title(self, item_id: str) -> str:
         if self.title_column:
-            value = str(self.catalog.labels(self.title_column, ids=[item_id])[0]).strip()
-            if value:
-                return value
+            return resources.titles(self.path, self.load_label, self.fingerprint, self.title_column).get(
+                str(item_id), str(item_id)
+            )
         return str(item_id)
 
     def thumb(self, item_id: str, px: int = config.THUMBNAIL_PX) -> bytes:

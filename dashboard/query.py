@@ -118,6 +118,10 @@ class QueryParts:
         mode: one of :data:`MODES`.
         product_id: the catalog product whose image is the query (image modes only), if one is picked.
         upload: the decoded uploaded (or fetched) photo (image modes only), if there is one.
+        upload_data: the uploaded (or fetched) file's bytes: an uncropped upload is embedded from them, decoded as
+            the catalog's files are (libjpeg's draft scaling for a big JPEG), so a catalog photo uploaded as a query
+            gets exactly its catalog vector (from the decoded image: cosine 0.9999, a full decode instead of a draft
+            one).
         url: the address the photo was fetched from, for a URL query.
         image_key: identifies the image and its crop: the cache key of the image's vector.
         crop_x: the kept part of the image's width, in percent (0-100).
@@ -129,6 +133,7 @@ class QueryParts:
     mode: str
     product_id: str | None = None
     upload: Image.Image | None = None
+    upload_data: bytes | None = None
     url: str | None = None
     image_key: str = ""
     crop_x: tuple[float, float] = FULL_RANGE
@@ -144,13 +149,14 @@ class QueryEncoders:
     Attributes:
         product_vector: catalog id -> the product's ``(dim,)`` float32 vector from the catalog's embeddings.
         product_image: catalog id -> the product's image (read only when the query crops it).
-        image_vector: ``(image_key, image)`` -> ``(dim,)`` float32 L2-normalised vector of an image.
+        image_vector: ``(image_key, image)`` -> ``(dim,)`` float32 L2-normalised vector of an image (a decoded image,
+            or an image file's bytes, decoded as the catalog's files are).
         text_vector: text -> ``(dim,)`` float32 L2-normalised vector of a description.
     """
 
     product_vector: Callable[[str], np.ndarray]
     product_image: Callable[[str], Image.Image]
-    image_vector: Callable[[str, Image.Image], np.ndarray]
+    image_vector: Callable[[str, Image.Image | bytes], np.ndarray]
     text_vector: Callable[[str], np.ndarray]
 
 
@@ -187,8 +193,10 @@ def build_query(parts: QueryParts, encoders: QueryEncoders) -> Query:
         else:
             image = encoders.product_image(parts.product_id)
     if image is not None:
+        full = is_full_crop(parts.crop_x, parts.crop_y)
         image = crop_image(image, parts.crop_x, parts.crop_y)
-        image_vector = encoders.image_vector(parts.image_key, image)
+        source: Image.Image | bytes = parts.upload_data if full and parts.upload_data is not None else image
+        image_vector = encoders.image_vector(parts.image_key, source)
     vector = image_vector
     if parts.mode == TEXT:
         vector = None if parts.text is None else encoders.text_vector(parts.text)

@@ -6,7 +6,7 @@ Caching by kind:
   vectors are marked read-only: ``st.cache_data`` would copy 40 MB per model on every rerun), indexes (Annoy is
   mmapped) and filter id sets.
 * ``st.cache_data`` for tables and small arrays: encoder list, model states, metric reports, neighbours,
-  projections, thumbnails (JPEG bytes), query vectors.
+  projections, query vectors; thumbnails (JPEG bytes) in a process-wide LRU cache (see :func:`thumbnail`).
 
 Arguments are strings, ints and tuples. Every loader that depends on the catalog takes its path, the label column it
 was loaded with, its fingerprint (files, sizes, mtimes) and the cache folder, so a changed catalog or another
@@ -16,6 +16,7 @@ here: :func:`build_model` writes to lens's disk cache, then the cached loaders r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -43,7 +44,7 @@ from lens.analysis import (  # noqa: F401  (compare_summary, per_category_matrix
     worst_queries,
 )
 from lens.catalog import Catalog, default_catalog_path, load_catalog
-from lens.embed import EmbeddingSet, embed_catalog, embedding_key
+from lens.embed import EmbeddingSet, embed_catalog, embed_images, embedding_key
 from lens.encoders import Encoder, create_encoder, list_encoders, single_query_threads
 from lens.encoders.trained import default_models_dir, refresh_trained_models
 from lens.errors import CatalogError
@@ -122,6 +123,24 @@ def allowed_ids(
     active = {column: list(values) for column, values in filters if values}
     mask = filter_mask(get_catalog(path, load_label), active)
     return None if mask is None else frozenset(mask)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def titles(path: str, load_label: str, fingerprint: str, column: str) -> dict[str, str]:
+    """``{id: title}`` of every product (stripped; empty titles left out), shared read-only across sessions: a result
+    grid looks up 10-50 titles per rerun, a pandas lookup each before."""
+    catalog = get_catalog(path, load_label)
+    values = catalog.labels(column)
+    return {item_id: value for item_id, value in zip(catalog.ids, (str(v).strip() for v in values)) if value}
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def find_products(path: str, load_label: str, fingerprint: str, text: str, title_column: str | None) -> list[str]:
+    """:func:`dashboard.query.find_products` on the catalog, cached per search text: every rerun of the Search page
+    asks again for the text in its product box (a scan of every id and title)."""
+    from dashboard.query import find_products as find
+
+    return find(get_catalog(path, load_label).table, text, title_column=title_column)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -470,11 +489,12 @@ def get_probe(
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def image_query_vector(model: str, digest: str, _image: Image.Image) -> np.ndarray:
-    """``(dim,)`` float32 vector of a query image; ``digest`` identifies the image (bytes hash + crop)."""
+def image_query_vector(model: str, digest: str, _image: Image.Image | bytes) -> np.ndarray:
+    """``(dim,)`` float32 vector of a query image, decoded or as file bytes (then decoded as the catalog's files are,
+    by ``lens.embed.embed_images``); ``digest`` identifies the image (bytes hash + crop)."""
     encoder = get_encoder(model)
     with single_query_threads():
-        return encoder.embed_images([_image])[0]
+        return embed_images(encoder, [_image])[0]
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -512,11 +532,18 @@ def _placeholder(px: int, text: str = "no image") -> bytes:
     return buffer.getvalue()
 
 
-@st.cache_data(max_entries=20_000, show_spinner=False)
+@functools.lru_cache(maxsize=20_000)
 def thumbnail(path: str, fingerprint: str, px: int = config.THUMBNAIL_PX) -> bytes:
     """JPEG bytes of the image at ``path``, longer side ``px``, loaded with lens's safe loader (a grey
-    placeholder when it cannot be read). ``fingerprint`` (the catalog's) invalidates it when files change."""
-    image, _ = try_open_image(path)
+    placeholder when it cannot be read). ``fingerprint`` (the catalog's) invalidates it when files change.
+
+    A big JPEG is decoded at 1/2-1/8 scale by libjpeg (``draft``, both sides still >= ``px``) before the resize:
+    most of a thumbnail's time was the full decode. A process-wide LRU cache rather than ``st.cache_data``: a result
+    page asks for 10-50 thumbnails per rerun, and ``st.cache_data``'s per-call argument hashing and signature
+    inspection cost more than a cached thumbnail is worth (JPEG bytes are immutable, so sharing them across
+    sessions is safe). :func:`clear_caches` empties it too.
+    """
+    image, _ = try_open_image(path, draft_size=px)
     if image is None:
         return _placeholder(px)
     image.thumbnail((px, px), Image.Resampling.LANCZOS)
@@ -752,6 +779,7 @@ def clear_caches() -> None:
     """Forget every cached table and resource (after files change on disk)."""
     st.cache_data.clear()
     st.cache_resource.clear()
+    thumbnail.cache_clear()
 
 
 def search(

@@ -20,6 +20,7 @@ from lens.encoders.base import (
     ProgressCallback,
     TorchImageEncoder,
     pixels_to_batch,
+    preprocess_images,
     resize_crop,
 )
 from lens.errors import CacheError, LensError
@@ -154,6 +155,9 @@ def embed_catalog(
             return cached
 
     started = time.perf_counter()
+    if isinstance(encoder, TorchImageEncoder) and encoder.quantization and encoder.calibration is None:
+        # an int8 graph not yet made is quantized on photos of the first catalog it embeds
+        encoder.calibration = lambda: calibration_pixels(catalog, encoder)
     stacked = encoder.base_and_head()
     if stacked is not None:  # a trained head on a frozen encoder: the base's vectors (usually cached), then the head
         base, head = stacked
@@ -475,6 +479,26 @@ def embedding_state(
         if not best.embedded or found.created > best.created:
             best = found
     return best
+
+
+def calibration_pixels(catalog: Catalog, encoder: Encoder, n: int = 192) -> np.ndarray:
+    """``(M, 3, S, S)`` float32 preprocessed photos to quantize an int8 encoder on: ``n`` catalog photos evenly spread
+    over the catalog's rows (so every part of a sorted catalog is seen), decoded as the catalog pass decodes them;
+    unreadable ones are skipped.
+
+    Raises:
+        LensError: the catalog has no readable photo.
+    """
+    preprocess = pixel_preprocess(encoder)
+    if preprocess is None:
+        raise LensError(f"Encoder '{encoder.name}' has no pixel preprocessing to calibrate int8 on.")
+    paths = catalog.image_paths()
+    rows = np.unique(np.linspace(0, len(paths) - 1, num=min(n, len(paths))).round().astype(int))
+    loaded = (try_open_image(paths[i], draft_size=preprocess.resize_size)[0] for i in rows)
+    images = [image for image in loaded if image is not None]
+    if not images:
+        raise LensError(f"Catalog '{catalog.name}' has no readable photo to calibrate int8 on.")
+    return preprocess_images(images, preprocess).numpy()
 
 
 def embed_images(encoder: Encoder, images: Sequence[Any], *, batch_size: int = 32) -> np.ndarray:

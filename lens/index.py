@@ -32,10 +32,13 @@ from lens.store import FORMAT_VERSION, atomic_write, file_sha256, read_json, res
 from lens.vectors import CosineGallery, l2_normalize
 
 DEFAULT_N_TREES = 50
-DEFAULT_SEARCH_K = 5_000
-"""Chosen from the sweep in docs/benchmark-foundation.md (8,010 items, 1280-d): recall@10 vs exact 0.983-0.991 for
-the three pretrained encoders at p50 0.60-0.68 ms per query (exact numpy: 1.0-1.2 ms); annoy's own default search_k
-(n_trees x k) gave only 0.96-0.98."""
+DEFAULT_SEARCH_K = 1_000
+"""Annoy nodes inspected per query. On the catalog (8,010 items, efficientnet-lite0, 1280-d, n_trees 50, 1000 queries,
+recall@10 vs exact, self excluded): search_k 1000 gives 0.976-0.979 at p50 0.46-0.51 ms, 2000 0.985-0.988 at 0.57-0.62
+ms, 5000 (the default before) 0.993-0.994 at 0.81-0.95 ms (ranges: a quiet and a loaded 2-core machine). 1000 meets
+issue 10's goal (recall@10 >= 0.95 at p50 <= 0.5 ms) with 2.6 points of recall to spare; annoy's own default (n_trees
+x k = 500 for k 10) gives 0.97. A larger catalog needs more for the same recall: at 100k synthetic items 1000 gives
+0.94 (docs/benchmark.md, index reference section); pass ``search_k`` to :func:`build_index` there."""
 
 
 @dataclass(frozen=True)

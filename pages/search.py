@@ -36,7 +36,7 @@ text_models = [r["name"] for r in resources.encoders() if r["text"] and r["avail
 def pick_product() -> str | None:
     """A catalog product chosen by searching its name or id."""
     needle = st.text_input("Find a product (name or id)", key="search_product_query", placeholder="e.g. shirt or 15970")
-    matches = query.find_products(catalog.table, needle, title_column=ctx.title_column)
+    matches = resources.find_products(ctx.path, ctx.load_label, ctx.fingerprint, needle, ctx.title_column)
     if not matches:
         st.warning(f"No product's id or name contains '{needle}'; try a shorter word.")
         return None
@@ -181,6 +181,7 @@ with left:
     if mode == query.IMAGE_TEXT:
         source = st.radio("Image from", query.IMAGE_SOURCES, horizontal=True, key="search_image_source")
     upload = None
+    data = b""
     image_key = ""
     product_id = None
     url = None
@@ -211,6 +212,7 @@ with left:
         mode=mode,
         product_id=product_id,
         upload=upload,
+        upload_data=data if upload is not None else None,
         url=url,
         image_key=resources.digest(image_key, crop_x, crop_y),
         crop_x=crop_x,

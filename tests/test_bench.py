@@ -195,3 +195,26 @@ def test_lens_never_imports_benchmarks() -> None:
             if isinstance(node, ast.ImportFrom) and node.level == 0:
                 names = [node.module or ""]
             assert not any(n == "benchmarks" or n.startswith("benchmarks.") for n in names), f"{path} imports {names}"
+
+
+def test_reference_indexes_on_the_same_vectors(tmp_path: Path) -> None:
+    """hnswlib and faiss (when installed) beside Annoy and exact search: the exact rows find every true neighbour,
+    every approximate row a share in [0, 1], Annoy (lens) most of them at its default search_k; no files left."""
+    from benchmarks.reference import ANNOY_SEARCH_KS, bench_reference, best_at, missing_libraries
+    from benchmarks.scale import clustered_vectors
+
+    table = bench_reference(clustered_vectors(600, 64), "clustered", tmp_path, n_queries=50, log=lambda _: None)
+    recall = table.set_index(["index", "setting"])["recall@10"]
+    assert recall.loc[("exact (lens, numpy)", "-")] == 1.0
+    assert recall.between(0, 1).all() and (table["p50_ms"] > 0).all() and (table["size_mib"] > 0).all()
+    annoy = table[table["index"].str.startswith("annoy")]
+    assert list(annoy["setting"]) == [f"search_k {k}" for k in ANNOY_SEARCH_KS]
+    assert annoy.loc[annoy["setting"] == "search_k 1000", "recall@10"].iat[0] >= 0.9
+    libraries = {"hnswlib": "hnswlib", "faiss-cpu": "faiss IndexFlatIP (exact)"}
+    for library, prefix in libraries.items():
+        assert table["index"].str.startswith(prefix).any() == (library not in missing_libraries()), library
+    if "faiss-cpu" not in missing_libraries():
+        assert recall.loc[("faiss IndexFlatIP (exact)", "-")] == 1.0
+    best = best_at(table)
+    assert (best["recall@10"] >= 0.95).all() and best["index"].is_unique
+    assert not list(tmp_path.rglob("*.*")), "index files removed"

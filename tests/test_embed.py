@@ -316,3 +316,6 @@ def test_fast_catalog_pass_equals_embedding_each_decoded_image(small_catalog_cop
     # a catalog photo given as a query file gets its catalog vector
     query = embed_images(encoder, [catalog.image_path(0)])
     np.testing.assert_allclose(query[0], result.vectors[0], atol=1e-6)
+    # and so does its upload (the dashboard embeds an uncropped upload from its bytes)
+    upload = embed_images(encoder, [catalog.image_path(0).read_bytes()])
+    np.testing.assert_allclose(upload[0], result.vectors[0], atol=1e-6)

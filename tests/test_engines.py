@@ -168,6 +168,24 @@ def test_export_is_cached_verified_and_redone_on_mismatch(lens_cache_dir: Path, 
     assert hashlib.sha256(graph.read_bytes()).hexdigest() == meta["sha256"]
 
 
+def test_a_fresh_export_removes_stale_graphs(lens_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    create_encoder("tiny", engine="onnx").embed_images(_images()[:1])
+    (old,) = _graphs(lens_cache_dir)
+    other_variant = old.with_name("int8graph.onnx")
+    other_variant.write_bytes(b"x")
+    other_variant.with_suffix(".json").write_text(json.dumps({"identity": {"variant": "int8"}}))
+    # a new torch version: a new key, so a fresh export, and the old graph (and its sidecar) are gone
+    monkeypatch.setattr(engines.torch, "__version__", "9.9.9")
+    engines.clear_sessions()
+    create_encoder("tiny", engine="onnx").embed_images(_images()[:1])
+    (new,) = [g for g in _graphs(lens_cache_dir) if g != other_variant]
+    assert new != old and not old.exists() and not old.with_suffix(".json").exists()
+    assert json.loads(new.with_suffix(".json").read_text())["identity"]["torch"] == "9.9.9"
+    assert other_variant.exists()  # another variant is not this export's business
+
+
 def test_graph_key_follows_torch_and_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     encoder = create_encoder("tiny", engine="onnx")
     base = engines._export_identity(encoder, "fp32")
@@ -250,3 +268,61 @@ def test_pretrained_cnns_on_onnx_match_torch_fp32(name: str) -> None:
     assert encoder.engine == "onnx" and encoder.precision == "fp32"
     cosine = _row_cosine(vectors, reference)
     assert cosine.min() >= MIN_COSINE, f"{name}: {cosine}"
+
+
+# ------------------------------------------------------------------------------------------------------------ int8
+
+
+def test_onnx_int8_is_opt_in_and_offered_only_where_measured() -> None:
+    offered = sorted(engines.INT8_ENCODERS)
+    assert offered, "at least one encoder passed the held-out P@5 bar"
+    for name in offered:
+        choice = engine_choice(name, engine="onnx-int8")
+        assert (choice.engine, choice.variant, choice.label, choice.strict) == ("onnx", "int8", "onnx-int8", True)
+        assert engine_choice(name).variant == "fp32", "never the default"
+        assert engine_choice(name, engine="onnx").variant == "fp32"
+    others = [info.name for info in list_encoders() if info.name not in engines.INT8_ENCODERS][:3]
+    for name in others:
+        choice = engine_choice(name, engine="onnx-int8")
+        assert choice.variant == "fp32" and choice.label != "onnx-int8" and choice.reason.startswith("int8 not")
+
+
+def test_int8_tiny_is_calibrated_on_the_catalog_cached_and_keyed_apart(
+    small_catalog_dir: Path, lens_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from lens.catalog import load_catalog
+    from lens.embed import embed_catalog, embedding_key
+
+    monkeypatch.setattr(engines, "INT8_ENCODERS", frozenset({"tiny"}))
+    catalog = load_catalog(small_catalog_dir)
+    fp32 = embed_catalog(catalog, create_encoder("tiny", engine="onnx"))
+    encoder = create_encoder("tiny", engine="onnx-int8")
+    assert encoder.identity()["quantization"] == engines.QUANTIZATION
+    assert embedding_key(catalog, encoder) != fp32.key, "int8 vectors are cached apart from fp32 ones"
+    int8 = embed_catalog(catalog, encoder)
+    assert int8.ids == fp32.ids and int8.vectors.shape == fp32.vectors.shape
+    np.testing.assert_allclose(np.linalg.norm(int8.vectors, axis=1), 1.0, atol=1e-5)
+    cosine = (int8.vectors * fp32.vectors).sum(1)
+    assert cosine.min() > 0.5 and not np.allclose(int8.vectors, fp32.vectors, atol=1e-6), "quantized, not fp32"
+    sidecars = [json.loads(p.read_text()) for p in (lens_cache_dir / "onnx" / "tiny").glob("*.json")]
+    (meta,) = [m for m in sidecars if m["identity"].get("variant") == "int8"]
+    assert meta["identity"]["calibration"]["photos"] == len(catalog)  # 24 photos: every one (at most 192)
+
+    # another process: the cached int8 graph is loaded, not quantized again, and gives the same vectors
+    engines.clear_sessions()
+
+    def no_quantize(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("quantized again")
+
+    monkeypatch.setattr(engines, "quantize_int8", no_quantize)
+    again = create_encoder("tiny", engine="onnx-int8")
+    np.testing.assert_allclose(again.embed_images(_images()), encoder.embed_images(_images()), atol=1e-6)
+
+    # an int8 query encoder with no cached graph and no catalog to calibrate on says what to run
+    engines.clear_sessions()
+    for graph in (lens_cache_dir / "onnx" / "tiny").glob("*"):
+        graph.unlink()
+    with pytest.raises(LensError, match=r"embed --engine onnx-int8 --models tiny"):
+        create_encoder("tiny", engine="onnx-int8").embed_images(_images())

@@ -72,8 +72,8 @@ class FakeEncoders:
         self.calls.append(("product_image", item_id))
         return Image.new("RGB", (200, 100), (255, 0, 0))
 
-    def image_vector(self, key: str, image: Image.Image) -> np.ndarray:
-        self.calls.append(("image_vector", (key, image.size)))
+    def image_vector(self, key: str, image: Image.Image | bytes) -> np.ndarray:
+        self.calls.append(("image_vector", (key, image if isinstance(image, bytes) else image.size)))
         return np.array([0.0, 1.0, 0.0], dtype=np.float32)
 
     def text_vector(self, text: str) -> np.ndarray:
@@ -108,6 +108,19 @@ def test_build_query_from_each_mode() -> None:
     upload = Image.new("RGB", (40, 20))
     found = query.build_query(query.QueryParts(mode=query.UPLOAD, upload=upload, image_key="u"), encoders)
     assert found.label == "uploaded image" and found.image is upload and np.allclose(found.vector, [0, 1, 0])
+
+    # An upload with its file's bytes: uncropped, the bytes are embedded (decoded as catalog files are); cropped, the
+    # crop of the decoded image.
+    fake.calls.clear()
+    parts = query.QueryParts(mode=query.UPLOAD, upload=upload, upload_data=b"jpeg", image_key="u")
+    assert np.allclose(query.build_query(parts, encoders).vector, [0, 1, 0])
+    assert fake.calls == [("image_vector", ("u", b"jpeg"))]
+    fake.calls.clear()
+    parts = query.QueryParts(mode=query.UPLOAD, upload=upload, upload_data=b"jpeg", image_key="c", crop_x=(0, 50))
+    found = query.build_query(parts, encoders)
+    assert (
+        fake.calls == [("image_vector", ("c", (20, 20)))] and found.image is not None and found.image.size == (20, 20)
+    )
 
     # Text only, and no text yet.
     found = query.build_query(query.QueryParts(mode=query.TEXT, text="red circle"), encoders)

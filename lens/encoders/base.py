@@ -128,9 +128,13 @@ class Encoder:
     def dim(self) -> int:
         return self.spec.dim
 
+    quantization: str | None = None
+    """Set on an encoder that runs an int8 graph (``engine="onnx-int8"``): its vectors differ beyond float rounding,
+    so it enters the identity; ``None`` (every other encoder) leaves the identity as it was."""
+
     def identity(self) -> dict:
         """Everything that changes the vectors this encoder produces: part of the embedding cache key."""
-        return {
+        identity = {
             "encoder": self.spec.name,
             "weights": self.weights_id,
             "preprocess": self.spec.preprocess.key(),
@@ -138,6 +142,9 @@ class Encoder:
             "precision": self.precision,
             "dim": self.spec.dim,
         }
+        if self.quantization:
+            identity["quantization"] = self.quantization
+        return identity
 
     def embed_images(
         self,
@@ -342,6 +349,9 @@ class TorchImageEncoder(Encoder):
     """``"torch"`` or ``"onnx"``: the engine that runs (or, before the first batch, will run) the forward pass."""
     engine_reason: str = ""
     """Why this engine, in words (``python -m lens encoders`` shows it)."""
+    calibration: Callable[[], np.ndarray] | None = None
+    """For an int8 encoder: returns ``(N, 3, S, S)`` float32 preprocessed catalog photos to quantize its graph on
+    (set by ``lens.embed.embed_catalog``); ``None`` elsewhere."""
 
     def __init__(
         self,

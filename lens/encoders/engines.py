@@ -13,7 +13,8 @@ How an encoder reaches ONNX Runtime:
    row by row) before it is trusted.
 3. The graph is cached as ``<cache>/onnx/<encoder>/<key>.onnx`` plus a JSON sidecar with its SHA-256. The key covers
    what the graph depends on: encoder name, weights hash, input size, torch / onnx / onnxruntime versions, opset and
-   the export recipe. Written atomically; verified on load; re-exported when it does not verify.
+   the export recipe. Written atomically; verified on load; re-exported when it does not verify. A fresh export
+   removes the encoder's other graphs (made by older versions or other weights: :func:`remove_stale_graphs`).
 4. One ``InferenceSession`` per graph and process (CPUExecutionProvider, graph optimisation ALL, intra-op threads =
    the cores lens may use), shared by every encoder object of that graph.
 
@@ -30,7 +31,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +46,7 @@ log = logging.getLogger("lens.encoders")
 
 EngineName = Literal["torch", "onnx"]
 ENGINE_ENV = "LENS_ENGINE"
-ENGINES = ("auto", "torch", "onnx")
+ENGINES = ("auto", "torch", "onnx", "onnx-int8")
 ONNX_OPSET = 17
 #: Bump when the export recipe changes (wrapper, axes, opset handling): every cached graph is then re-exported.
 EXPORT_RECIPE = 1
@@ -61,6 +62,20 @@ ONNX_FASTER_FAMILIES = frozenset({"efficientnet-lite", "torchvision-cnn", "timm-
 
 ONNXRUNTIME_PIN = "onnxruntime==1.32.0"
 
+#: Encoders offered on ``engine="onnx-int8"`` (opt-in, never a default): ONNX Runtime static int8 quantization (QDQ,
+#: per-channel int8 weights, uint8 activations) calibrated on :data:`INT8_CALIBRATION_PHOTOS` catalog photos moved
+#: their held-out precision@5 by less than 0.005 (``python -m benchmarks.int8``: the split's 1,600 held-out queries
+#: against the whole 8,010-photo catalog; calibration on train-part photos). Measured: mobilenet-v2 0.8058 -> 0.8040
+#: (-0.0018; row cosine to fp32 min 0.91, mean 0.98), efficientnet-lite0 0.8096 -> 0.8070 (-0.0026; cosine min 0.95,
+#: mean 0.99), efficientnet-lite2 0.8246 -> 0.8241 (-0.0005; cosine min 0.94, mean 0.996). The others (not measured:
+#: no weights on the measuring machine, or not CNNs) run ONNX Runtime fp32 under onnx-int8.
+INT8_ENCODERS = frozenset({"mobilenet-v2", "efficientnet-lite0", "efficientnet-lite2"})
+INT8_CALIBRATION_PHOTOS = 192
+#: Bump when the quantization recipe changes: every cached int8 graph is then quantized again.
+INT8_RECIPE = 1
+QUANTIZATION = f"onnxruntime-static-qdq-int8-v{INT8_RECIPE}"
+"""What an int8 encoder's identity says under ``quantization``: int8 vectors are cached apart from fp32 ones."""
+
 
 @dataclass(frozen=True)
 class EngineChoice:
@@ -71,6 +86,13 @@ class EngineChoice:
     reason: str
     strict: bool = False
     """``True`` when the user asked for this engine explicitly: a failure then raises instead of falling back."""
+    variant: str = "fp32"
+    """The ONNX graph: ``"fp32"``, or ``"int8"`` (``engine="onnx-int8"`` on an encoder of :data:`INT8_ENCODERS`)."""
+
+    @property
+    def label(self) -> str:
+        """The engine as ``python -m lens encoders`` lists it: ``torch``, ``onnx`` or ``onnx-int8``."""
+        return "onnx-int8" if self.engine == "onnx" and self.variant == "int8" else self.engine
 
 
 def requested_engine(engine: str | None = None) -> str:
@@ -103,6 +125,14 @@ def choose_engine(spec: EncoderSpec, *, engine: str | None = None, precision: Pr
         LensError: an unknown engine; ``onnx`` with ``bf16``; ``onnx`` without onnxruntime installed.
     """
     wanted = requested_engine(engine)
+    if wanted == "onnx-int8":
+        if spec.name in INT8_ENCODERS and precision != "bf16" and onnxruntime_installed():
+            return EngineChoice(
+                "onnx", "fp32", "int8 requested (held-out P@5 within 0.005 of fp32)", strict=True, variant="int8"
+            )
+        fallback = choose_engine(spec, engine="auto", precision=precision)
+        why = "not measured within 0.005 of fp32 held-out P@5" if spec.name not in INT8_ENCODERS else "unavailable"
+        return replace(fallback, reason=f"int8 {why} for {spec.name}: {fallback.reason}")
     if wanted == "torch":
         return EngineChoice("torch", precision or spec.precision, "requested", strict=True)
     if wanted == "onnx":
@@ -140,8 +170,13 @@ def attach_engine(encoder: Any, choice: EngineChoice, cache_dir: str | os.PathLi
         if choice.strict:
             raise LensError(f"Encoder '{encoder.name}' cannot run on ONNX Runtime (not a torch image encoder).")
         return
+    if choice.variant == "int8":
+        encoder.quantization = QUANTIZATION  # part of the identity: int8 vectors never share fp32's cache entries
     encoder.set_engine(
-        "onnx", choice.reason, loader=lambda: onnx_runner(encoder, cache_dir=cache_dir), strict=choice.strict
+        "onnx",
+        choice.reason,
+        loader=lambda: onnx_runner(encoder, cache_dir=cache_dir, variant=choice.variant),
+        strict=choice.strict,
     )
 
 
@@ -175,7 +210,7 @@ def _export_identity(encoder: TorchImageEncoder, variant: str) -> dict[str, Any]
         onnx_version = onnx.__version__
     except ImportError:  # the TorchScript exporter does not need it; quantization does
         onnx_version = None
-    identity = {k: v for k, v in encoder.identity().items() if k not in ("precision", "pixels")}
+    identity = {k: v for k, v in encoder.identity().items() if k not in ("precision", "pixels", "quantization")}
     return {
         "kind": "onnx",
         **identity,
@@ -257,6 +292,31 @@ def _store(graph_path: Path, meta_path: Path, key: str, identity: dict[str, Any]
         log.warning("cannot cache the ONNX graph at %s (%s); it will be exported again next time.", graph_path, exc)
 
 
+def remove_stale_graphs(folder: Path, keep: str, variant: str = "fp32") -> list[Path]:
+    """Delete the graphs of ``folder`` (one encoder's) of this ``variant`` other than ``keep``; returns them.
+
+    Called after a fresh export: every other graph of the encoder was made by another torch / onnx / onnxruntime /
+    opset / export recipe or other weights, so no process of this installation loads it again (about 14-330 MB each).
+    A graph whose sidecar is missing or unreadable is removed with it; other variants are left alone.
+    """
+    removed = []
+    for graph in sorted(folder.glob("*.onnx")):
+        if graph.stem == keep:
+            continue
+        meta = read_json(graph.with_suffix(".json")) or {}
+        if (meta.get("identity") or {}).get("variant", variant) != variant:
+            continue
+        for path in (graph, graph.with_suffix(".json")):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # a read-only cache keeps them; nothing else depends on this
+                log.warning("cannot remove the stale ONNX graph %s (%s)", path, exc)
+        removed.append(graph)
+    if removed:
+        log.info("removed %d stale ONNX graph(s) of %s", len(removed), folder.name)
+    return removed
+
+
 def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a.reshape(len(a), -1).astype(np.float64)
     b = b.reshape(len(b), -1).astype(np.float64)
@@ -322,8 +382,10 @@ def onnx_runner(
     Raises:
         LensError: the export failed or the exported graph disagrees with torch (callers fall back to torch).
     """
+    if variant == "int8":
+        return _int8_runner(encoder, cache_dir)
     if variant != "fp32":
-        raise LensError(f"unknown ONNX variant {variant!r}; only fp32 graphs are cached (int8 is measured only).")
+        raise LensError(f"unknown ONNX variant {variant!r}: use 'fp32' or 'int8'.")
     identity = _export_identity(encoder, variant)
     key = cache_key(identity)
     with _SESSIONS_LOCK:
@@ -340,6 +402,7 @@ def onnx_runner(
         if graph is None:
             graph, runner = _export_and_check(encoder, key)
             _store(graph_path, meta_path, key, identity, graph)
+            remove_stale_graphs(graph_path.parent, key, variant)
             runner.path = graph_path
         _SESSIONS[key] = runner
         return runner
@@ -366,6 +429,55 @@ def _export_and_check(encoder: TorchImageEncoder, key: str) -> tuple[bytes, Onnx
     return graph, runner
 
 
+def _int8_runner(encoder: TorchImageEncoder, cache_dir: str | os.PathLike | None) -> OnnxRunner:
+    """The int8 session of ``encoder``: its fp32 graph quantized by :func:`quantize_int8`, cached beside it.
+
+    The int8 graph's key is the fp32 graph's key plus :data:`INT8_RECIPE`; the calibration photos are recorded in its
+    sidecar. It is quantized on first use from ``encoder.calibration()`` (``lens.embed.embed_catalog`` sets that to
+    :data:`INT8_CALIBRATION_PHOTOS` photos spread over the catalog it embeds); an encoder without calibration finds
+    the cached graph or raises.
+
+    Raises:
+        LensError: no cached int8 graph and no calibration photos, or quantization failed.
+    """
+    fp32 = onnx_runner(encoder, cache_dir=cache_dir)
+    identity = {"kind": "onnx-int8", "fp32": fp32.key, "recipe": INT8_RECIPE, "variant": "int8"}
+    key = cache_key(identity)
+    with _SESSIONS_LOCK:
+        if key in _SESSIONS:
+            return _SESSIONS[key]
+        graph_path, meta_path = _onnx_paths(resolve_cache_dir(cache_dir), encoder.name, key)
+        graph = _load_cached(graph_path, meta_path, key)
+        runner = None
+        if graph is not None:
+            try:
+                runner = OnnxRunner(graph, key=key, path=graph_path)
+            except Exception as exc:  # onnxruntime raises its own types: a cache miss
+                log.warning("cached int8 graph %s does not load (%s); quantizing again.", graph_path, exc)
+        if runner is None:
+            calibration = encoder.calibration() if encoder.calibration is not None else None
+            if calibration is None:
+                raise LensError(
+                    f"'{encoder.name}' on engine onnx-int8 is quantized on catalog photos the first time it embeds a "
+                    "catalog: run `python -m lens embed --engine onnx-int8 --models "
+                    f"{encoder.name}` first (or use engine onnx)."
+                )
+            if fp32.path is None or not fp32.path.is_file():
+                raise LensError(f"the fp32 ONNX graph of '{encoder.name}' is not cached, so it cannot be quantized.")
+            try:
+                graph = quantize_int8(fp32.path.read_bytes(), calibration)
+                runner = OnnxRunner(graph, key=key, path=graph_path)
+            except Exception as exc:  # quantization raises many types (onnx checker, calibrator)
+                raise LensError(
+                    f"int8 quantization of '{encoder.name}' failed ({exc.__class__.__name__}: {exc})"
+                ) from exc
+            identity["calibration"] = {"photos": len(calibration), "sha256": bytes_sha256(calibration.tobytes())}
+            _store(graph_path, meta_path, key, identity, graph)
+            remove_stale_graphs(graph_path.parent, key, "int8")
+        _SESSIONS[key] = runner
+        return runner
+
+
 def clear_sessions() -> None:
     """Forget the process's ONNX sessions (tests; a later call loads them from the disk cache)."""
     with _SESSIONS_LOCK:
@@ -378,7 +490,7 @@ def clear_sessions() -> None:
 def quantize_int8(graph: bytes, calibration: np.ndarray, *, batch_size: int = 16) -> bytes:
     """Static int8 quantization (QDQ, per-channel int8 weights, uint8 activations) of an fp32 encoder graph.
 
-    Measured only (``scripts/bench_engines.py``), never a default. Needs the ``onnx`` package.
+    Offered as ``engine="onnx-int8"`` for :data:`INT8_ENCODERS` only, never a default. Needs the ``onnx`` package.
 
     Args:
         graph: the fp32 ONNX graph (:func:`export_onnx`).
