@@ -243,7 +243,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from lens.embed import embed_images
     from lens.images import open_image
     from lens.index import DEFAULT_N_TREES, build_index
-    from lens.search import filter_mask, results_table, search_vector
+    from lens.rerank import check_expansion
+    from lens.search import expand_query, filter_mask, results_table, search_vector
 
     # Check everything cheap before embedding the catalog, so a typo costs no minutes.
     if bool(args.image) == bool(args.id):
@@ -251,6 +252,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     k = _positive(args.k, "--k", 10)
     trees = _positive(args.trees, "--trees", DEFAULT_N_TREES)
     filters = _parse_filters(args.filter)
+    check_expansion(args.expand, args.alpha)
     query_image = open_image(args.image) if args.image else None
     catalog = _catalog_options(args).load()
     allowed = filter_mask(catalog, filters)
@@ -267,6 +269,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         vector = embeddings.vectors[embeddings.position(args.id)]
         exclude = [args.id]
+    if args.expand:
+        vector = expand_query(
+            index,
+            vector,
+            lambda ids: embeddings.vectors[[embeddings.position(i) for i in ids]],
+            k=args.expand,
+            alpha=args.alpha,
+            exclude=exclude,
+        )
     hits = search_vector(index, vector, k, exclude=exclude, allowed=allowed)
     columns = [c for c in catalog.table.columns if c != "image"] if not args.csv else None
     _write_table(results_table(hits, catalog, columns=columns), args.csv)
@@ -275,10 +286,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lens.evaluate import evaluate_embeddings, summary_table
+    from lens.rerank import check_expansion
 
     catalog = _catalog_options(args).load()
     run = _run_options(args)
     ks = _parse_ks(args.k)
+    check_expansion(args.expand, args.alpha)
     query_ids = None
     if args.queries is not None and getattr(args, "split", None):
         raise LensError("evaluate takes --queries N or --split PATH, not both.")
@@ -293,13 +306,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for model in _parse_models(args.models, run):
         _, embeddings = _embed(catalog, model, run, args.quiet)
         usable = None if query_ids is None else [i for i in query_ids if i not in dict(embeddings.failed)]
-        reports[model] = evaluate_embeddings(embeddings, catalog, label_column=args.label, ks=ks, query_ids=usable)
+        reports[model] = evaluate_embeddings(
+            embeddings, catalog, label_column=args.label, ks=ks, query_ids=usable, expand=args.expand, alpha=args.alpha
+        )
     table = summary_table(reports, macro=args.macro)
     _write_table(table, args.csv)
     if args.per_category:
         frames = [report.per_category.assign(model=model) for model, report in reports.items()]
         _write_table(pd.concat(frames, ignore_index=True), args.per_category)
     return 0
+
+
+def _expansion_flags(parser: argparse.ArgumentParser) -> None:
+    from lens.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND
+
+    parser.add_argument(
+        "--expand",
+        type=int,
+        default=0,
+        metavar="K",
+        help=f"alpha query expansion with the top K neighbours (0 = off; {DEFAULT_EXPAND} was best on validation)",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=DEFAULT_ALPHA, help=f"query expansion weight exponent (default {DEFAULT_ALPHA})"
+    )
 
 
 def _train_run_options() -> argparse.ArgumentParser:
@@ -607,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--trees", type=int, default=None, help="use the Annoy index with this many trees (built if missing)"
     )
     p.add_argument("--csv", default=None, help="write CSV to this file ('-' for stdout)")
+    _expansion_flags(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("evaluate", parents=[common, cat], help="retrieval metrics per model (exact search)")
@@ -618,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="write the summary CSV to this file ('-' for stdout)")
     p.add_argument("--per-category", default=None, help="write per-category metrics CSV to this file")
     p.add_argument("--split", default=None, help="split JSON from `train`: queries = its held-out query ids")
+    _expansion_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(

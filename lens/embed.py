@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +151,13 @@ def embed_catalog(
             catalog, base, cache_dir=cache_dir, use_cache=use_cache, batch_size=batch_size, progress=progress
         )
         vectors, kept, failed = head(base_set.vectors), list(base_set.ids), list(base_set.failed)
+    elif (composite := encoder.parts_and_join()) is not None:  # e.g. ``concat``: from each part's (cached) vectors
+        parts, join = composite
+        part_sets = [
+            embed_catalog(catalog, part, cache_dir=cache_dir, use_cache=use_cache, batch_size=batch_size)
+            for part in parts
+        ]
+        vectors, kept, failed = _join_sets(part_sets, join)
     else:
         vectors, kept, failed = _embed_files(catalog, encoder, batch_size=batch_size, progress=progress)
     result = EmbeddingSet(
@@ -166,6 +173,23 @@ def embed_catalog(
     if use_cache:
         save_embeddings(result, root)
     return result
+
+
+def _join_sets(
+    part_sets: Sequence[EmbeddingSet], join: Callable[[Sequence[np.ndarray]], np.ndarray]
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """The rows every part has (catalog order), joined; an item that failed in any part failed."""
+    failed: dict[str, str] = {}
+    for part in part_sets:
+        for item_id, reason in part.failed:
+            failed.setdefault(item_id, reason)
+    present = [set(part.ids) for part in part_sets]
+    kept = [item_id for item_id in part_sets[0].ids if all(item_id in ids for ids in present)]
+    for ids in present:
+        for item_id in sorted(ids.difference(kept)):
+            failed.setdefault(item_id, "no vector in every part of the composite encoder")
+    vectors = join([part.vectors[[part.position(item_id) for item_id in kept]] for part in part_sets])
+    return vectors, kept, list(failed.items())
 
 
 def _check_rows_match_catalog(cached: EmbeddingSet, catalog: Catalog) -> None:
