@@ -46,7 +46,7 @@ def evaluate_embeddings(
     counts = pd.Series(labels).value_counts()
     depth = max(max(ks), int(counts.max()) if len(counts) else 0)
     ranked, _ = rank_by_cosine(expanded, vectors, depth, exclude=queries)
-    return evaluate_neighbors(ranked, queries.tolist(), labels, embeddings.ids, ks=ks, label_column=column)
+    return evaluate_neighbors(ranked, queries.tolist(), list(labels), embeddings.ids, ks=ks, label_column=column)
 
 
 def summary_table(reports: dict[str, RetrievalReport], *, macro: bool = False) -> pd.DataFrame:

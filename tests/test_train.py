@@ -407,7 +407,7 @@ def test_recipe_defaults_are_the_documented_ones() -> None:
             batch_size=64,
             lr=1e-3,
             loss_lr=1e-2,
-            loss="normalized-softmax",
+            loss="proxy-anchor",
             m_per_class=4,
             trainable_blocks=0,
             embedding_dim=0,

@@ -77,7 +77,8 @@ def _concat_spec(name: str, parts: Sequence[str], dims: Sequence[int], descripti
         CONCAT_PARTS,
         (1280, 1280, 1280),
         "mobilenet-v2 + efficientnet-lite0 + efficientnet-lite2 vectors, concatenated (3840-d)",
-    )
+    ),
+    parts=CONCAT_PARTS,
 )
 def _build_concat(spec: EncoderSpec, weights_path: Path | None, *, precision: Precision | None = None) -> Encoder:
     from lens.encoders._registry import create_encoder

@@ -1,7 +1,7 @@
 """``proxy-<backbone>``: a head on a frozen pretrained encoder trained with a proxy / classification metric loss.
 
-The loss is one of pytorch-metric-learning's (``--loss``, :data:`lens.train.losses.METRIC_LOSSES`): normalized softmax
-(the default, chosen on validation P@5; docs/training.md), Proxy-Anchor, ArcFace, CosFace, or Multi-Similarity with its
+The loss is one of pytorch-metric-learning's (``--loss``, :data:`lens.train.losses.METRIC_LOSSES`): Proxy-Anchor
+(the default, chosen on validation P@5; docs/training.md), normalized softmax, ArcFace, CosFace, or Multi-Similarity with its
 miner. The proxies train in their own optimizer parameter group at ``--loss-lr``, as pml documents. Everything else is
 the frozen-head path of ``triplet-<backbone>``: the backbone's catalog vectors come from the embedding cache, the head
 is residual and zero-initialised (training starts exactly at the pretrained space), batches are class-balanced, and
@@ -40,7 +40,7 @@ class ProxyConfig(BackboneConfig):
     """``proxy-<backbone>`` settings; the defaults were chosen on validation P@5 (docs/training.md)."""
 
     backbone: str = setting("concat", "pretrained backbone (concat, mobilenet-v2, efficientnet-lite0/lite2)")
-    loss: str = setting("normalized-softmax", "metric loss", choices=tuple(METRIC_LOSSES))
+    loss: str = setting("proxy-anchor", "metric loss", choices=tuple(METRIC_LOSSES))
     epochs: int = setting(20, "passes over the training split", minimum=1)
     lr: float = setting(1e-3, "learning rate (AdamW) of the head")
     loss_lr: float = setting(1e-2, "learning rate (AdamW) of the loss's proxies (their own parameter group)")
