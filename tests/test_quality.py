@@ -153,6 +153,7 @@ def test_concat_is_registered_with_its_three_backbones() -> None:
     assert CONCAT_PARTS == ("mobilenet-v2", "efficientnet-lite0", "efficientnet-lite2")
     assert get_spec("concat").dim == 3 * 1280
     assert default_config("proxy-concat").backbone == "concat"
+    assert default_config("proxy").backbone == "efficientnet-lite2"  # the default (docs/training.md)
     assert default_config("proxy-efficientnet-lite2", loss="arcface").model_name() == "proxy-efficientnet-lite2"
 
 

@@ -403,7 +403,7 @@ def test_recipe_defaults_are_the_documented_ones() -> None:
             weight_decay=1e-4,
         ),
         "proxy": dict(
-            epochs=20,
+            epochs=40,
             batch_size=64,
             lr=1e-3,
             loss_lr=1e-2,
@@ -411,7 +411,7 @@ def test_recipe_defaults_are_the_documented_ones() -> None:
             m_per_class=4,
             trainable_blocks=0,
             embedding_dim=0,
-            backbone="concat",
+            backbone="efficientnet-lite2",
             hidden=1024,
             weight_decay=1e-4,
         ),

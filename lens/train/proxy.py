@@ -39,9 +39,11 @@ from lens.train.split import Split
 class ProxyConfig(BackboneConfig):
     """``proxy-<backbone>`` settings; the defaults were chosen on validation P@5 (docs/training.md)."""
 
-    backbone: str = setting("concat", "pretrained backbone (concat, mobilenet-v2, efficientnet-lite0/lite2)")
+    backbone: str = setting(
+        "efficientnet-lite2", "pretrained backbone (efficientnet-lite2, concat, mobilenet-v2, lite0)"
+    )
     loss: str = setting("proxy-anchor", "metric loss", choices=tuple(METRIC_LOSSES))
-    epochs: int = setting(20, "passes over the training split", minimum=1)
+    epochs: int = setting(40, "passes over the training split", minimum=1)
     lr: float = setting(1e-3, "learning rate (AdamW) of the head")
     loss_lr: float = setting(1e-2, "learning rate (AdamW) of the loss's proxies (their own parameter group)")
     m_per_class: int = setting(4, "items per class in a class-balanced batch", minimum=1)
