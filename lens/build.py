@@ -2,8 +2,8 @@
 
 A build plan is an ordered list of steps. The default (:data:`DEFAULT_PLAN`): the default model's embeddings and
 Annoy index first (the first search), then the other pretrained encoders, then every recipe trained on the catalog
-with its default settings: ``text-align`` first (text search), the triplet heads, ``vae`` and ``autoencoder``,
-``simclr-mobilenet-v2``, ``mobilenet-small``. A step whose weights (or whose backbone's) are not on this machine is
+with its default settings: ``text-align`` first (text search), ``proxy-efficientnet-lite2`` (the best image
+model), the triplet heads, ``vae`` and ``autoencoder``, ``simclr-mobilenet-v2``, ``mobilenet-small``. A step whose weights (or whose backbone's) are not on this machine is
 skipped, with that reason.
 
 The job (:func:`run_build`) runs the steps in order under one lock per cache (:class:`lens.jobs.JobLock`), and keeps
@@ -80,6 +80,8 @@ DEFAULT_PLAN: dict[str, Any] = {
     "encoders": ["efficientnet-lite0", "mobilenet-v2", "efficientnet-lite2"],
     "recipes": [
         {"name": "text-align", "recipe": "text-align", "needs": ["efficientnet-lite0", MINILM]},
+        # the best image model (docs/training.md): a Proxy-Anchor head on the frozen efficientnet-lite2
+        {"name": "proxy-efficientnet-lite2", "recipe": "proxy-efficientnet-lite2", "needs": ["efficientnet-lite2"]},
         {"name": "triplet-efficientnet-lite0", "recipe": "triplet-efficientnet-lite0", "needs": ["efficientnet-lite0"]},
         {"name": "triplet-mobilenet-v2", "recipe": "triplet-mobilenet-v2", "needs": ["mobilenet-v2"]},
         {"name": "triplet-efficientnet-lite2", "recipe": "triplet-efficientnet-lite2", "needs": ["efficientnet-lite2"]},

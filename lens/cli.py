@@ -312,7 +312,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from lens.images import open_image
     from lens.index import DEFAULT_N_TREES, build_index
     from lens.remote import fetch_image_bytes
-    from lens.search import filter_mask, results_table, search_vector
+    from lens.rerank import check_expansion
+    from lens.search import expand_query, filter_mask, results_table, search_vector
     from lens.vectors import mix_query_vectors
 
     # Check everything cheap before embedding the catalog, so a typo costs no minutes.
@@ -332,6 +333,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     trees = _positive(args.trees, "--trees", DEFAULT_N_TREES)
     filters = _parse_filters(args.filter)
     _check_output(args.csv, "--csv")
+    check_expansion(args.expand, args.alpha)
     run = _run_options(args)
     _parse_models(args.model, run)  # a known encoder with its weights here
     query_image = open_image(args.image) if args.image else None
@@ -369,6 +371,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         text_vector = encoder.embed_texts([text])[0]
         vector = text_vector if vector is None else mix_query_vectors(vector, text_vector, weight)
     assert vector is not None  # one query source was checked above
+    if args.expand:
+        vector = expand_query(
+            index,
+            vector,
+            lambda ids: embeddings.vectors[[embeddings.position(i) for i in ids]],
+            k=args.expand,
+            alpha=args.alpha,
+            exclude=exclude,
+        )
     hits = search_vector(index, vector, k, exclude=exclude, allowed=allowed)
     columns = [c for c in catalog.table.columns if c != "image"] if not args.csv else None
     table = results_table(hits, catalog, columns=columns)
@@ -394,10 +405,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lens.evaluate import evaluate_embeddings, summary_table
+    from lens.rerank import check_expansion
 
     ks = _parse_ks(args.k)
     _check_output(args.csv, "--csv")
     _check_output(args.per_category, "--per-category")
+    check_expansion(args.expand, args.alpha)
     catalog = _catalog_options(args).load()
     catalog.labels(args.label)  # the label column exists (CatalogError lists the columns)
     run = _run_options(args)
@@ -416,13 +429,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for model in models:
         _, embeddings = _embed(catalog, model, run, args.quiet)
         usable = None if query_ids is None else [i for i in query_ids if i not in dict(embeddings.failed)]
-        reports[model] = evaluate_embeddings(embeddings, catalog, label_column=args.label, ks=ks, query_ids=usable)
+        reports[model] = evaluate_embeddings(
+            embeddings, catalog, label_column=args.label, ks=ks, query_ids=usable, expand=args.expand, alpha=args.alpha
+        )
     table = summary_table(reports, macro=args.macro)
     _write_table(table, args.csv)
     if args.per_category:
         frames = [report.per_category.assign(model=model) for model, report in reports.items()]
         _write_table(pd.concat(frames, ignore_index=True), args.per_category)
     return 0
+
+
+def _expansion_flags(parser: argparse.ArgumentParser) -> None:
+    from lens.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND
+
+    parser.add_argument(
+        "--expand",
+        type=int,
+        default=0,
+        metavar="K",
+        help=f"alpha query expansion with the top K neighbours (0 = off; {DEFAULT_EXPAND} was best on validation)",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=DEFAULT_ALPHA, help=f"query expansion weight exponent (default {DEFAULT_ALPHA})"
+    )
 
 
 def _train_run_options() -> argparse.ArgumentParser:
@@ -748,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-predict", action="store_true", help="skip the predicted category of the query (a linear probe)"
     )
+    _expansion_flags(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("evaluate", parents=[common, cat], help="retrieval metrics per model (exact search)")
@@ -759,6 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="write the summary CSV to this file ('-' for stdout)")
     p.add_argument("--per-category", default=None, help="write per-category metrics CSV to this file")
     p.add_argument("--split", default=None, help="split JSON from `train`: queries = its held-out query ids")
+    _expansion_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(

@@ -171,6 +171,15 @@ def embed_catalog(
             compute=compute,
         )
         vectors, kept, failed = head(base_set.vectors), list(base_set.ids), list(base_set.failed)
+    elif (composite := encoder.parts_and_join()) is not None:  # e.g. ``concat``: from each part's (cached) vectors
+        parts, join = composite
+        part_sets = [
+            embed_catalog(
+                catalog, part, cache_dir=cache_dir, use_cache=use_cache, batch_size=batch_size, compute=compute
+            )
+            for part in parts
+        ]
+        vectors, kept, failed = _join_sets(part_sets, join)
     elif use_cache:  # only the images the per-item store has not seen (a catalog update costs what changed)
         vectors, kept, failed = _embed_new_items(catalog, encoder, root, batch_size, progress, compute or embed_files)
     else:
@@ -240,6 +249,23 @@ def _embed_new_items(
         out[row] = vector
         kept_rows.append(row)
     return out[kept_rows], [catalog.ids[row] for row in kept_rows], failed_rows
+
+
+def _join_sets(
+    part_sets: Sequence[EmbeddingSet], join: Callable[[Sequence[np.ndarray]], np.ndarray]
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """The rows every part has (catalog order), joined; an item that failed in any part failed."""
+    failed: dict[str, str] = {}
+    for part in part_sets:
+        for item_id, reason in part.failed:
+            failed.setdefault(item_id, reason)
+    present = [set(part.ids) for part in part_sets]
+    kept = [item_id for item_id in part_sets[0].ids if all(item_id in ids for ids in present)]
+    for ids in present:
+        for item_id in sorted(ids.difference(kept)):
+            failed.setdefault(item_id, "no vector in every part of the composite encoder")
+    vectors = join([part.vectors[[part.position(item_id) for item_id in kept]] for part in part_sets])
+    return vectors, kept, list(failed.items())
 
 
 def _check_rows_match_catalog(cached: EmbeddingSet, catalog: Catalog) -> None:

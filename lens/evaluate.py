@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from lens.catalog import Catalog
 from lens.embed import EmbeddingSet
-from lens.metrics import RetrievalReport, evaluate_retrieval
+from lens.metrics import RetrievalReport, evaluate_neighbors, evaluate_retrieval
+from lens.rerank import DEFAULT_ALPHA, expand_queries
+from lens.vectors import l2_normalize, rank_by_cosine
 
 
 def evaluate_embeddings(
@@ -18,19 +21,32 @@ def evaluate_embeddings(
     label_column: str | None = None,
     ks: Sequence[int] = (1, 5, 10),
     query_ids: Sequence[str] | None = None,
+    expand: int = 0,
+    alpha: float = DEFAULT_ALPHA,
 ) -> RetrievalReport:
     """Exact retrieval metrics of ``embeddings``: each query against the rest of the catalog, relevant = same label.
 
-    Items whose image failed have no vector and take part neither as queries nor in the gallery.
+    Items whose image failed have no vector and take part neither as queries nor in the gallery. ``expand`` > 0
+    re-ranks with alpha-QE (:mod:`lens.rerank`): each query is expanded with its top ``expand`` neighbours (itself
+    excluded) before the ranking that is scored.
     """
     column = label_column or catalog.label_column
     labels = catalog.labels(column, ids=embeddings.ids)
     query_indices = None
     if query_ids is not None:
         query_indices = [embeddings.position(item_id) for item_id in query_ids]
-    return evaluate_retrieval(
-        embeddings.vectors, labels, embeddings.ids, ks=ks, query_indices=query_indices, label_column=column
-    )
+    if not expand:
+        return evaluate_retrieval(
+            embeddings.vectors, labels, embeddings.ids, ks=ks, query_indices=query_indices, label_column=column
+        )
+    vectors = l2_normalize(embeddings.vectors)
+    queries = np.arange(len(vectors)) if query_indices is None else np.asarray(query_indices, dtype=np.int64)
+    expanded = expand_queries(vectors[queries], vectors, k=expand, alpha=alpha, exclude=queries)
+    # deep enough for MAP@R: the largest number of relevant items any query has (its label's count minus itself)
+    counts = pd.Series(labels).value_counts()
+    depth = max(max(ks), int(counts.max()) if len(counts) else 0)
+    ranked, _ = rank_by_cosine(expanded, vectors, depth, exclude=queries)
+    return evaluate_neighbors(ranked, queries.tolist(), list(labels), embeddings.ids, ks=ks, label_column=column)
 
 
 def summary_table(reports: dict[str, RetrievalReport], *, macro: bool = False) -> pd.DataFrame:

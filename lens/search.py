@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -10,6 +10,7 @@ import pandas as pd
 from lens.catalog import Catalog
 from lens.errors import CatalogError, LensError
 from lens.index import Hit, VectorIndex
+from lens.rerank import DEFAULT_ALPHA, check_expansion, expand_with_neighbours
 
 RESULT_COLUMNS = ("rank", "id", "similarity")
 """Leading columns of every results table; the catalog's metadata columns follow (``image`` is a relative path)."""
@@ -55,6 +56,38 @@ def search_vector(
         if len(kept) == k or n >= len(index):
             return [Hit(h.id, h.score, rank) for rank, h in enumerate(kept, start=1)]
         n *= 4
+
+
+def expand_query(
+    index: VectorIndex,
+    vector: np.ndarray,
+    vectors_of: Callable[[Sequence[str]], np.ndarray],
+    *,
+    k: int,
+    alpha: float = DEFAULT_ALPHA,
+    exclude: Iterable[str] = (),
+) -> np.ndarray:
+    """alpha-QE of one query (:mod:`lens.rerank`): its top ``k`` hits in ``index`` (no filter; ``exclude`` skipped)
+    are added with weights ``similarity^alpha``; search with the result (:func:`search_vector`) as with any vector.
+
+    Args:
+        vector: ``(d,)`` query vector, L2-normalised.
+        vectors_of: the catalog vectors of ids, ``(len(ids), d)`` (e.g. from the model's embeddings).
+        k: neighbours (0: ``vector`` unchanged).
+
+    Returns:
+        ``(d,)`` float32, L2-normalised.
+    """
+    check_expansion(k, alpha)
+    query = np.asarray(vector, dtype=np.float32)
+    if k == 0:
+        return query
+    hits = index.search(query, k, exclude=exclude)
+    if not hits:
+        return query
+    neighbours = np.asarray(vectors_of([h.id for h in hits]), dtype=np.float32)
+    sims = np.array([[h.score for h in hits]], dtype=np.float32)
+    return expand_with_neighbours(query[None, :], neighbours[None, :, :], sims, alpha)[0]
 
 
 def results_table(hits: Sequence[Hit], catalog: Catalog, *, columns: Sequence[str] | None = None) -> pd.DataFrame:

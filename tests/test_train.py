@@ -233,6 +233,8 @@ RECIPE_SETTINGS = {
     # the head also sees 2 augmented views of each training photo through the frozen backbone
     "triplet-augmented": ("triplet-tiny", dict(epochs=2, batch_size=20, hidden=64, augment_views=2)),
     "simclr-head": ("simclr-tiny", dict(epochs=2, batch_size=8)),
+    # a head trained with a proxy loss (normalized softmax: proxies in their own optimizer group)
+    "proxy-head": ("proxy-tiny", dict(epochs=2, batch_size=20, hidden=64)),
     "simclr-blocks": ("simclr-tiny", dict(epochs=2, batch_size=8, trainable_blocks=2)),
     "mobilenet-small": ("mobilenet-small", dict(epochs=2, head_epochs=2, batch_size=20, input_size=32)),
     "autoencoder": ("autoencoder", dict(epochs=2, batch_size=8, input_size=32, lr=1e-3)),
@@ -384,7 +386,7 @@ def test_recipe_defaults_are_the_documented_ones() -> None:
 
     from lens.train import RECIPES, default_config
 
-    assert sorted(RECIPES) == ["autoencoder", "mobilenet-small", "simclr", "text-align", "triplet"]
+    assert sorted(RECIPES) == ["autoencoder", "mobilenet-small", "proxy", "simclr", "text-align", "triplet"]
     expected = {
         "triplet": dict(
             epochs=20,
@@ -398,6 +400,19 @@ def test_recipe_defaults_are_the_documented_ones() -> None:
             backbone="mobilenet-v2",
             hidden=1024,
             augment_views=0,
+            weight_decay=1e-4,
+        ),
+        "proxy": dict(
+            epochs=40,
+            batch_size=64,
+            lr=1e-3,
+            loss_lr=1e-2,
+            loss="proxy-anchor",
+            m_per_class=4,
+            trainable_blocks=0,
+            embedding_dim=0,
+            backbone="efficientnet-lite2",
+            hidden=1024,
             weight_decay=1e-4,
         ),
         "simclr": dict(

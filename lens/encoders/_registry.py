@@ -43,6 +43,7 @@ class RegistryEntry:
     spec: EncoderSpec
     builder: Builder
     weights: Weights | None
+    parts: tuple[str, ...] = ()  #: a composite's encoders (``concat``): available when all of them are
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,16 @@ class EncoderInfo:
 _REGISTRY: dict[str, RegistryEntry] = {}
 
 
-def register_encoder(spec: EncoderSpec, *, weights: Weights | None = None) -> Callable[[Builder], Builder]:
-    """Register ``builder`` under ``spec.name``; re-registering a name is a programming error."""
+def register_encoder(
+    spec: EncoderSpec, *, weights: Weights | None = None, parts: tuple[str, ...] = ()
+) -> Callable[[Builder], Builder]:
+    """Register ``builder`` under ``spec.name`` (``parts``: the encoders a composite runs, whose weights it needs);
+    re-registering a name is a programming error."""
 
     def decorator(builder: Builder) -> Builder:
         if spec.name in _REGISTRY:
             raise ValueError(f"encoder '{spec.name}' is already registered")
-        _REGISTRY[spec.name] = RegistryEntry(spec, builder, weights)
+        _REGISTRY[spec.name] = RegistryEntry(spec, builder, weights, tuple(parts))
         return builder
 
     return decorator
@@ -120,6 +124,14 @@ def _effective(spec: EncoderSpec, engine: str | None, precision: Precision | Non
 def encoder_status(name: str, weights_dir: str | os.PathLike | None = None) -> WeightsStatus:
     """Whether ``name``'s weights are on this machine (never downloads)."""
     entry = _entry(name)
+    for part in entry.parts:
+        status = encoder_status(part, weights_dir)
+        if not status.available:
+            return WeightsStatus(
+                False, None, status.where, f"'{name}' runs {part}, whose weights are missing: {status.remedy}"
+            )
+    if entry.parts:
+        return WeightsStatus(True, None, f"its parts' weights ({', '.join(entry.parts)})", "")
     if entry.weights is None:
         # trained models carry their weights folder in spec.weights; the test encoder has none
         where = entry.spec.weights if entry.spec.family == "trained" else "built in (no pretrained weights)"

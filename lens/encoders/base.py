@@ -191,6 +191,12 @@ class Encoder:
         (usually cached) vectors instead of decoding every image again. ``None`` (the default): from the images."""
         return None
 
+    def parts_and_join(self) -> tuple[list[Encoder], Callable[[Sequence[np.ndarray]], np.ndarray]] | None:
+        """``(parts, join)`` when this encoder combines other encoders' vectors, i.e. ``embed_images(x)`` equals
+        ``join([p.embed_images(x) for p in parts])``: ``embed_catalog`` then builds a catalog's vectors from the
+        parts' (usually cached) ones. ``None`` (the default): from the images."""
+        return None
+
     def _embed_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
         raise NotImplementedError
 

@@ -18,7 +18,7 @@ from lens.encoders.trained import check_model_name
 from lens.errors import LensError
 
 # The recipe modules register themselves on import.
-from lens.train import autoencoder, mobilenet_small, simclr, text_align, triplet  # noqa: F401
+from lens.train import autoencoder, mobilenet_small, proxy, simclr, text_align, triplet  # noqa: F401
 from lens.train.common import RunContext, TrainResult
 from lens.train.loop import TrainConfig, fit
 from lens.train.registry import RECIPES, Recipe, default_config, parse_recipe, register_recipe

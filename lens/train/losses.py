@@ -74,3 +74,51 @@ class SymmetricInfoNCE(nn.Module):
         logits = scale * image @ text.t()
         target = torch.arange(image.shape[0], device=image.device)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+#: The losses of the ``proxy`` recipe: name -> (pytorch-metric-learning loss class, its default parameters).
+#: ``normalized-softmax``, ``proxy-anchor``, ``arcface`` and ``cosface`` learn one proxy (class weight) per label;
+#: ``multi-similarity`` is a pair loss and comes with its miner. The defaults are the papers' (and pml's) own.
+METRIC_LOSSES: dict[str, tuple[str, dict[str, float]]] = {
+    "normalized-softmax": ("NormalizedSoftmaxLoss", {"temperature": 0.05}),
+    "proxy-anchor": ("ProxyAnchorLoss", {"margin": 0.1, "alpha": 32.0}),
+    "arcface": ("ArcFaceLoss", {"margin": 28.6, "scale": 64.0}),
+    "cosface": ("CosFaceLoss", {"margin": 0.35, "scale": 64.0}),
+    "multi-similarity": ("MultiSimilarityLoss", {"alpha": 2.0, "beta": 50.0, "base": 0.5}),
+}
+
+
+class MetricLoss(nn.Module):
+    """One of pytorch-metric-learning's classification / proxy / pair losses as ``loss(embeddings, labels)``.
+
+    Args:
+        name: a key of :data:`METRIC_LOSSES`.
+        num_classes: number of labels (integer codes ``0..num_classes-1``); proxies are made for each.
+        dim: embedding dimension.
+        params: overrides of the loss's default parameters (:data:`METRIC_LOSSES`); ``None`` values are ignored.
+
+    The proxies (``self.parameters()``, empty for ``multi-similarity``) train with the model, in their own optimizer
+    parameter group (pml's documented usage: a loss optimizer with a larger learning rate).
+    """
+
+    def __init__(self, name: str, num_classes: int, dim: int, **params: float | None) -> None:
+        super().__init__()
+        from pytorch_metric_learning import losses, miners
+
+        if name not in METRIC_LOSSES:
+            raise ValueError(f"unknown metric loss {name!r}; known: {', '.join(METRIC_LOSSES)}")
+        cls_name, defaults = METRIC_LOSSES[name]
+        kwargs = {**defaults, **{k: v for k, v in params.items() if v is not None and k in defaults}}
+        cls = getattr(losses, cls_name)
+        self.name = name
+        if name == "multi-similarity":
+            self.loss = cls(**kwargs)
+            self.miner: nn.Module | None = miners.MultiSimilarityMiner(epsilon=0.1)
+        else:
+            self.loss = cls(num_classes=num_classes, embedding_size=dim, **kwargs)
+            self.miner = None
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.miner is not None:
+            return self.loss(embeddings, labels, self.miner(embeddings, labels))
+        return self.loss(embeddings, labels)

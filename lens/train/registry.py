@@ -14,7 +14,7 @@ from lens.errors import LensError
 from lens.train.loop import TrainConfig
 
 #: Pretrained backbones of the ``<recipe>-<backbone>`` spellings (``tiny`` too: the random test CNN, for tests).
-BACKBONE_NAMES = ("mobilenet-v2", "efficientnet-lite0", "efficientnet-lite2")
+BACKBONE_NAMES = ("mobilenet-v2", "efficientnet-lite0", "efficientnet-lite2", "concat")
 
 
 @dataclass(frozen=True)
