@@ -27,6 +27,8 @@ MODES = (PRODUCT, UPLOAD, URL, TEXT, IMAGE_TEXT)
 IMAGE_SOURCES = (PRODUCT, UPLOAD, URL)
 """Where the image of an image query comes from."""
 FULL_RANGE = (0, 100)
+EXPAND_NEIGHBOURS = 3
+"""Neighbours of the re-ranking toggle's alpha query expansion (lens.rerank's default)."""
 
 
 def read_upload(name: str, data: bytes, *, max_mb: float = config.MAX_UPLOAD_MB) -> Image.Image:

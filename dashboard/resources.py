@@ -604,8 +604,10 @@ def get_report(
     ks: tuple[int, ...],
     max_queries: int | None = None,
     seed: int = 0,
+    expand: int = 0,
 ) -> RetrievalReport:
-    """Exact leave-one-out retrieval metrics; all items as queries, or a seeded sample of ``max_queries``."""
+    """Exact leave-one-out retrieval metrics; all items as queries, or a seeded sample of ``max_queries``;
+    ``expand`` > 0: with alpha query expansion over that many neighbours."""
     catalog = get_catalog(path, load_label)
     embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
     query_ids = None
@@ -613,7 +615,9 @@ def get_report(
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(len(embeddings), size=max_queries, replace=False))
         query_ids = [embeddings.ids[i] for i in rows]
-    return evaluate_embeddings(embeddings, catalog, label_column=label_column, ks=ks, query_ids=query_ids)
+    return evaluate_embeddings(
+        embeddings, catalog, label_column=label_column, ks=ks, query_ids=query_ids, expand=expand
+    )
 
 
 def metrics_summary(reports: dict[str, RetrievalReport], *, macro: bool) -> pd.DataFrame:
@@ -793,15 +797,27 @@ def search(
     *,
     exclude: Sequence[str] = (),
     allowed: frozenset[str] | None = None,
+    expand: int = 0,
 ) -> pd.DataFrame:
     """Top ``k`` catalog items for ``vector``: ``rank, id, similarity`` (cosine) then the catalog's columns.
 
     Uses the model's Annoy index when one is on disk or the catalog is large, else an exact in-memory index.
+    ``expand`` > 0 re-ranks by alpha query expansion first (the query plus its ``expand`` nearest products,
+    :func:`lens.search.expand_query`); the similarity shown is then to the expanded query.
     """
-    from lens.search import results_table, search_vector
+    from lens.search import expand_query, results_table, search_vector
 
     catalog = get_catalog(path, load_label)
     kind = index_kind(path, load_label, model, cache_dir, len(catalog))
     index = get_index(path, load_label, model, fingerprint, cache_dir, kind)
+    if expand:
+        embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
+        vector = expand_query(
+            index,
+            vector,
+            lambda ids: embeddings.vectors[[embeddings.position(i) for i in ids]],
+            k=expand,
+            exclude=exclude,
+        )
     hits = search_vector(index, vector, k, exclude=exclude, allowed=allowed)  # type: ignore[arg-type]  # frozenset: only `in` is used
     return results_table(hits, catalog)

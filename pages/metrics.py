@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, components, resources
+from dashboard import charts, components, query, resources
 
 components.run_through_app()
 
@@ -45,6 +45,12 @@ if queries == "A random sample":
 average = controls[2].radio(
     "Average", ("micro (over queries)", "macro (over categories)"), horizontal=True, key="metrics_average"
 )
+rerank = controls[2].toggle(
+    "With query expansion (re-ranking)",
+    key="metrics_rerank",
+    help="Each query re-ranked by alpha query expansion over its 3 nearest products, as the Search page's toggle "
+    "does: compare the table with and without it.",
+)
 
 components.require_choice(models, "Pick at least one model above.")
 if not ks:
@@ -58,7 +64,16 @@ for model in models:
         continue
     with st.spinner(f"Evaluating {model} on {sample_size or len(catalog):,} queries…"):
         reports[model] = resources.get_report(
-            ctx.path, ctx.load_label, model, ctx.fingerprint, ctx.cache_dir, label, ks_t, sample_size, 0
+            ctx.path,
+            ctx.load_label,
+            model,
+            ctx.fingerprint,
+            ctx.cache_dir,
+            label,
+            ks_t,
+            sample_size,
+            0,
+            query.EXPAND_NEIGHBOURS if rerank else 0,
         )
 if not reports:
     st.stop()

@@ -303,3 +303,50 @@ def test_text_checks_apply_whatever_the_model() -> None:
     for text, message in (("x" * 10_000, "10,000 characters long"), ("   ", "is empty")):
         with pytest.raises(LensError, match=message):
             query.build_query(query.QueryParts(mode=query.TEXT, text=text), encoders)
+
+
+def test_pages_start_with_the_best_ready_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard import config
+
+    monkeypatch.delenv("LENS_DEFAULT_MODEL", raising=False)
+    ready = ["efficientnet-lite0", "mobilenet-v2", "proxy-efficientnet-lite2", "text-align"]
+    assert config.pick_default_model(ready, ready) == "proxy-efficientnet-lite2"
+    assert config.pick_default_model(ready, ["mobilenet-v2", "efficientnet-lite0"]) == "efficientnet-lite0"
+    assert config.pick_default_model(ready, ["text-align"]) == "text-align"  # nothing better is ready
+    monkeypatch.setenv("LENS_DEFAULT_MODEL", "mobilenet-v2")
+    assert config.pick_default_model(ready, ready) == "mobilenet-v2"  # the user's choice wins
+
+
+def test_rerank_toggle_on_search_and_metrics(dashboard_env: dict[str, Path]) -> None:
+    from lens.catalog import load_catalog
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+    from lens.evaluate import evaluate_embeddings
+    from lens.index import ExactIndex
+    from lens.search import expand_query
+
+    at = start("search")
+    plain = results(at)
+    product = at.selectbox(key="search_product").value
+    at.toggle(key="search_rerank").set_value(True).run()
+    assert_clean(at)
+    expanded = results(at)
+    # The oracle: the same expansion by hand on the exact index of the same vectors.
+    catalog = load_catalog(dashboard_env["catalog"])
+    embeddings = embed_catalog(catalog, create_encoder("tiny"), cache_dir=dashboard_env["cache"])
+    index = ExactIndex.from_embeddings(embeddings)
+    vector = embeddings.vectors[embeddings.position(product)]
+    expected = expand_query(
+        index, vector, lambda ids: embeddings.vectors[[embeddings.position(i) for i in ids]], k=3, exclude=[product]
+    )
+    ranked = [h.id for h in index.search(expected, 10, exclude=[product])]
+    assert expanded["id"].tolist() == ranked
+    assert len(plain) == len(expanded) == 10
+    at = start("metrics")
+    before = at.dataframe[0].value.set_index("model")
+    at.toggle(key="metrics_rerank").set_value(True).run()
+    assert_clean(at)
+    after = at.dataframe[0].value.set_index("model")
+    oracle = evaluate_embeddings(embeddings, catalog, label_column="articleType", ks=(1, 5, 10), expand=3).summary
+    assert after.loc["tiny", "map@r"] == pytest.approx(oracle["map@r"], abs=1e-6)
+    assert list(before.columns) == list(after.columns)

@@ -130,10 +130,10 @@ def test_concat_embeds_a_catalog_from_its_parts_vectors(small_catalog_dir: Path,
     parts = [embed_catalog(catalog, part, cache_dir=tmp_path) for part in (tiny, other)]
     assert not any(p.from_cache for p in parts)
 
-    def no_images(catalog, enc, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    def no_images(catalog, enc, *args):  # noqa: ANN001, ANN002, ANN202
         raise AssertionError(f"{enc.name} decoded images although its parts' vectors are cached")
 
-    monkeypatch.setattr(embed_module, "_embed_files", no_images)
+    monkeypatch.setattr(embed_module, "embed_files", no_images)
     joined = embed_catalog(catalog, concat, cache_dir=tmp_path)
     monkeypatch.undo()
     assert joined.ids == catalog.ids and joined.vectors.shape == (len(catalog), 128)
