@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,8 @@ def ray_compute(
     """A ``compute`` for :func:`lens.embed.embed_catalog` that runs the catalog pass on Ray Data."""
     if workers < 1:
         raise LensError(f"--workers must be at least 1, got {workers}.")
+    if address:
+        _reachable(address)  # before any work, whether or not Ray is already running in this process
 
     def compute(
         catalog: Catalog, encoder: Encoder, batch_size: int = 32, progress: ProgressCallback | None = None
@@ -127,6 +130,33 @@ def ray_compute(
                 ray.shutdown()
 
     return compute
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an address nothing listens on (``host:port`` or ``ray://host:port``): Ray itself retries a dead
+    address for minutes. ``auto`` and ``local`` are left to Ray, which answers them at once.
+
+    Raises:
+        LensError: the host does not resolve, or nothing accepts a connection on the port.
+    """
+    if address in ("auto", "local"):
+        return
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise LensError(
+            f"--address {address!r} is not a Ray address: use auto, host:port (the head's GCS port, 6379) or "
+            "ray://host:10001."
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise LensError(
+            f"Could not start or reach the Ray cluster at {address!r}: nothing answers on {host}:{port} ({exc}). "
+            "Check the address (`ray status` on the head node), or embed without --address (Ray starts on this "
+            "machine), or without --ray."
+        ) from None
 
 
 def _init(ray: Any, address: str | None, workers: int) -> None:
