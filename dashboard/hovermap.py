@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import streamlit.components.v1 as st_components
 
 from lens.catalog import Catalog
 from lens.errors import LensError
-from lens.images import write_thumbnails
+from lens.images import thumbnail_file, write_thumbnails
 
 FRONTEND = Path(__file__).resolve().parent / "hover_frontend"
 """The component's files: ``index.html`` and ``main.js``."""
@@ -57,7 +58,7 @@ def thumbnail_root(cache_dir: str) -> Path:
     return Path(cache_dir) / "thumbnails"
 
 
-def thumbnail_folder(cache_dir: str, fingerprint: str, px: int = THUMB_PX) -> str:
+def thumbnail_folder(fingerprint: str, px: int = THUMB_PX) -> str:
     """The sub-folder (relative to :func:`thumbnail_root`) of one catalog's thumbnails at ``px``: its name says what
     they were made from, so a changed catalog (a new fingerprint) gets new ones."""
     return f"{fingerprint[:16]}-{int(px)}"
@@ -67,20 +68,20 @@ def thumbnail_folder(cache_dir: str, fingerprint: str, px: int = THUMB_PX) -> st
 def ensure_thumbnails(
     path: str, load_label: str, fingerprint: str, cache_dir: str, ids: tuple[str, ...], px: int = THUMB_PX
 ) -> dict[str, str]:
-    """``{id: thumbnail file relative to thumbnail_root}`` of ``ids`` (the points a map draws), writing the missing
-    ones (about 1 ms each; the 8,010 photos of the fashion catalog once, then nothing). An unreadable photo has none.
+    """``{id: thumbnail file relative to its thumbnail_folder}`` of ``ids`` (the points the maps draw), writing the
+    missing ones: 1-4 ms each (the 8,010 photos of the fashion catalog: 5-30 s on two busy cores, once; then nothing).
+    An unreadable photo has none. The page calls it after drawing the maps, so that it never delays them.
 
     Not in ``resources.py`` with the other loaders: it exists for the hover map alone."""
     from dashboard import resources
 
     catalog: Catalog = resources.get_catalog(path, load_label)
-    folder = thumbnail_folder(cache_dir, fingerprint, px)
     sources = {i: catalog.image_path(catalog.index_of(i)) for i in ids}
-    files, _failed = write_thumbnails(sources, thumbnail_root(cache_dir) / folder, px=px)
-    return {item: f"{folder}/{rel}" for item, rel in files.items()}
+    files, _failed = write_thumbnails(sources, thumbnail_root(cache_dir) / thumbnail_folder(fingerprint, px), px=px)
+    return files
 
 
-def _declare(cache_dir: str) -> tuple[Any, str]:
+def _declare(cache_dir: str, folder: str) -> tuple[Any, str]:
     """Register the three served folders (once per script run: registering is a dict update) and return the map
     component and the URL prefix of the thumbnails, relative to the component's own page."""
     plotly_js = plotly_js_dir()
@@ -91,11 +92,15 @@ def _declare(cache_dir: str) -> tuple[Any, str]:
     st_components.declare_component("plotly_js", path=str(plotly_js))
     thumbs = st_components.declare_component(thumbs_name, path=str(root))
     hover_map = st_components.declare_component("hover_map", path=str(FRONTEND))
-    return hover_map, f"../{thumbs.name}/"
+    return hover_map, f"../{thumbs.name}/{folder}/"
 
 
-def hover_map(figure: Any, *, cache_dir: str, key: str, height: int) -> Any:
-    """Draw ``figure`` (a plotly scatter whose ``customdata`` is ``[id, thumbnail file]``) in the component.
+def hover_map(figure: Any, *, cache_dir: str, folder: str, key: str, height: int) -> Any:
+    """Draw ``figure`` (a plotly scatter whose ``customdata`` is ``[id, thumbnail file]``, the files relative to
+    ``folder``, a :func:`thumbnail_folder`) in the component.
+
+    The figure travels as JSON *inside* the arguments' JSON (a dict, not a string: a string would escape its every
+    quote), with a digest of it, so that the component redraws only when the figure changed.
 
     Returns:
         The last selection made on this map (``{"selection": {"points": [...]}, "seq": ...}``), or ``None``.
@@ -106,20 +111,25 @@ def hover_map(figure: Any, *, cache_dir: str, key: str, height: int) -> Any:
     """
     if not (FRONTEND / "index.html").is_file():
         raise LensError(f"The hover map's files are missing from {FRONTEND}: restore them from the repository.")
-    component, thumbs_url = _declare(cache_dir)
-    return component(spec=figure.to_json(), thumbs=thumbs_url, height=int(height), key=key, default=None)
+    component, thumbs_url = _declare(cache_dir, folder)
+    spec = figure.to_json()  # plotly's encoder: numpy arrays as base64 typed arrays
+    digest = hashlib.sha1(spec.encode("utf-8"), usedforsecurity=False).hexdigest()
+    return component(
+        spec=json.loads(spec), spec_id=digest, thumbs=thumbs_url, height=int(height), key=key, default=None
+    )
 
 
-def with_thumbnails(frame: Any, files: dict[str, str]) -> Any:
-    """``frame`` (``components.projection_frame``) with a ``thumb`` column: each point's thumbnail file, ``""`` for
-    a photo that could not be read (the panel then shows nothing)."""
-    return frame.assign(thumb=[files.get(i, "") for i in frame["id"]])
+def with_thumbnails(frame: Any) -> Any:
+    """``frame`` (``components.projection_frame``) with a ``thumb`` column: each point's thumbnail file
+    (:func:`lens.images.thumbnail_file`, a function of the id alone, so the map is drawn before the files are
+    written; a photo that cannot be read has no file, and the panel shows its title alone)."""
+    return frame.assign(thumb=[thumbnail_file(i) for i in frame["id"]])
 
 
-def payload_sizes(figure: Any, files: Sequence[str], cache_dir: str) -> dict[str, int]:
+def payload_sizes(figure: Any, files: Sequence[str], cache_dir: str, folder: str) -> dict[str, int]:
     """Bytes of what a hover map costs: ``figure`` (the render arguments, sent on every rerun), and the thumbnail
     ``files`` on disk (fetched one by one on hover), with what they would weigh inline as base64 data URIs."""
-    root = thumbnail_root(cache_dir)
+    root = thumbnail_root(cache_dir) / folder
     on_disk = sum((root / f).stat().st_size for f in files if f and (root / f).is_file())
     return {
         "figure": len(figure.to_json().encode("utf-8")),

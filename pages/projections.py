@@ -116,15 +116,16 @@ try:
         title = title_of(entry["model"], method, projection)
         drawn = False
         if photos:
-            files = hovermap.ensure_thumbnails(
-                ctx.path, ctx.load_label, ctx.fingerprint, ctx.cache_dir, tuple(projection.ids)
-            )
-            figure = charts.projection(
-                hovermap.with_thumbnails(frame, files), colour_column, title=title, highlight=linked
-            )
+            figure = charts.projection(hovermap.with_thumbnails(frame), colour_column, title=title, highlight=linked)
             try:
                 with entry["chart"]:
-                    hovermap.hover_map(figure, cache_dir=ctx.cache_dir, key=chart_keys[entry["side"]], height=620)
+                    hovermap.hover_map(
+                        figure,
+                        cache_dir=ctx.cache_dir,
+                        folder=hovermap.thumbnail_folder(ctx.fingerprint),
+                        key=chart_keys[entry["side"]],
+                        height=620,
+                    )
                 drawn = True
             except LensError as exc:  # the component cannot be served: Streamlit's chart, without the photos
                 fallback = f"{exc} The maps are drawn without photos."
@@ -154,5 +155,9 @@ try:
         components.download_csv(placements, "Selected products (CSV)", "lens-projection-selection.csv", key="proj_csv")
     elif sides:
         st.caption("No point selected.")
+    if photos and not fallback and maps:
+        # Last, so that nothing waits for it: the photos of the points drawn (written once per catalog).
+        shown = tuple(dict.fromkeys(i for projection in maps.values() for i in projection.ids))
+        hovermap.ensure_thumbnails(ctx.path, ctx.load_label, ctx.fingerprint, ctx.cache_dir, shown)
 except LensError as exc:
     st.error(str(exc))

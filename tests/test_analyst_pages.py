@@ -136,7 +136,7 @@ def _maps(at) -> list[list[dict]]:  # noqa: ANN001 - an AppTest
     off, the ``st.plotly_chart`` figures."""
     import json
 
-    hover = [json.loads(json.loads(c.proto.json_args)["spec"]) for c in at.get("component_instance")]
+    hover = [json.loads(c.proto.json_args)["spec"] for c in at.get("component_instance")]
     return [m["data"] for m in hover] or [json.loads(c.proto.spec)["data"] for c in at.get("plotly_chart")]
 
 
@@ -197,9 +197,11 @@ def test_hover_map_selection_round_trip(dashboard_env: dict[str, Path], test_enc
     args = json.loads(left.proto.json_args)
     assert args["height"] == 620 and args["thumbs"].startswith("../dashboard.hovermap.thumbs_")
     assert left.proto.component_name == "dashboard.hovermap.hover_map"
-    points = [(c[0], c[1]) for t in json.loads(args["spec"])["data"] for c in t["customdata"]]
+    points = [(c[0], c[1]) for t in args["spec"]["data"] for c in t["customdata"]]
     assert len(points) == 24 and all(thumb.endswith(".jpg") for _, thumb in points)
-    root = hovermap.thumbnail_root(str(dashboard_env["cache"]))
+    folder = args["thumbs"].split("/")[2]  # ../<thumbs component>/<catalog fingerprint>-64/
+    assert folder.endswith("-64") and args["thumbs"] == f"../{args['thumbs'].split('/')[1]}/{folder}/"
+    root = hovermap.thumbnail_root(str(dashboard_env["cache"])) / folder
     for _, thumb in points:
         with Image.open(root / thumb) as image:
             assert image.format == "JPEG" and max(image.size) == hovermap.THUMB_PX

@@ -1,6 +1,6 @@
 // The Streamlit side of a v1 component without streamlit-component-lib (no npm): the same postMessage protocol.
-// Render arguments (from dashboard/hovermap.py): spec (a plotly figure as JSON; customdata = [id, thumbnail file]),
-// thumbs (URL prefix of the thumbnail files), height (pixels).
+// Render arguments (from dashboard/hovermap.py): spec (a plotly figure; customdata = [id, thumbnail file]), spec_id
+// (a digest of spec: redrawn only when it changes), thumbs (URL prefix of the thumbnail files), height (pixels).
 // Value sent back: {selection: {points: [{customdata: [id]}, ...]}, seq} on a box/lasso selection or a click.
 "use strict";
 
@@ -13,6 +13,7 @@ let thumbs = "";
 let lastSpec = null;
 let bound = false;
 let seq = 0;
+let failedSrc = null;
 
 function send(type, data) {
   window.parent.postMessage(Object.assign({ isStreamlitMessage: true, type: type }, data || {}), "*");
@@ -66,12 +67,26 @@ function onHover(data) {
   const custom = point && point.customdata;
   if (!Array.isArray(custom) || !custom[1]) return;
   const src = thumbs + custom[1];
-  if (photoImg.getAttribute("src") !== src) photoImg.setAttribute("src", src);
+  if (src === failedSrc) {
+    // Not written yet when last asked (the page writes the thumbnails after drawing the maps): ask again.
+    failedSrc = null;
+    photoImg.removeAttribute("src");
+  }
+  if (photoImg.getAttribute("src") !== src) {
+    photoImg.style.display = "block";
+    photoImg.setAttribute("src", src);
+  }
   photoImg.setAttribute("alt", String(custom[0]));
   photoText.textContent = point.hovertext || String(custom[0]);
   photo.style.display = "block";
   if (data.event) placePhoto(data.event);
 }
+
+photoImg.addEventListener("error", () => {
+  // No thumbnail (a photo that cannot be read, or not written yet): the title alone.
+  failedSrc = photoImg.getAttribute("src");
+  photoImg.style.display = "none";
+});
 
 function onUnhover() {
   photo.style.display = "none";
@@ -100,14 +115,18 @@ function render(args) {
     return;
   }
   thumbs = args.thumbs || "";
-  if (args.spec === lastSpec) return;
-  lastSpec = args.spec;
-  const figure = JSON.parse(args.spec);
+  if (args.spec_id === lastSpec) return;
+  lastSpec = args.spec_id;
+  const figure = args.spec;
   const layout = Object.assign({}, figure.layout, { autosize: true, height: args.height });
   delete layout.width;
+  const started = performance.now();
   Plotly.react(mapDiv, figure.data, layout, { displaylogo: false, responsive: true }).then(() => {
     bindEvents();
     setFrameHeight(args.height);
+    // For tests and measurements: when the frame's scripts were ready and how long the drawing took (ms).
+    mapDiv.setAttribute("data-ready-ms", String(Math.round(readyAt)));
+    mapDiv.setAttribute("data-draw-ms", String(Math.round(performance.now() - started)));
     mapDiv.setAttribute("data-rendered", String(Date.now()));
   });
 }
@@ -122,4 +141,5 @@ window.addEventListener("message", (event) => {
   }
 });
 
+const readyAt = performance.now(); // since this frame's navigation began: index.html, plotly.min.js and this file
 send("streamlit:componentReady", { apiVersion: 1 });
