@@ -425,3 +425,31 @@ def test_rerank_toggle_on_search_and_metrics(dashboard_env: dict[str, Path]) -> 
     oracle = evaluate_embeddings(embeddings, catalog, label_column="articleType", ks=(1, 5, 10), expand=3).summary
     assert after.loc["tiny", "map@r"] == pytest.approx(oracle["map@r"], abs=1e-6)
     assert list(before.columns) == list(after.columns)
+
+
+def test_rerank_toggle_on_compare(dashboard_env: dict[str, Path], downloads: dict[str, bytes]) -> None:
+    """The Compare page's toggle re-ranks every cell by alpha query expansion, as lens.analysis.compare_grid does
+    with ``expand`` on the same vectors (the oracle; the library is checked against the Search expansion)."""
+    from lens.analysis import compare_grid
+    from lens.catalog import load_catalog
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+
+    def grid_csv() -> pd.DataFrame:
+        return pd.read_csv(io.BytesIO(downloads["lens-compare.csv"]), dtype={"query_id": str, "result_id": str})
+
+    at = start("compare")
+    plain = grid_csv()
+    at.toggle(key="compare_rerank").set_value(True).run()
+    assert_clean(at)
+    assert any("re-ranked" in s.value for s in at.subheader)
+    reranked = grid_csv()
+    catalog = load_catalog(dashboard_env["catalog"])
+    embeddings = embed_catalog(catalog, create_encoder("tiny"), cache_dir=dashboard_env["cache"])
+    labels = dict(zip(catalog.ids, catalog.labels("articleType").tolist()))
+    queries = list(dict.fromkeys(plain["query_id"]))
+    expected = compare_grid(queries, {"tiny": (embeddings.vectors, embeddings.ids)}, labels, 5, expand=3)
+    assert reranked["result_id"].tolist() == expected["result_id"].tolist()
+    assert np.allclose(reranked["similarity"], expected["similarity"], atol=1e-5)
+    unexpanded = compare_grid(queries, {"tiny": (embeddings.vectors, embeddings.ids)}, labels, 5)
+    assert plain["result_id"].tolist() == unexpanded["result_id"].tolist()
