@@ -453,3 +453,35 @@ def test_rerank_toggle_on_compare(dashboard_env: dict[str, Path], downloads: dic
     assert np.allclose(reranked["similarity"], expected["similarity"], atol=1e-5)
     unexpanded = compare_grid(queries, {"tiny": (embeddings.vectors, embeddings.ids)}, labels, 5)
     assert plain["result_id"].tolist() == unexpanded["result_id"].tolist()
+
+
+def test_the_first_map_is_drawn_before_the_second_is_computed(
+    dashboard_env: dict[str, Path], test_encoders: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two UMAPs not computed yet: both sides show a PCA preview first, then the left UMAP is computed and drawn
+    (Streamlit sends each element as it is made) before the right UMAP is computed."""
+    from dashboard import hovermap, resources
+
+    events: list[tuple[str, ...]] = []
+    real_projection, real_map = resources.get_projection, hovermap.hover_map
+
+    def projection(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        events.append(("compute", args[2], args[5]))
+        return real_projection(*args, **kwargs)
+
+    def draw(figure, *, key, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        events.append(("draw", key))
+        return real_map(figure, key=key, **kwargs)
+
+    monkeypatch.setattr(resources, "get_projection", projection)
+    monkeypatch.setattr(hovermap, "hover_map", draw)
+    at = start("projections", proj_left="tiny", proj_right="tiny-text", proj_method="UMAP")
+    assert_clean(at)
+    assert events == [
+        ("compute", "tiny", "pca"),  # the previews
+        ("compute", "tiny-text", "pca"),
+        ("compute", "tiny", "umap"),
+        ("draw", "proj_left_UMAP_hover"),
+        ("compute", "tiny-text", "umap"),
+        ("draw", "proj_right_UMAP_hover"),
+    ]
