@@ -169,8 +169,9 @@ def wait_until_rendered(page: object, title: str, ready_text: str) -> None:
     wait_idle(page)
 
 
-def screenshot(page: object, name: str) -> None:
-    """Whole-page screenshot: Streamlit scrolls inside its main container, so the viewport is stretched to fit."""
+def screenshot(page: object, name: str, *, settle_ms: int = 1000) -> None:
+    """Whole-page screenshot: Streamlit scrolls inside its main container, so the viewport is stretched to fit;
+    ``settle_ms`` to wait after that (a component's iframe out of the first viewport is painted late: 3 s)."""
     height = page.evaluate(
         """() => {
             const main = document.querySelector('[data-testid="stMain"]');
@@ -178,7 +179,7 @@ def screenshot(page: object, name: str) -> None:
         }"""
     )
     page.set_viewport_size({"width": 1440, "height": int(min(max(1000, height + 40), 9000))})
-    page.wait_for_timeout(1000)
+    page.wait_for_timeout(settle_ms)
     page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
     page.set_viewport_size({"width": 1440, "height": 1000})
 
@@ -253,7 +254,7 @@ def test_hover_photo_and_linked_selection(server: str, page: object) -> None:
     assert image.evaluate("img => img.naturalWidth") == 64, "a 64 px thumbnail"
     assert image.get_attribute("src").startswith("../dashboard.hovermap.thumbs_")
     assert panel.locator("div").inner_text().strip(), "the product's title under the photo"
-    screenshot(page, "8-projections-hover.png")
+    screenshot(page, "8-projections-hover.png", settle_ms=3000)
     page.mouse.move(5, 5)
     # Linked selection: a box over the left map; the same products are ringed on the right map and listed once.
     drag_across(page, left.locator(".nsewdrag").first)
@@ -264,7 +265,7 @@ def test_hover_photo_and_linked_selection(server: str, page: object) -> None:
         frame.locator(".legendtext", has_text="selected (24)").wait_for(timeout=60_000)
     placements = page.locator('[data-testid="stDataFrame"]')
     assert placements.count() >= 1
-    screenshot(page, "9-projections-linked-selection.png")
+    screenshot(page, "9-projections-linked-selection.png", settle_ms=3000)
 
 
 def test_select_points_on_a_projection_without_photos(server: str, page: object) -> None:
