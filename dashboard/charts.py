@@ -99,11 +99,12 @@ def confused_pairs(pairs: pd.DataFrame, *, top: int = 15) -> Any:
 
 
 def projection(frame: pd.DataFrame, colour_column: str, *, title: str, highlight: Sequence[str] = ()) -> Any:
-    """Scatter of a 2-D projection; hover shows the title, id and colour value; ``customdata`` = id (Projections).
+    """Scatter of a 2-D projection; hover shows the title, id and colour value; ``customdata`` = ``[id]``, or
+    ``[id, thumb]`` when ``frame`` has a ``thumb`` column (the hover map's photo files) (Projections).
 
     Args:
-        frame: ``x, y, id, title, colour`` and ``colour_column`` (see ``components.projection_frame``); the value
-            ``"other"`` of ``colour`` is drawn grey, after every other value.
+        frame: ``x, y, id, title, colour`` and ``colour_column`` (see ``components.projection_frame``), and
+            optionally ``thumb``; the value ``"other"`` of ``colour`` is drawn grey, after every other value.
         colour_column: the metadata column the points are coloured by (legend title).
         title: the chart title.
         highlight: ids to ring in black, drawn over the map as one more trace named ``selected (n)`` (the points
@@ -118,6 +119,7 @@ def projection(frame: pd.DataFrame, colour_column: str, *, title: str, highlight
     palette = px.colors.qualitative.D3 + px.colors.qualitative.Pastel
     colours = {value: palette[i % len(palette)] for i, value in enumerate(order)}
     colours["other"] = "#c7c7c7"
+    custom = ["id", "thumb"] if "thumb" in frame else ["id"]
     fig = px.scatter(
         frame,
         x="x",
@@ -127,7 +129,7 @@ def projection(frame: pd.DataFrame, colour_column: str, *, title: str, highlight
         color_discrete_map=colours,
         hover_name="title",
         hover_data={"id": True, colour_column: True, "x": False, "y": False, "colour": False},
-        custom_data=["id"],
+        custom_data=custom,
         render_mode="svg" if len(frame) <= 5000 else "webgl",
         title=title,
     )
@@ -141,7 +143,7 @@ def projection(frame: pd.DataFrame, colour_column: str, *, title: str, highlight
                 mode="markers",
                 name=f"selected ({len(ringed)})",
                 marker={"size": 11, "symbol": "circle-open", "color": "black", "line": {"width": 2}},
-                customdata=ringed[["id"]].to_numpy(),
+                customdata=ringed[custom].to_numpy(),
                 hovertext=ringed["title"],
                 hoverinfo="text",
             )

@@ -715,9 +715,12 @@ LINKED_KEY = "proj_linked"
 def linked_selection(state: MutableMapping[str, Any], chart_keys: Mapping[str, str]) -> list[str]:
     """The products selected on either of two linked maps: the latest new, non-empty selection of any chart.
 
-    Each chart's selection lives in ``state[chart key]`` (Streamlit's event state). A chart is redrawn with new
-    highlights whenever the linked selection changes, and a redrawn chart starts with an empty selection, so an empty
-    selection does not clear the linked one (the page's "Clear selection" button does, :func:`clear_linked`).
+    Each chart's selection lives in ``state[chart key]``: ``st.plotly_chart``'s event state, or the hover map's
+    value (:mod:`dashboard.hovermap`: the same shape plus a ``seq`` that changes with every selection made). A chart
+    is redrawn with new highlights whenever the linked selection changes, and a redrawn ``st.plotly_chart`` starts
+    with an empty selection, so an empty selection does not clear the linked one (the page's "Clear selection"
+    button does, :func:`clear_linked`). The hover map keeps its last value across reruns instead; its ``seq`` tells a
+    new selection of the same points (after "Clear selection") from the old one.
 
     Args:
         state: ``st.session_state`` (or a dict in tests).
@@ -727,10 +730,13 @@ def linked_selection(state: MutableMapping[str, Any], chart_keys: Mapping[str, s
     ids = list(memo.get("ids", []))
     seen = dict(memo.get("seen", {}))
     for side, key in chart_keys.items():
-        current = charts.selected_ids(state[key]) if key in state else []
-        if current and current != seen.get(side):
+        event = state.get(key)
+        current = charts.selected_ids(event) if event is not None else []
+        seq = event.get("seq") if isinstance(event, dict) else None
+        token = current if seq is None else [f"seq:{seq}", *current]
+        if current and token != seen.get(side):
             ids = current
-        seen[side] = current
+        seen[side] = token
     state[LINKED_KEY] = {"ids": ids, "seen": seen}
     return ids
 

@@ -721,15 +721,17 @@ def get_compare_grid(
     query_ids: tuple[str, ...],
     label_column: str,
     k: int,
+    expand: int = 0,
 ) -> pd.DataFrame:
-    """:func:`lens.analysis.compare_grid` over the cached embeddings of ``models``."""
+    """:func:`lens.analysis.compare_grid` over the cached embeddings of ``models``; ``expand`` > 0: re-ranked by
+    alpha query expansion over that many neighbours."""
     catalog = get_catalog(path, load_label)
     labels = dict(zip(catalog.ids, catalog.labels(label_column).tolist()))
     sets = {}
     for model in models:
         embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
         sets[model] = (embeddings.vectors, embeddings.ids)
-    return compare_grid(list(query_ids), sets, labels, k)
+    return compare_grid(list(query_ids), sets, labels, k, expand=expand)
 
 
 def projection_params(

@@ -18,6 +18,7 @@ import pandas as pd
 
 from lens.errors import LensError
 from lens.metrics import RetrievalReport
+from lens.rerank import DEFAULT_ALPHA, expand_queries
 from lens.vectors import l2_normalize, rank_by_cosine
 
 __all__ = [
@@ -139,6 +140,9 @@ def compare_grid(
     models: Mapping[str, tuple[np.ndarray, Sequence[str]]],
     labels: Mapping[str, str],
     k: int,
+    *,
+    expand: int = 0,
+    alpha: float = DEFAULT_ALPHA,
 ) -> pd.DataFrame:
     """Top-``k`` results of each query under each model, one row per query x model x rank.
 
@@ -147,11 +151,16 @@ def compare_grid(
         models: ``{model name: (vectors (N, dim), ids in row order)}``, e.g. from ``EmbeddingSet``.
         labels: ``{item id: label}`` for every id (a missing id counts as label ``""``).
         k: results per query.
+        expand: > 0 re-ranks each query by alpha query expansion first (:func:`lens.rerank.expand_queries`: the
+            query plus its ``expand`` nearest products, itself excluded), as the Metrics page scores it with
+            :func:`lens.evaluate.evaluate_embeddings`; 0 = off.
+        alpha: the expansion's weight exponent.
 
     Returns:
         A table with :data:`COMPARE_COLUMNS`: ``correct`` says whether the result has the query's label,
         ``precision_at_k`` is the cell's share of correct results among ``k`` (repeated on each of its rows),
-        ``similarity`` the cosine. A query whose image failed for a model has no rows for that model.
+        ``similarity`` the cosine (to the expanded query when ``expand`` > 0). A query whose image failed for a
+        model has no rows for that model.
     """
     k = _check_k(k)
     rows: list[dict[str, object]] = []
@@ -161,7 +170,13 @@ def compare_grid(
         if not present or len(ids) < 2:
             continue
         q_rows = [position[str(q)] for q in present]
-        indices, sims = top_neighbors(vectors, k, query_rows=q_rows)
+        if expand:
+            x = _unit_rows(vectors)
+            rows_ = np.asarray(q_rows, dtype=np.int64)
+            expanded = expand_queries(x[rows_], x, k=expand, alpha=alpha, exclude=rows_)
+            indices, sims = rank_by_cosine(expanded, x, k, exclude=rows_)
+        else:
+            indices, sims = top_neighbors(vectors, k, query_rows=q_rows)
         for query_id, result_rows, result_sims in zip(present, indices, sims):
             query_label = str(labels.get(str(query_id), ""))
             result_ids = [str(ids[r]) for r in result_rows]

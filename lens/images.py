@@ -12,12 +12,13 @@ Truncated files are reported, never silently padded: this module does not set
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import struct
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lens.errors import ImageLoadError, LensError
+from lens.store import atomic_write
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -34,8 +36,11 @@ __all__ = [
     "ImageSource",
     "max_image_pixels",
     "open_image",
+    "thumbnail_file",
+    "thumbnail_jpeg",
     "to_rgb",
     "try_open_image",
+    "write_thumbnails",
 ]
 
 #: Largest width x height accepted when neither ``max_pixels`` nor ``LENS_MAX_IMAGE_PIXELS`` says otherwise.
@@ -305,3 +310,68 @@ def _to_uint8(image: Image.Image) -> np.ndarray:
             scaled = np.zeros_like(values)
         scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Thumbnail files (served to the browser one by one, e.g. the photo shown on hover in the dashboard's maps)
+
+THUMBNAIL_QUALITY = 70
+"""JPEG quality of :func:`write_thumbnails`: a 64 px product photo is about 1.3 KB at 70 (the fashion catalog)."""
+
+
+def thumbnail_file(item_id: str) -> str:
+    """Relative path of an item's thumbnail in a :func:`write_thumbnails` folder: ``ab/<20 hex digits>.jpg``.
+
+    A hash of the id rather than the id itself, so that any id (slashes, dots, spaces, non-ASCII) makes a safe URL
+    and file name; the first two digits name a sub-folder, so that no folder holds more than a few hundred files
+    (each atomic write lists its folder for stale temporaries)."""
+    digest = hashlib.sha1(str(item_id).encode("utf-8"), usedforsecurity=False).hexdigest()[:20]
+    return f"{digest[:2]}/{digest}.jpg"
+
+
+def thumbnail_jpeg(source: ImageSource, px: int, *, quality: int = THUMBNAIL_QUALITY) -> bytes:
+    """JPEG bytes of ``source`` with its longer side at most ``px`` (aspect kept, never enlarged), loaded with
+    :func:`open_image` (big JPEGs decoded at a reduced scale first). Raises :class:`ImageLoadError`."""
+    if int(px) < 1:
+        raise LensError(f"A thumbnail needs px >= 1, got {px}.")
+    image = open_image(source, draft_size=int(px))
+    image.thumbnail((int(px), int(px)), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(quality))
+    return buffer.getvalue()
+
+
+def write_thumbnails(
+    sources: Mapping[str, ImageSource], folder: str | os.PathLike[str], *, px: int, quality: int = THUMBNAIL_QUALITY
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Write a JPEG thumbnail of each image under ``folder`` (at :func:`thumbnail_file` of its id), atomically
+    (:func:`lens.store.atomic_write`); a thumbnail already there is kept, so a second call writes nothing.
+
+    The folder's name should say what the thumbnails were made from (the catalog's fingerprint and ``px``): a file
+    present is trusted, not checked against its source.
+
+    Args:
+        sources: ``{item id: its image}`` (paths, usually).
+        folder: where the thumbnails go (created if needed).
+        px: the longer side of a thumbnail, in pixels.
+        quality: JPEG quality.
+
+    Returns:
+        ``(files, failed)``: ``{id: relative path}`` of every thumbnail present (written now or before), and
+        ``{id: reason}`` of the images that could not be read (no file is written for them).
+    """
+    root = Path(folder)
+    files: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for item_id, source in sources.items():
+        rel = thumbnail_file(item_id)
+        target = root / rel
+        if not target.is_file():
+            try:
+                data = thumbnail_jpeg(source, px, quality=quality)
+            except ImageLoadError as exc:
+                failed[str(item_id)] = getattr(exc, "reason", str(exc))
+                continue
+            atomic_write(target, lambda tmp, data=data: tmp.write_bytes(data))  # type: ignore[misc]
+        files[str(item_id)] = rel
+    return files, failed

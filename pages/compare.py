@@ -22,6 +22,12 @@ models = components.models_multiselect(ctx, "Models", key="compare_models")
 controls = st.columns([1, 2, 2], gap="medium")
 with controls[0]:
     k = st.slider("Results per query (k)", 1, 20, 5, key="compare_k")
+    rerank = st.toggle(
+        "Re-rank (query expansion)",
+        key="compare_rerank",
+        help=f"Each query re-ranked by alpha query expansion over its {query.EXPAND_NEIGHBOURS} nearest products, "
+        "as the Search page's toggle does; the Metrics page scores it over the whole catalog.",
+    )
 with controls[1]:
     how = st.radio("Queries", ("Random, one per category", "Pick products"), horizontal=True, key="compare_how")
 with controls[2]:
@@ -49,11 +55,19 @@ ready = [m for m in models if components.ensure_embeddings(ctx, m, key="compare"
 if not ready:
     st.stop()
 grid = resources.get_compare_grid(
-    ctx.path, ctx.load_label, ctx.fingerprint, ctx.cache_dir, tuple(ready), tuple(query_ids), label, k
+    ctx.path,
+    ctx.load_label,
+    ctx.fingerprint,
+    ctx.cache_dir,
+    tuple(ready),
+    tuple(query_ids),
+    label,
+    k,
+    query.EXPAND_NEIGHBOURS if rerank else 0,
 )
 summary = resources.compare_summary(grid)
 
-st.subheader(f"{len(query_ids)} queries × {len(ready)} models, top {k}")
+st.subheader(f"{len(query_ids)} queries × {len(ready)} models, top {k}" + (", re-ranked" if rerank else ""))
 means = summary.groupby("model", sort=False)["precision_at_k"].mean()
 for column, model in zip(st.columns(max(1, len(ready))), ready):
     column.metric(f"{model}: mean P@{k}", f"{means.get(model, float('nan')):.2f}")

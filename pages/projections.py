@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, components, resources
+from dashboard import charts, components, hovermap, resources
 from lens.errors import LensError
 
 components.run_through_app()
@@ -23,7 +23,7 @@ with pick[0]:
 with pick[1]:
     right_row = components.model_select(ctx, "Right model", key="proj_right", exclude=[left_row["name"]])
 
-options = st.columns([2, 2, 2])
+options = st.columns([2, 2, 2, 2])
 colour_options = list(ctx.categorical) or [ctx.load_label]
 default_colour = ctx.label_column if ctx.label_column in colour_options else colour_options[0]
 colour_column = options[0].selectbox(
@@ -43,6 +43,13 @@ else:
     max_points = len(catalog)
     options[1].metric("Products per map", f"all {len(catalog):,}")
 method = options[2].radio("Map", ("UMAP", "PCA"), horizontal=True, key="proj_method")
+photos = options[3].toggle(
+    "Photo on hover",
+    value=True,
+    key=hovermap.HOVER_KEY,
+    help="Shows the hovered product's photo beside the pointer (the map is then drawn by a small component of this "
+    "app that loads plotly.js from this server). Off: Streamlit's own chart, which shows the title only.",
+)
 with st.expander("UMAP settings"):
     n_neighbors = st.slider(
         "n_neighbors", 2, 100, 15, key="proj_neighbors", help="Clamped to the number of points − 1."
@@ -53,8 +60,10 @@ n_shown = min(max_points, len(catalog))
 st.caption(
     f"Each map shows {n_shown:,} of {len(catalog):,} products"
     + (" (a uniform random sample, seed 0)" if n_shown < len(catalog) else "")
-    + ". Hover a point for its title; click, box- or lasso-select points on either map: the same products are ringed "
-    "on both maps and listed once below, with where each model put them."
+    + ". Hover a point for its "
+    + ("photo and title" if photos else "title")
+    + "; click, box- or lasso-select points on either map: the same products are ringed on both maps and listed "
+    "once below, with where each model put them."
 )
 
 sides = []
@@ -93,28 +102,47 @@ try:
             pending.append(entry)
     # Phase 2: the maps themselves (UMAP from the disk cache, or computed now), linked: the points selected on
     # either map are ringed on both.
-    chart_keys = {entry["side"]: f"proj_{entry['side']}_{method}" for entry in sides}
+    # The hover maps and the st.plotly_chart maps keep their selections under different keys (different widgets).
+    chart_keys = {entry["side"]: f"proj_{entry['side']}_{method}" + ("_hover" if photos else "") for entry in sides}
     linked = components.linked_selection(st.session_state, chart_keys)
     maps = {}
+    fallback = ""
     for entry in sides:
         args = ctx.emb(entry["model"])
         chosen = umap_args if method == "UMAP" else pca_args
         projection = resources.get_projection(*args, *chosen)
         maps[entry["model"]] = projection
         frame = components.projection_frame(ctx, projection.ids, projection.coords, colour_column)
-        entry["chart"].plotly_chart(
-            charts.projection(
-                frame, colour_column, title=title_of(entry["model"], method, projection), highlight=linked
-            ),
-            key=chart_keys[entry["side"]],
-            on_select="rerun",
-            selection_mode=("points", "box", "lasso"),
-        )
+        title = title_of(entry["model"], method, projection)
+        drawn = False
+        if photos:
+            figure = charts.projection(hovermap.with_thumbnails(frame), colour_column, title=title, highlight=linked)
+            try:
+                with entry["chart"]:
+                    hovermap.hover_map(
+                        figure,
+                        cache_dir=ctx.cache_dir,
+                        folder=hovermap.thumbnail_folder(ctx.fingerprint),
+                        key=chart_keys[entry["side"]],
+                        height=620,
+                    )
+                drawn = True
+            except LensError as exc:  # the component cannot be served: Streamlit's chart, without the photos
+                fallback = f"{exc} The maps are drawn without photos."
+        if not drawn:
+            entry["chart"].plotly_chart(
+                charts.projection(frame, colour_column, title=title, highlight=linked),
+                key=chart_keys[entry["side"]],
+                on_select="rerun",
+                selection_mode=("points", "box", "lasso"),
+            )
         how = "from the cache" if projection.from_cache else f"computed in {projection.seconds:.1f} s"
         entry["note"].caption(
             f"{method} {how}"
             + (f", n_neighbors = {projection.params.get('n_neighbors_used')}" if method == "UMAP" else "")
         )
+    if fallback:
+        st.warning(fallback)
     if linked:
         head = st.columns([4, 1], vertical_alignment="bottom")
         head[0].markdown(
@@ -127,5 +155,9 @@ try:
         components.download_csv(placements, "Selected products (CSV)", "lens-projection-selection.csv", key="proj_csv")
     elif sides:
         st.caption("No point selected.")
+    if photos and not fallback and maps:
+        # Last, so that nothing waits for it: the photos of the points drawn (written once per catalog).
+        shown = tuple(dict.fromkeys(i for projection in maps.values() for i in projection.ids))
+        hovermap.ensure_thumbnails(ctx.path, ctx.load_label, ctx.fingerprint, ctx.cache_dir, shown)
 except LensError as exc:
     st.error(str(exc))

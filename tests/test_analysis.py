@@ -84,6 +84,34 @@ def test_compare_grid_rows_correctness_and_precision() -> None:
     assert compare_summary(grid.iloc[0:0]).empty
 
 
+def test_compare_grid_with_query_expansion_agrees_with_the_search_expansion() -> None:
+    """Re-ranked cells: the same results, similarities and precision as the Search page's expansion
+    (:func:`lens.search.expand_query` on the exact index), one query at a time."""
+    from lens.index import ExactIndex
+    from lens.search import expand_query
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(40, 6)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"p{i:02d}" for i in range(40)]
+    labels = dict(zip(ids, rng.choice(["u", "v", "w"], size=40).tolist()))
+    queries = ["p03", "p17", "p28", "p39"]
+    plain = compare_grid(queries, {"m": (vectors, ids)}, labels, 5)
+    grid = compare_grid(queries, {"m": (vectors, ids)}, labels, 5, expand=3)
+    assert compare_grid(queries, {"m": (vectors, ids)}, labels, 5, expand=0).equals(plain)
+    assert not grid["result_id"].equals(plain["result_id"]), "the expansion changes some ranking here"
+    index = ExactIndex(vectors, ids)
+    for q in queries:
+        vector = vectors[ids.index(q)]
+        expanded = expand_query(index, vector, lambda h: vectors[[ids.index(i) for i in h]], k=3, exclude=[q])
+        hits = index.search(expanded, 5, exclude=[q])
+        cell = grid[grid["query_id"] == q]
+        assert cell["result_id"].tolist() == [h.id for h in hits]
+        assert np.allclose(cell["similarity"], [h.score for h in hits], atol=1e-5)
+        precision = sum(labels[h.id] == labels[q] for h in hits) / 5
+        assert cell["precision_at_k"].tolist() == pytest.approx([precision] * 5)
+
+
 def test_precision_table_agrees_with_the_metrics_evaluator() -> None:
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(60, 8)).astype(np.float32)

@@ -131,30 +131,41 @@ def test_history_without_streamlit() -> None:
 # ------------------------------------------------------------------------------------------------ linked projections
 
 
-def _traces(chart) -> list[dict]:  # noqa: ANN001 - an AppTest plotly_chart element
+def _maps(at) -> list[list[dict]]:  # noqa: ANN001 - an AppTest
+    """The traces of each map on the page: the hover maps' figures (the component's arguments) or, when they are
+    off, the ``st.plotly_chart`` figures."""
     import json
 
-    return json.loads(chart.proto.spec)["data"]
+    hover = [json.loads(c.proto.json_args)["spec"] for c in at.get("component_instance")]
+    return [m["data"] for m in hover] or [json.loads(c.proto.spec)["data"] for c in at.get("plotly_chart")]
 
 
+def _ringed(traces: list[dict]) -> list[dict]:
+    return [t for t in traces if str(t.get("name", "")).startswith("selected")]
+
+
+@pytest.mark.parametrize("photos", [True, False], ids=["hover-map", "plotly-chart"])
 def test_linked_selection_rings_the_same_products_on_both_maps(
     dashboard_env: dict[str, Path],
     test_encoders: None,
+    photos: bool,
 ) -> None:
     from dashboard.components import LINKED_KEY
 
-    at = start("projections", proj_left="tiny", proj_right="tiny-text", proj_method="PCA")
+    at = start("projections", proj_left="tiny", proj_right="tiny-text", proj_method="PCA", proj_hover=photos)
     assert_clean(at)
+    assert len(at.get("component_instance")) == (2 if photos else 0)
+    assert len(at.get("plotly_chart")) == (0 if photos else 2)
     assert any("No point selected" in c.value for c in at.caption)
     picked = ["000100", "000107", "000115"]
     # What a selection on the left map leaves in the session (the chart's own event state cannot be set by a test).
     at.session_state[LINKED_KEY] = {"ids": picked, "seen": {}}
     at.run()
     assert_clean(at)
-    charts_ = at.get("plotly_chart")
-    assert len(charts_) == 2
-    for chart in charts_:
-        ringed = [t for t in _traces(chart) if str(t.get("name", "")).startswith("selected")]
+    maps = _maps(at)
+    assert len(maps) == 2
+    for traces in maps:
+        ringed = _ringed(traces)
         assert len(ringed) == 1 and ringed[0]["name"] == "selected (3)"
         assert sorted(c[0] for c in ringed[0]["customdata"]) == picked
     assert any("3 selected" in m.value for m in at.markdown)
@@ -167,9 +178,66 @@ def test_linked_selection_rings_the_same_products_on_both_maps(
     at.button(key="proj_clear").click().run()
     assert_clean(at)
     assert at.session_state[LINKED_KEY]["ids"] == []
-    assert all(
-        not any(str(t.get("name", "")).startswith("selected") for t in _traces(c)) for c in at.get("plotly_chart")
-    )
+    assert all(not _ringed(traces) for traces in _maps(at))
+
+
+def test_hover_map_selection_round_trip(dashboard_env: dict[str, Path], test_encoders: None) -> None:
+    """The hover map's value (what main.js sends on a lasso) becomes the linked list; every point carries its
+    thumbnail file, and the file is a small JPEG in the cache's thumbnail folder."""
+    import json
+
+    from PIL import Image
+
+    from dashboard import hovermap
+    from dashboard.components import LINKED_KEY
+
+    at = start("projections", proj_left="tiny", proj_right="tiny-text", proj_method="PCA")
+    assert_clean(at)
+    left, right = at.get("component_instance")
+    args = json.loads(left.proto.json_args)
+    assert args["height"] == 620 and args["thumbs"].startswith("../dashboard.hovermap.thumbs_")
+    assert left.proto.component_name == "dashboard.hovermap.hover_map"
+    points = [(c[0], c[1]) for t in args["spec"]["data"] for c in t["customdata"]]
+    assert len(points) == 24 and all(thumb.endswith(".jpg") for _, thumb in points)
+    folder = args["thumbs"].split("/")[2]  # ../<thumbs component>/<catalog fingerprint>-64/
+    assert folder.endswith("-64") and args["thumbs"] == f"../{args['thumbs'].split('/')[1]}/{folder}/"
+    root = hovermap.thumbnail_root(str(dashboard_env["cache"])) / folder
+    for _, thumb in points:
+        with Image.open(root / thumb) as image:
+            assert image.format == "JPEG" and max(image.size) == hovermap.THUMB_PX
+    # A lasso on the right map (the value main.js sends), then the same points again after "Clear selection".
+    lasso = ["000102", "000104"]
+    value = {"selection": {"points": [{"customdata": [i]} for i in lasso]}, "seq": "1"}
+    at.session_state["proj_right_PCA_hover"] = value
+    at.run()
+    assert_clean(at)
+    assert at.session_state[LINKED_KEY]["ids"] == lasso
+    assert all(sorted(c[0] for c in _ringed(traces)[0]["customdata"]) == lasso for traces in _maps(at))
+    placements = next(d.value for d in at.dataframe if "id" in d.value.columns and "title" in d.value.columns)
+    assert placements["id"].tolist() == lasso
+    at.button(key="proj_clear").click().run()
+    assert at.session_state[LINKED_KEY]["ids"] == []
+    at.session_state["proj_right_PCA_hover"] = {**value, "seq": "2"}
+    at.run()
+    assert at.session_state[LINKED_KEY]["ids"] == lasso
+
+
+def test_hover_map_falls_back_to_the_plotly_chart(
+    dashboard_env: dict[str, Path], test_encoders: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dashboard import hovermap
+    from lens.errors import LensError
+
+    def missing() -> Path:
+        raise LensError("plotly.min.js is missing: reinstall plotly.")
+
+    monkeypatch.setattr(hovermap, "plotly_js_dir", missing)
+    at = start("projections", proj_left="tiny", proj_right="tiny-text", proj_method="PCA")
+    assert not at.exception and not at.error
+    assert not at.get("component_instance") and len(at.get("plotly_chart")) == 2
+    assert [w.value for w in at.warning] == [
+        "plotly.min.js is missing: reinstall plotly. The maps are drawn without photos."
+    ]
 
 
 def test_linked_selection_logic() -> None:
@@ -194,6 +262,13 @@ def test_linked_selection_logic() -> None:
     assert linked_selection(state, keys) == ["a", "b"]
     clear_linked(state)
     assert state[LINKED_KEY]["ids"] == [] and linked_selection(state, keys) == []
+    # The hover map keeps its value across reruns; its seq tells a new selection of the same points from the old.
+    state["L"] = {**event("a", "b"), "seq": "1"}
+    assert linked_selection(state, keys) == ["a", "b"]
+    clear_linked(state)
+    assert linked_selection(state, keys) == []
+    state["L"] = {**event("a", "b"), "seq": "2"}
+    assert linked_selection(state, keys) == ["a", "b"]
 
 
 def test_why_similar_map_for_a_result(dashboard_env: dict[str, Path]) -> None:
@@ -350,3 +425,63 @@ def test_rerank_toggle_on_search_and_metrics(dashboard_env: dict[str, Path]) -> 
     oracle = evaluate_embeddings(embeddings, catalog, label_column="articleType", ks=(1, 5, 10), expand=3).summary
     assert after.loc["tiny", "map@r"] == pytest.approx(oracle["map@r"], abs=1e-6)
     assert list(before.columns) == list(after.columns)
+
+
+def test_rerank_toggle_on_compare(dashboard_env: dict[str, Path], downloads: dict[str, bytes]) -> None:
+    """The Compare page's toggle re-ranks every cell by alpha query expansion, as lens.analysis.compare_grid does
+    with ``expand`` on the same vectors (the oracle; the library is checked against the Search expansion)."""
+    from lens.analysis import compare_grid
+    from lens.catalog import load_catalog
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+
+    def grid_csv() -> pd.DataFrame:
+        return pd.read_csv(io.BytesIO(downloads["lens-compare.csv"]), dtype={"query_id": str, "result_id": str})
+
+    at = start("compare")
+    plain = grid_csv()
+    at.toggle(key="compare_rerank").set_value(True).run()
+    assert_clean(at)
+    assert any("re-ranked" in s.value for s in at.subheader)
+    reranked = grid_csv()
+    catalog = load_catalog(dashboard_env["catalog"])
+    embeddings = embed_catalog(catalog, create_encoder("tiny"), cache_dir=dashboard_env["cache"])
+    labels = dict(zip(catalog.ids, catalog.labels("articleType").tolist()))
+    queries = list(dict.fromkeys(plain["query_id"]))
+    expected = compare_grid(queries, {"tiny": (embeddings.vectors, embeddings.ids)}, labels, 5, expand=3)
+    assert reranked["result_id"].tolist() == expected["result_id"].tolist()
+    assert np.allclose(reranked["similarity"], expected["similarity"], atol=1e-5)
+    unexpanded = compare_grid(queries, {"tiny": (embeddings.vectors, embeddings.ids)}, labels, 5)
+    assert plain["result_id"].tolist() == unexpanded["result_id"].tolist()
+
+
+def test_the_first_map_is_drawn_before_the_second_is_computed(
+    dashboard_env: dict[str, Path], test_encoders: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two UMAPs not computed yet: both sides show a PCA preview first, then the left UMAP is computed and drawn
+    (Streamlit sends each element as it is made) before the right UMAP is computed."""
+    from dashboard import hovermap, resources
+
+    events: list[tuple[str, ...]] = []
+    real_projection, real_map = resources.get_projection, hovermap.hover_map
+
+    def projection(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        events.append(("compute", args[2], args[5]))
+        return real_projection(*args, **kwargs)
+
+    def draw(figure, *, key, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        events.append(("draw", key))
+        return real_map(figure, key=key, **kwargs)
+
+    monkeypatch.setattr(resources, "get_projection", projection)
+    monkeypatch.setattr(hovermap, "hover_map", draw)
+    at = start("projections", proj_left="tiny", proj_right="tiny-text", proj_method="UMAP")
+    assert_clean(at)
+    assert events == [
+        ("compute", "tiny", "pca"),  # the previews
+        ("compute", "tiny-text", "pca"),
+        ("compute", "tiny", "umap"),
+        ("draw", "proj_left_UMAP_hover"),
+        ("compute", "tiny-text", "umap"),
+        ("draw", "proj_right_UMAP_hover"),
+    ]

@@ -169,8 +169,9 @@ def wait_until_rendered(page: object, title: str, ready_text: str) -> None:
     wait_idle(page)
 
 
-def screenshot(page: object, name: str) -> None:
-    """Whole-page screenshot: Streamlit scrolls inside its main container, so the viewport is stretched to fit."""
+def screenshot(page: object, name: str, *, settle_ms: int = 1000) -> None:
+    """Whole-page screenshot: Streamlit scrolls inside its main container, so the viewport is stretched to fit;
+    ``settle_ms`` to wait after that (a component's iframe out of the first viewport is painted late: 3 s)."""
     height = page.evaluate(
         """() => {
             const main = document.querySelector('[data-testid="stMain"]');
@@ -178,7 +179,7 @@ def screenshot(page: object, name: str) -> None:
         }"""
     )
     page.set_viewport_size({"width": 1440, "height": int(min(max(1000, height + 40), 9000))})
-    page.wait_for_timeout(1000)
+    page.wait_for_timeout(settle_ms)
     page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
     page.set_viewport_size({"width": 1440, "height": 1000})
 
@@ -214,19 +215,70 @@ def test_every_page_in_a_browser(server: str, page: object) -> None:
         screenshot(page, f"{number}-{path or 'overview'}.png")
 
 
-def test_select_points_on_a_projection(server: str, page: object) -> None:
-    page.goto(f"{server}/projections", wait_until="domcontentloaded")
-    wait_until_rendered(page, "Projections", "UMAP")
-    plot = page.locator(".js-plotly-plot .nsewdrag").first  # the plot area that takes drags
-    plot.wait_for(timeout=60_000)
-    box = plot.bounding_box()
+def drag_across(page: object, area: object) -> None:
+    """Drag a box over the whole of a plot's drag area (every point of the map gets selected)."""
+    box = area.bounding_box()
     assert box is not None
-    # Drag a box over the whole plot area: every point of the left map gets selected.
     page.mouse.move(box["x"] + 2, box["y"] + 2)
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
     page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2, steps=5)
     page.mouse.up()
+
+
+HOVER_FRAME = 'iframe[title="dashboard.hovermap.hover_map"]'
+"""The hover maps' iframes (Streamlit titles a component's iframe with its name)."""
+
+
+def test_hover_photo_and_linked_selection(server: str, page: object) -> None:
+    """The hover maps (the default): hovering a point shows its photo (a thumbnail served by this server) in a
+    floating panel; a box drawn on the left map selects its 24 products, ringed on both maps and listed below."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.goto(f"{server}/projections", wait_until="domcontentloaded")
+    wait_until_rendered(page, "Projections", "UMAP")
+    assert page.locator(HOVER_FRAME).count() == 2
+    left = page.frame_locator(HOVER_FRAME).nth(0)
+    right = page.frame_locator(HOVER_FRAME).nth(1)
+    for frame in (left, right):
+        frame.locator("#map[data-rendered]").wait_for(timeout=60_000)
+    assert page.locator(".js-plotly-plot").count() == 0, "no st.plotly_chart map while the hover maps are on"
+    # Hover: move onto a drawn point; the panel's <img> shows the point's thumbnail, loaded from this server.
+    point = left.locator(".scatterlayer path.point").first
+    box = point.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    panel = left.locator("#photo")
+    panel.wait_for(state="visible", timeout=30_000)
+    image = panel.locator("img")
+    image.evaluate("img => img.complete || new Promise(done => img.addEventListener('load', done))")
+    assert image.evaluate("img => img.naturalWidth") == 64, "a 64 px thumbnail"
+    assert image.get_attribute("src").startswith("../dashboard.hovermap.thumbs_")
+    assert panel.locator("div").inner_text().strip(), "the product's title under the photo"
+    screenshot(page, "8-projections-hover.png", settle_ms=3000)
+    page.mouse.move(5, 5)
+    # Linked selection: a box over the left map; the same products are ringed on the right map and listed once.
+    drag_across(page, left.locator(".nsewdrag").first)
+    page.get_by_text("24 selected").first.wait_for(timeout=PAGE_READY_S * 1000)
+    wait_idle(page)
+    assert_no_traceback(page, "hover map selection")
+    for frame in (left, right):
+        frame.locator(".legendtext", has_text="selected (24)").wait_for(timeout=60_000)
+    placements = page.locator('[data-testid="stDataFrame"]')
+    assert placements.count() >= 1
+    screenshot(page, "9-projections-linked-selection.png", settle_ms=3000)
+
+
+def test_select_points_on_a_projection_without_photos(server: str, page: object) -> None:
+    """The fallback maps (st.plotly_chart, the "Photo on hover" toggle off): a box on the left map is ringed on
+    both maps."""
+    page.goto(f"{server}/projections", wait_until="domcontentloaded")
+    wait_until_rendered(page, "Projections", "UMAP")
+    page.get_by_text("Photo on hover", exact=True).first.click()
+    wait_idle(page)
+    plot = page.locator(".js-plotly-plot .nsewdrag").first  # the plot area that takes drags
+    plot.wait_for(timeout=60_000)
+    assert page.locator(HOVER_FRAME).count() == 0
+    drag_across(page, plot)
     page.get_by_text("24 selected").first.wait_for(timeout=PAGE_READY_S * 1000)
     wait_idle(page)
     assert_no_traceback(page, "projection selection")
@@ -234,7 +286,7 @@ def test_select_points_on_a_projection(server: str, page: object) -> None:
     plots = page.locator(".js-plotly-plot")
     assert plots.count() == 2
     assert plots.filter(has_text="selected (24)").count() == 2
-    screenshot(page, "8-projections-selection.png")
+    screenshot(page, "10-projections-selection-without-photos.png")
 
 
 def test_upload_an_image_on_search(server: str, page: object) -> None:
@@ -291,12 +343,12 @@ def test_a_background_build_publishes_a_model_the_open_page_picks_up(
         wait_idle(page)
         assert_no_traceback(page, "search after the build")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        screenshot(page, "9-search-after-background-build.png")
+        screenshot(page, "11-search-after-background-build.png")
         page.goto(url, wait_until="domcontentloaded")
         wait_until_rendered(page, "lens — visual product search", "A sample of products")
         page.get_by_text("Build log").first.wait_for(timeout=60_000)
         assert_no_traceback(page, "overview after the build")
-        screenshot(page, "10-overview-build.png")
+        screenshot(page, "12-overview-build.png")
 
 
 def test_train_a_model_on_the_train_page_and_find_it_in_the_pickers(
@@ -316,7 +368,7 @@ def test_train_a_model_on_the_train_page_and_find_it_in_the_pickers(
         wait_idle(page)
         assert_no_traceback(page, "train page after the run")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        screenshot(page, "11-train-after-run.png")
+        screenshot(page, "13-train-after-run.png")
         page.goto(f"{url}/search", wait_until="domcontentloaded")
         wait_until_rendered(page, "Search", "results for")
         page.locator('[data-testid="stSelectbox"]').filter(has_text="Model").first.click()

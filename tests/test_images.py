@@ -217,3 +217,46 @@ def test_draft_leaves_png_and_small_jpegs_alone_and_keeps_exif_orientation(tmp_p
     assert rotated.size == (225, 300)  # stored 1200 x 900 decoded at 1/4, then turned upright
     a = np.asarray(rotated).astype(int)
     assert a[30, 112, 0] > 180 and a[270, 112, 2] > 180  # the stored left (red) half is on top after the turn
+
+
+# ------------------------------------------------------------------------------------- thumbnail files (hover maps)
+
+
+def test_write_thumbnails_known_sizes_bounded_and_written_once(odd_images, tmp_path):
+    import re
+
+    from lens.images import thumbnail_file, write_thumbnails
+
+    rng = np.random.default_rng(0)
+    noise = tmp_path / "noise.png"  # the worst case for JPEG: 512 x 384 of random pixels
+    Image.fromarray(rng.integers(0, 256, size=(384, 512, 3), dtype=np.uint8)).save(noise)
+    names = ["rgba", "cmyk_jpeg", "tiny_1x1", "wide_300x20", "exif_rotated", "truncated_jpeg", "empty"]
+    sources = {f"id/{name}": odd_images[name] for name in names} | {"noise": noise}
+    folder = tmp_path / "thumbs"
+    files, failed = write_thumbnails(sources, folder, px=64)
+    assert set(failed) == {"id/truncated_jpeg", "id/empty"} and "truncated" in failed["id/truncated_jpeg"]
+    assert set(files) == set(sources) - set(failed)
+    expected = {
+        "id/rgba": (32, 24),  # never enlarged
+        "id/cmyk_jpeg": (30, 20),
+        "id/tiny_1x1": (1, 1),
+        "id/wide_300x20": (64, 4),  # longer side 64, aspect kept
+        "id/exif_rotated": (20, 40),  # EXIF orientation applied
+        "noise": (64, 48),
+    }
+    for item_id, size in expected.items():
+        assert files[item_id] == thumbnail_file(item_id)
+        assert re.fullmatch(r"[0-9a-f]{2}/[0-9a-f]{20}\.jpg", files[item_id])  # any id makes a safe URL
+        with Image.open(folder / files[item_id]) as image:
+            assert image.format == "JPEG" and image.mode == "RGB" and image.size == size
+    assert (folder / files["noise"]).stat().st_size < 5_000  # bounded even for noise: a 64 px JPEG at quality 70
+    assert not list(folder.rglob("*.tmp"))
+    # A second call finds every thumbnail and writes none.
+    (folder / files["noise"]).write_bytes(b"kept")  # a file present is trusted (the folder's name says its source)
+    stamps = {item_id: (folder / rel).stat().st_mtime_ns for item_id, rel in files.items()}
+    again, failed_again = write_thumbnails(sources, folder, px=64)
+    assert again == files and failed_again == failed
+    assert {item_id: (folder / rel).stat().st_mtime_ns for item_id, rel in again.items()} == stamps
+    assert (folder / files["noise"]).read_bytes() == b"kept"
+    with pytest.raises(LensError, match="px >= 1"):
+        write_thumbnails({"noise": noise}, tmp_path / "other", px=0)
