@@ -206,3 +206,33 @@ def test_cli_index_update(capsys: pytest.CaptureFixture[str], tmp_path: Path, le
     assert "rebuilt the index of 40 items in full" in out
     code, out, err = run("--catalog", str(folder), "--no-rebuild")
     assert code == 2 and "--no-rebuild goes with --update" in err
+
+
+def test_the_build_updates_an_older_catalogs_index_and_rebuilds_past_the_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lens.build as build
+    from lens.catalog import load_catalog
+    from lens.index import cache_state
+
+    monkeypatch.setenv("LENS_OFFLINE", "1")
+    monkeypatch.setattr(build, "_precompute_map", lambda *args, **kwargs: None)  # UMAP is not what this tests
+    cache = tmp_path / "cache"
+    full = load_catalog(make_catalog(tmp_path / "cat", n_classes=3, per_class=20, size=40), cache_dir=cache)
+    lines: list[str] = []
+
+    def run(catalog) -> None:  # noqa: ANN001
+        status = build.run_build(
+            catalog, [build.BuildStep("tiny")], build.BuildOptions(cache_dir=cache), log=lines.append
+        )
+        assert [e["state"] for e in status["steps"]] == ["ready"], lines
+
+    run(full.subset(list(range(58))))
+    run(full)  # 2 products added: the index of the 58 serves with a delta, and the model is ready
+    assert any("tiny: updated the index of 58 items: +2 added, 0 edited, -0 removed" in line for line in lines)
+    assert cache_state(full, "tiny", cache).indexed and not any("rebuilt" in line for line in lines)
+    lines.clear()
+    run(full.subset(list(range(40))))  # 18 removed: past the threshold, rebuilt once the model is ready
+    assert any("past the threshold" in line for line in lines)
+    assert any("tiny: index rebuilt in full" in line for line in lines)
+    assert len(list((cache / "indexes" / "tiny").glob("*.delta.npy"))) == 1  # the full catalog's only
