@@ -23,7 +23,7 @@ differ least from the new catalog's. Which items are edited: those whose vector 
 ``1 - EDIT_TOLERANCE``), so a photo replaced by the same picture is not an edit.
 
 Past a threshold (:data:`DELTA_MAX_FRACTION` of the main index changed, or more than :data:`DELTA_MAX_ITEMS` delta
-vectors) the index is rebuilt in full: at once (``rebuild="now"``: ``python -m lens index --update``), in a
+vectors or tombstones) the index is rebuilt in full: at once (``rebuild="now"``: ``python -m lens index --update``), in a
 background thread while the delta serves (``"background"``: the dashboard), or left to the caller (``"never"``:
 the background build, which rebuilds after the model is marked ready). Every write is atomic, and the new main
 index is published before the delta is dropped, so a killed rebuild leaves the old main index and the delta usable.
@@ -61,7 +61,12 @@ DELTA_MAX_FRACTION = 0.05
 every tombstone costs each query one more neighbour from Annoy, every delta row one more exact dot product."""
 
 DELTA_MAX_ITEMS = 10_000
-"""...or once the delta holds more vectors than this (an exact search over 10,000 1280-d vectors is about 2 ms)."""
+"""...or once the delta holds more vectors, or the main index more tombstones, than this (an exact search over
+10,000 1280-d vectors is about 2 ms; each tombstone is one more neighbour asked of Annoy per query)."""
+
+UNRELATED_FRACTION = 0.5
+"""A main index more than half of which changed is not an older version of this catalog (another catalog whose ids
+happen to overlap): the index is built in full at once, whatever ``rebuild`` says, instead of writing a delta."""
 
 EDIT_TOLERANCE = 1e-5
 """An item whose vector moved by less than this in cosine (``1 - cos``) is unchanged: the same picture saved again,
@@ -211,7 +216,7 @@ def over_threshold(
     max_items: int = DELTA_MAX_ITEMS,
 ) -> bool:
     """Whether ``diff`` is too large to serve as a delta over a main index of ``n_main`` items."""
-    return diff.changed > max_fraction * n_main or len(diff.delta_ids) > max_items
+    return diff.changed > max_fraction * n_main or max(len(diff.delta_ids), len(diff.tombstones)) > max_items
 
 
 @dataclass(frozen=True)
@@ -460,9 +465,10 @@ def update_index(
     In order: the catalog's own Annoy index when it verifies (``current``); else a delta written before for these
     embeddings (``delta``); else a new delta over the index of the same encoder whose ids differ least
     (``updated``); else a full build (``built``). Past the threshold (``max_fraction`` of the main index changed, or
-    more than ``max_items`` delta vectors) the index is rebuilt in full: at once (``rebuild="now"``, then
+    more than ``max_items`` delta vectors or tombstones) the index is rebuilt in full: at once (``rebuild="now"``, then
     ``rebuilt``), in a background thread while the delta serves (``"background"``), or not (``"never"``: the
-    caller rebuilds later with :func:`rebuild_index`; ``rebuild_needed`` says so).
+    caller rebuilds later with :func:`rebuild_index`; ``rebuild_needed`` says so). A main index more than
+    :data:`UNRELATED_FRACTION` of which changed is another catalog's: then the index is built in full at once.
 
     Raises:
         LensError: zero vectors to index.
@@ -511,7 +517,8 @@ def update_index(
             return full(none, 0)
         main.search_k = search_k
         diff = diff_rows(main.ids, main_vectors(main, cache_dir), embeddings)
-        if rebuild == "now" and over_threshold(len(main), diff, max_fraction=max_fraction, max_items=max_items):
+        over = over_threshold(len(main), diff, max_fraction=max_fraction, max_items=max_items)
+        if over and (rebuild == "now" or diff.changed > UNRELATED_FRACTION * len(main)):
             main.unload()
             return full(diff, len(main))
         delta = write_delta(path, embeddings, main, diff)

@@ -146,6 +146,11 @@ def test_past_the_threshold_the_index_is_rebuilt_and_the_delta_emptied(tmp_path:
     background.rebuilding.join(timeout=60)
     assert update_index(third, cache_dir=tmp_path).action == "current"
     assert not delta_path(index_path(tmp_path, third, 50)).exists()
+    # Another catalog whose ids happen to overlap (most of the main index changed): built in full, no delta.
+    extra = np.random.default_rng(5).normal(size=(100, DIM))
+    other = _set([*new.ids[:10], *(f"x{i}" for i in range(100))], np.concatenate([new.vectors[:10], extra]), "v4")
+    unrelated = update_index(other, cache_dir=tmp_path, rebuild="never")
+    assert unrelated.action == "rebuilt" and not delta_path(index_path(tmp_path, other, 50)).exists()
 
 
 def test_a_killed_rebuild_leaves_the_old_index_and_delta_serving(
