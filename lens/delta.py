@@ -8,8 +8,9 @@ index built for an older version of the catalog (the *main* index) and writes be
 * the **tombstones**: the ids the main index holds that are removed or edited since (an edited item is a tombstone
   in the main index and a row of the delta: it is found under its new vector only).
 
-A query (:class:`DeltaIndex`) asks the main index for ``k + |tombstones|`` neighbours (so that ``k`` are left after
-the tombstoned ones are dropped), ranks the delta exactly, merges both by cosine and keeps the top ``k``. The result
+A query (:class:`DeltaIndex`) asks the main index for enough neighbours that ``k`` are left after the tombstoned
+ones are dropped (a few more than ``k``, doubled while too few are left, up to ``k + |tombstones|``), ranks the delta
+exactly, merges both by cosine and keeps the top ``k``. The result
 is the one a full rebuild gives up to Annoy's recall (the delta part is exact).
 
 The delta is ``<embedding key>-t<n_trees>.delta.npy`` beside the Annoy index the new catalog would have (the name
@@ -139,10 +140,20 @@ class DeltaIndex(VectorIndex):
         return self.main.n_trees
 
     def _search_rows(self, vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        # k + |tombstones| from the main index: at most |tombstones| of them are dropped, so k are left.
-        found, scores = self.main._search_rows(vector, n + len(self.tombstones))
-        rows = self._main_rows[found]
-        if self.tombstones:
+        # n + |tombstones| neighbours from the main index would always leave n, but Annoy then sorts and returns up to
+        # its whole candidate set (500 tombstones: +0.2 ms a query at 100k items). Ask for a few more than n, and
+        # double while tombstones leave fewer than n: with a fixed search_k the candidates do not depend on how many
+        # are asked for, so each answer is a prefix of the n + |tombstones| one, and the result is the same.
+        dead = len(self.tombstones)
+        want = n + min(dead, n // 2 + 8)
+        while True:
+            found, scores = self.main._search_rows(vector, want)
+            rows = self._main_rows[found]
+            kept = int((rows >= 0).sum())
+            if kept >= n or want >= n + dead or len(found) < want:
+                break
+            want = min(n + dead, 2 * want)
+        if dead:
             keep = rows >= 0
             rows, scores = rows[keep], scores[keep]
         if len(self.delta_ids):

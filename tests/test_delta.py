@@ -241,3 +241,20 @@ def test_the_build_updates_an_older_catalogs_index_and_rebuilds_past_the_thresho
     assert any("past the threshold" in line for line in lines)
     assert any("tiny: index rebuilt in full" in line for line in lines)
     assert len(list((cache / "indexes" / "tiny").glob("*.delta.npy"))) == 1  # the full catalog's only
+
+
+def test_a_query_among_removed_items_still_gets_k_results(tmp_path: Path) -> None:
+    """The 30 nearest items of the query are all removed: the main index is asked again, for more, until k are left."""
+    from lens.delta import DeltaIndex, update_index
+    from lens.index import ExactIndex
+
+    rng = np.random.default_rng(3)
+    query = _unit(rng.normal(size=(1, DIM)))[0]
+    near = query + 0.05 * rng.normal(size=(30, DIM))
+    base = _set([f"b{i}" for i in range(330)], np.concatenate([near, rng.normal(size=(300, DIM))]), "v1")
+    new = _set(base.ids[30:], base.vectors[30:], "v2")
+    update_index(base, cache_dir=tmp_path)
+    index = update_index(new, cache_dir=tmp_path, max_fraction=0.2).index
+    assert isinstance(index, DeltaIndex) and len(index.tombstones) == 30
+    hits = index.search(query, 5)
+    assert [h.id for h in hits] == [h.id for h in ExactIndex.from_embeddings(new).search(query, 5)]
