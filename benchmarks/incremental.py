@@ -6,16 +6,30 @@ updated catalog from scratch; and the Ray Data path against the local one on the
 
 The sample catalog's first ``base + added`` photos are copied into a temporary folder (never into the repo); the
 catalog before the update is the first ``base`` of them. Every pass runs with its own empty cache.
+
+    python -m benchmarks.incremental --index-update [--catalog DIR] [--model mobilenet-v2] [--added 100]
+        [--removed 50] [--edited 20] [--queries 1000] [--out FILE]
+
+The Annoy index after a catalog update (:mod:`lens.delta`): the whole catalog's main index, then a new version
+(``--removed`` products dropped, ``--edited`` given another photo, ``--added`` new ones; the photos are copied and
+the new ones generated, mirrored and cropped from catalog photos, in a temporary folder). Measured side by side: the
+index update (diff + delta) against a full rebuild, recall@10 of both against the exact index of the new catalog,
+and query latency of the main index alone, main + delta, and the rebuilt index. Runs in ``$LENS_CACHE_DIR`` (the
+catalog's embeddings should be there: seed it from ``~/.cache/lens/embeddings/<model>``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +51,250 @@ def _copy_catalog(source: Path, n: int, folder: Path) -> Path:
     return folder
 
 
+def _variant(source: Path, target: Path, rng: np.random.Generator) -> None:
+    """Another photo of a product: ``source`` mirrored and cropped by 4-12 % on each side, saved at ``target``."""
+    from PIL import Image, ImageOps
+
+    with Image.open(source) as opened:
+        image = ImageOps.mirror(opened.convert("RGB"))
+    w, h = image.size
+    box = [int(w * rng.uniform(0.04, 0.12)), int(h * rng.uniform(0.04, 0.12))]
+    image.crop((box[0], box[1], w - box[0], h - box[1])).save(target, quality=90)
+
+
+def _latencies(indexes: dict[str, Any], queries: np.ndarray, k: int = 10) -> dict[str, np.ndarray]:
+    """Milliseconds per query of each index, the indexes taking turns on each query (the same load on each)."""
+    names = list(indexes)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for q, vector in enumerate(queries):
+        for name in names[q % len(names) :] + names[: q % len(names)]:
+            started = time.perf_counter()
+            indexes[name].search(vector, k)
+            times[name].append((time.perf_counter() - started) * 1e3)
+    return {name: np.asarray(values) for name, values in times.items()}
+
+
+def index_update(args: argparse.Namespace) -> list[str]:
+    """The ``--index-update`` section: markdown lines."""
+    from lens.delta import DeltaIndex, drop_delta, update_index
+    from lens.index import DEFAULT_N_TREES, ExactIndex, build_annoy, build_index, index_path, recall_at_k_vs_exact
+    from lens.itemstore import ItemStore
+    from lens.store import resolve_cache_dir
+
+    cache = resolve_cache_dir(None)
+    encoder = create_encoder(args.model)
+    catalog = load_catalog(Path(args.catalog), cache_dir=cache)
+    counted: list[int] = []
+
+    def compute(part, enc, batch_size=32, progress=None):  # noqa: ANN001, ANN202
+        counted.append(len(part))
+        return embed_files(part, enc, batch_size, progress)
+
+    base = embed_catalog(catalog, encoder, cache_dir=cache, compute=compute)
+    # A cache made before the per-item store existed holds the catalog's vectors only: put them in the store, so
+    # the update embeds only its new photos (what a cache filled by this lens does by itself).
+    store = ItemStore(cache, encoder.name, encoder.identity())
+    digests = dict(zip(catalog.ids, catalog.image_digests()))
+    if len(store.lookup([digests[i] for i in base.ids])) < len(base):
+        store.add([digests[i] for i in base.ids], base.vectors)
+    started = time.perf_counter()
+    main = build_index(base, cache_dir=cache)
+    main_seconds = time.perf_counter() - started
+
+    rng = np.random.default_rng(0)
+    table = catalog.table.copy()
+    picked = rng.choice(len(table), args.removed + args.edited, replace=False)
+    removed = set(table["id"].iloc[picked[: args.removed]])
+    edited = set(table["id"].iloc[picked[args.removed :]])
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="lens-index-update-") as tmp:
+        root = Path(tmp) / "catalog"
+        (root / "images").mkdir(parents=True)
+        kept = table[~table["id"].isin(removed)].copy()
+        new_rel = []
+        for item_id, rel in zip(kept["id"], kept["image"]):
+            target = root / "images" / Path(rel).name
+            if item_id in edited:
+                _variant(catalog.root / rel, target, rng)
+            else:
+                shutil.copyfile(catalog.root / rel, target)
+            new_rel.append("images/" + Path(rel).name)
+        kept["image"] = new_rel
+        sources = table.iloc[rng.choice(len(table), args.added, replace=False)].copy()
+        sources["id"] = [f"new-{i:05d}" for i in range(args.added)]
+        for item_id, rel in zip(sources["id"], list(sources["image"])):
+            _variant(catalog.root / rel, root / "images" / f"{item_id}.jpg", rng)
+        sources["image"] = [f"images/{i}.jpg" for i in sources["id"]]
+        pd.concat([kept, sources]).to_csv(root / "catalog.csv", index=False)
+        updated_catalog = load_catalog(root, cache_dir=cache)
+
+        counted.clear()
+        started = time.perf_counter()
+        updated = embed_catalog(updated_catalog, encoder, cache_dir=cache, compute=compute)
+        embed_seconds = time.perf_counter() - started
+        # The command line, end to end (start-up, the cached vectors, the index), on the same cached embeddings.
+        # Side by side, --repeats rounds (medians): the command line end to end (start-up, the cached vectors, the
+        # index) and the library calls, each update starting afresh (no delta, no index of the new catalog).
+        own = index_path(cache, updated, DEFAULT_N_TREES)
+        times: dict[str, list[float]] = {"cli --update": [], "cli --rebuild": [], "update": [], "rebuild": []}
+        printed = ""
+        for _ in range(args.repeats):
+            for flag in ("--update", "--rebuild"):
+                argv = [sys.executable, "-m", "lens", "index", "--models", args.model, "--catalog", str(root), flag]
+                started = time.perf_counter()
+                done = subprocess.run([*argv, "--quiet"], capture_output=True, text=True, check=True)
+                times[f"cli {flag}"].append(time.perf_counter() - started)
+                printed = done.stdout.strip() if flag == "--update" else printed
+                drop_delta(own)
+            for file in (own, own.with_suffix(".json")):
+                file.unlink()  # the rebuilt index would be served before any delta
+            fresh = dataclasses.replace(updated)  # no memoised row hash: each call pays for what a new process does
+            started = time.perf_counter()
+            update = update_index(fresh, cache_dir=cache)
+            times["update"].append(time.perf_counter() - started)
+            assert isinstance(update.index, DeltaIndex), update.describe()
+            drop_delta(own)
+            fresh = dataclasses.replace(updated)
+            started = time.perf_counter()
+            rebuilt = build_annoy(fresh, Path(tmp) / "rebuilt.ann")
+            times["rebuild"].append(time.perf_counter() - started)
+        update = update_index(updated, cache_dir=cache)
+        median = {name: float(np.median(values)) for name, values in times.items()}
+        update_seconds, rebuild_seconds = median["update"], median["rebuild"]
+
+        exact = ExactIndex.from_embeddings(updated)
+        changed = [updated.position(i) for i in [*update.diff.added, *update.diff.edited]]
+        others = np.setdiff1d(np.arange(len(updated)), changed)
+        rows = np.concatenate([changed, rng.choice(others, max(0, args.queries - len(changed)), replace=False)])
+        queries = updated.vectors[rows]
+        recall = {
+            "main + delta": recall_at_k_vs_exact(update.index, exact, queries, 10, exclude_rows=rows.tolist()),
+            "full rebuild": recall_at_k_vs_exact(rebuilt, exact, queries, 10, exclude_rows=rows.tolist()),
+        }
+        on_changed = {
+            "main + delta": recall_at_k_vs_exact(
+                update.index, exact, queries[: len(changed)], 10, exclude_rows=rows[: len(changed)].tolist()
+            ),
+            "full rebuild": recall_at_k_vs_exact(
+                rebuilt, exact, queries[: len(changed)], 10, exclude_rows=rows[: len(changed)].tolist()
+            ),
+        }
+        ms = _latencies(
+            {"main index alone (old catalog)": main, "main + delta": update.index, "full rebuild": rebuilt}, queries
+        )
+        d = update.diff
+        steps = pd.DataFrame(
+            [
+                {"step": f"main index of the {len(base):,} items, built in full", "seconds": round(main_seconds, 2)},
+                {
+                    "step": f"embed the new catalog ({counted[0] if counted else 0} photos embedded)",
+                    "seconds": round(embed_seconds, 2),
+                },
+                {
+                    "step": f"index update: diff + delta of {len(d.delta_ids)} vectors, {len(d.tombstones)} tombstones",
+                    "seconds": round(update_seconds, 2),
+                },
+                {
+                    "step": f"full rebuild of the {len(updated):,}-item index instead",
+                    "seconds": round(rebuild_seconds, 2),
+                },
+                {"step": "`python -m lens index --update`, end to end", "seconds": round(median["cli --update"], 2)},
+                {"step": "`python -m lens index --rebuild`, end to end", "seconds": round(median["cli --rebuild"], 2)},
+            ]
+        )
+        quality = pd.DataFrame(
+            [
+                {
+                    "index": name,
+                    "recall@10 vs exact": recall.get(name, float("nan")),
+                    "recall@10, changed items as queries": on_changed.get(name, float("nan")),
+                    "p50 ms": float(np.percentile(values, 50)),
+                    "p99 ms": float(np.percentile(values, 99)),
+                }
+                for name, values in ms.items()
+            ]
+        )
+        lines = [
+            f"# Index update after a catalog change ({args.model}; +{len(d.added)} added, {len(d.edited)} edited, "
+            f"-{len(d.removed)} removed on {len(base):,} items; {len(queries)} queries, self excluded)",
+            "",
+            markdown_table(steps, floatfmt=".2f"),
+            "",
+            markdown_table(quality),
+            "",
+            f"Index update vs full rebuild: {rebuild_seconds / max(update_seconds, 1e-9):.0f}x less time. "
+            f"{update.describe()}",
+            "",
+            f"`index --update` printed: {printed}",
+            "",
+            f"Seconds: medians of {args.repeats} rounds, the four runs of a round side by side.",
+        ]
+    print("\n".join(lines))
+    return lines
+
+
+def index_update_synthetic(sizes: list[int], churn: float = 0.01, queries: int = 200) -> list[str]:
+    """The index update against a full rebuild on the benchmark's calibrated synthetic vectors (512-d): ``churn`` of
+    the items changed (half added, 30 % removed, 20 % edited). Markdown lines."""
+    from benchmarks.scale import clustered_vectors
+    from lens.delta import update_index
+    from lens.embed import EmbeddingSet, save_embeddings
+    from lens.index import ExactIndex, build_annoy, build_index, recall_at_k_vs_exact
+
+    rows = []
+    for n in sizes:
+        n_added, n_removed = round(n * churn * 0.5), round(n * churn * 0.3)
+        n_edited = round(n * churn) - n_added - n_removed
+        vectors = clustered_vectors(n + n_added + n_edited, seed=1)
+        ids = [f"{i:08d}" for i in range(n + n_added)]
+        base = EmbeddingSet(vectors=vectors[:n], ids=ids[:n], encoder="synthetic", key=f"synthetic-{n}-v1")
+        new_vectors = np.concatenate([vectors[:n], vectors[n : n + n_added]])
+        new_vectors[n_removed : n_removed + n_edited] = vectors[n + n_added :]  # edited: another vector
+        keep = np.arange(n_removed, n + n_added)
+        new = EmbeddingSet(
+            vectors=new_vectors[keep], ids=[ids[i] for i in keep], encoder="synthetic", key=f"synthetic-{n}-v2"
+        )
+        with tempfile.TemporaryDirectory(prefix="lens-delta-synthetic-") as cache:
+            save_embeddings(base, cache)
+            started = time.perf_counter()
+            build_index(base, cache_dir=cache)
+            main_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            update = update_index(new, cache_dir=cache)
+            update_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            rebuilt = build_annoy(dataclasses.replace(new), Path(cache) / "rebuilt.ann")
+            rebuild_seconds = time.perf_counter() - started
+            picked = np.random.default_rng(0).choice(len(new), queries, replace=False)
+            exact = ExactIndex.from_embeddings(new)
+            q = new.vectors[picked]
+            ms = _latencies({"delta": update.index, "rebuilt": rebuilt}, q)
+            rows.append(
+                {
+                    "items": n,
+                    "changed": update.diff.changed,
+                    "main build s": round(main_seconds, 1),
+                    "update s": round(update_seconds, 2),
+                    "full rebuild s": round(rebuild_seconds, 1),
+                    "recall@10 main + delta": recall_at_k_vs_exact(
+                        update.index, exact, q, 10, exclude_rows=picked.tolist()
+                    ),
+                    "recall@10 rebuilt": recall_at_k_vs_exact(rebuilt, exact, q, 10, exclude_rows=picked.tolist()),
+                    "p50 ms main + delta": float(np.percentile(ms["delta"], 50)),
+                    "p50 ms rebuilt": float(np.percentile(ms["rebuilt"], 50)),
+                }
+            )
+            update.index.unload()  # type: ignore[attr-defined]
+            rebuilt.unload()
+    lines = [
+        f"# Index update vs full rebuild, synthetic 512-d vectors ({churn:.0%} of the items changed)",
+        "",
+        markdown_table(pd.DataFrame(rows)),
+    ]
+    print("\n".join(lines))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.incremental", description=__doc__)
     parser.add_argument("--catalog", default=os.environ.get("LENS_CATALOG", "../shared/data/fashion-products"))
@@ -45,7 +303,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="efficientnet-lite0")
     parser.add_argument("--ray-workers", default="1,2", help="comma-separated worker counts; '' skips Ray")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--index-update", action="store_true", help="measure the index update (lens.delta) instead")
+    parser.add_argument("--removed", type=int, default=50, help="--index-update: products removed")
+    parser.add_argument("--edited", type=int, default=20, help="--index-update: products given another photo")
+    parser.add_argument("--queries", type=int, default=1000, help="--index-update: queries for recall and latency")
+    parser.add_argument("--repeats", type=int, default=3, help="--index-update: rounds of the timed update/rebuild")
+    parser.add_argument(
+        "--synthetic", default="", help="--index-update: comma-separated sizes of synthetic catalogs to measure instead"
+    )
     args = parser.parse_args(argv)
+    if args.index_update:
+        sizes = [int(v) for v in args.synthetic.split(",") if v.strip()]
+        lines = index_update_synthetic(sizes) if sizes else index_update(args)
+        if args.out:
+            Path(args.out).write_text("\n".join(lines) + "\n")
+        return 0
     encoder = create_encoder(args.model)
     rows = []
     with tempfile.TemporaryDirectory(prefix="lens-incremental-") as tmp:

@@ -44,6 +44,7 @@ from lens.analysis import (  # noqa: F401  (compare_summary, per_category_matrix
     worst_queries,
 )
 from lens.catalog import Catalog, default_catalog_path, load_catalog
+from lens.delta import update_index
 from lens.embed import EmbeddingSet, embed_catalog, embed_images, embedding_key
 from lens.encoders import Encoder, create_encoder, list_encoders, single_query_threads
 from lens.encoders.trained import default_models_dir, refresh_trained_models
@@ -51,7 +52,7 @@ from lens.errors import CatalogError
 from lens.evaluate import evaluate_embeddings, summary_table
 from lens.explain import overlay, similarity_maps, supports_maps
 from lens.images import open_image, try_open_image
-from lens.index import ExactIndex, VectorIndex, build_index, cache_state
+from lens.index import ExactIndex, VectorIndex, cache_state
 from lens.metrics import RetrievalReport
 from lens.probe import CategoryProbe, category_probe
 from lens.projection import Projection, ProjectionParams, cached_projection, project_embeddings
@@ -248,8 +249,11 @@ def build_model(
 
 
 def build_annoy(path: str, load_label: str, model: str, fingerprint: str, cache_dir: str) -> None:
-    """Build (or verify and keep) ``model``'s Annoy index in lens's cache, as ``python -m lens index`` does."""
-    build_index(get_embeddings(path, load_label, model, fingerprint, cache_dir), cache_dir=cache_dir or None)
+    """Build (or verify and keep) ``model``'s Annoy index in lens's cache, as ``python -m lens index --update``
+    does: an index of an older version of the catalog is updated with a delta (rebuilt in the background past
+    the threshold)."""
+    embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
+    update_index(embeddings, cache_dir=cache_dir or None, rebuild="background")
     model_states.clear()
 
 
@@ -471,11 +475,15 @@ def index_kind(path: str, load_label: str, model: str, cache_dir: str, n_items: 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading index…")
 def get_index(path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, kind: str) -> VectorIndex:
-    """The search index of ``model``: Annoy (mmapped from the cache, built there if missing) or exact numpy."""
+    """The search index of ``model``: Annoy (mmapped from the cache, built there if missing) or exact numpy.
+
+    When the catalog changed since its index was built, the older index serves with a delta (:mod:`lens.delta`):
+    the same results, at once; past the threshold a full rebuild runs in a background thread meanwhile, and the
+    next server (or cache entry) loads it."""
     embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
     if kind == "exact":
         return ExactIndex.from_embeddings(embeddings)
-    return build_index(embeddings, cache_dir=cache_dir or None)
+    return update_index(embeddings, cache_dir=cache_dir or None, rebuild="background").index
 
 
 @st.cache_resource(max_entries=16, show_spinner="Fitting the category probe…")

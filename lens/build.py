@@ -453,10 +453,13 @@ def _train_step(
 
 def _embed_and_index(
     step: BuildStep, catalog: Catalog, options: BuildOptions, progress: _StepProgress, log: Callable[[str], None]
-) -> EmbeddingSet:
+) -> tuple[EmbeddingSet, bool]:
+    """Embed the catalog and index it; the embeddings, and whether the index still needs a full rebuild (an older
+    catalog's index served with a delta past :data:`lens.delta.DELTA_MAX_FRACTION`: rebuilt once the step is ready).
+    """
+    from lens.delta import update_index
     from lens.embed import embed_catalog
     from lens.encoders import create_encoder
-    from lens.index import build_index
 
     encoder = create_encoder(step.name, weights_dir=options.weights_dir)
     update, close = progress(f"embed {step.name}")
@@ -471,8 +474,24 @@ def _embed_and_index(
     progress.cancel.check()
     progress.run.entry(step.name).update(phase="index", percent=99.0, eta_s=None)
     progress.run.write()
-    build_index(embeddings, cache_dir=options.cache_dir)
-    return embeddings
+    # An index of an older version of the catalog is updated (a delta + tombstones) rather than rebuilt.
+    indexed = update_index(embeddings, cache_dir=options.cache_dir, rebuild="never")
+    if indexed.action in ("updated", "delta"):
+        log(f"{step.name}: {indexed.describe()}")
+    return embeddings, indexed.rebuild_needed
+
+
+def _rebuild_index(embeddings: EmbeddingSet, options: BuildOptions, log: Callable[[str], None]) -> None:
+    """The full rebuild of an index served with a delta past the threshold. Best effort: the delta keeps serving."""
+    from lens.delta import rebuild_index
+
+    started = time.monotonic()
+    try:
+        rebuild_index(embeddings, cache_dir=options.cache_dir)
+    except (LensError, OSError) as exc:
+        log(f"{embeddings.encoder}: index not rebuilt; the delta keeps serving ({type(exc).__name__}: {exc})")
+        return
+    log(f"{embeddings.encoder}: index rebuilt in full in {format_duration(time.monotonic() - started)}")
 
 
 def _precompute_map(
@@ -563,7 +582,7 @@ def run_build(
 
                     if step.name not in find_trained_models(options.models()):
                         _train_step(step, catalog, options, step_progress, log)
-                embeddings = _embed_and_index(step, catalog, options, step_progress, log)
+                embeddings, rebuild = _embed_and_index(step, catalog, options, step_progress, log)
             except JobCancelled:
                 run.set(step.name, "queued", reason="cancelled; the next build resumes it")
                 raise
@@ -588,6 +607,9 @@ def run_build(
             run.set(step.name, "ready", reason="", finished=utc_now(), seconds=round(seconds, 1))
             log(f"{step.name}: ready in {format_duration(seconds)}")
             cancel.check()
+            if rebuild:  # after "ready": the delta serves meanwhile, and a killed rebuild leaves it serving
+                _rebuild_index(embeddings, options, log)
+                cancel.check()
             _precompute_map(embeddings, catalog, options, log)  # after "ready": the model is searchable already
         else:
             failed = [e["name"] for e in run.status["steps"] if e["state"] == "failed"]

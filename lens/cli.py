@@ -287,9 +287,27 @@ def cmd_index(args: argparse.Namespace) -> int:
     run = _run_options(args)
     trees = _positive(args.trees, "--trees", DEFAULT_N_TREES)
     search_k = args.search_k if args.search_k is not None else DEFAULT_SEARCH_K
+    if args.update and args.rebuild:
+        raise LensError(
+            "--update keeps the index of an older catalog and adds a delta; --rebuild builds it anew: pick one."
+        )
+    if args.no_rebuild and not args.update:
+        raise LensError("--no-rebuild goes with --update (it keeps the delta past the threshold); add --update.")
     for model in _parse_models(args.models, run):
         _, embeddings = _embed(catalog, model, run, args.quiet)
         started = time.perf_counter()
+        if args.update:
+            from lens.delta import update_index
+
+            update = update_index(
+                embeddings,
+                cache_dir=run.cache_dir,
+                n_trees=trees,
+                search_k=search_k,
+                rebuild="never" if args.no_rebuild else "now",
+            )
+            print(f"{model}: {update.describe()}")
+            continue
         index = build_index(
             embeddings,
             cache_dir=run.cache_dir,
@@ -757,6 +775,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trees", type=int, default=None, help="Annoy n_trees (default: lens.index.DEFAULT_N_TREES)")
     p.add_argument("--search-k", type=int, default=None, help="Annoy search_k (default: lens.index.DEFAULT_SEARCH_K)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if a matching index is cached")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="the catalog changed: keep the index of its older version and add a delta (added and edited items, "
+        "searched exactly) and tombstones (removed and edited ones); rebuilt in full past lens.delta.DELTA_MAX_FRACTION",
+    )
+    p.add_argument("--no-rebuild", action="store_true", help="with --update: keep the delta even past the threshold")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", parents=[common, cat, eng], help="most similar catalog items to an image or item")

@@ -340,6 +340,12 @@ def index_path(cache_dir: str | os.PathLike | None, embeddings: EmbeddingSet, n_
     return annoy_path(cache_dir, embeddings.encoder, embeddings.key, n_trees)
 
 
+def delta_path(path: Path) -> Path:
+    """``<key>-t<n_trees>.delta.npy`` beside the Annoy index ``path``: its catalog's delta over an older index
+    (:mod:`lens.delta`)."""
+    return path.with_name(f"{path.stem}.delta.npy")
+
+
 def cache_state(
     catalog: Catalog,
     encoder_name: str,
@@ -357,7 +363,9 @@ def cache_state(
     if not state.embedded:
         return state
     ann = annoy_path(cache_dir, encoder_name, state.key, n_trees)
-    return replace(state, indexed=ann.is_file() and _sidecar_path(ann).is_file())
+    delta = delta_path(ann)  # an older catalog's index + this catalog's delta (lens.delta) serves as well
+    indexed = (ann.is_file() and _sidecar_path(ann).is_file()) or (delta.is_file() and _sidecar_path(delta).is_file())
+    return replace(state, indexed=indexed)
 
 
 def build_index(
@@ -372,7 +380,8 @@ def build_index(
     """An index of ``embeddings``: ``"exact"`` in memory, or ``"annoy"`` cached on disk beside the embeddings.
 
     An Annoy index already on disk for the same embeddings and ``n_trees`` is loaded (mmap) instead of rebuilt; one
-    that fails its checks is rebuilt.
+    that fails its checks is rebuilt. Without one, a verified delta of these embeddings over the index of an older
+    catalog (written by :func:`lens.delta.update_index`) is loaded instead.
     """
     if kind == "exact":
         return ExactIndex.from_embeddings(embeddings)
@@ -386,6 +395,12 @@ def build_index(
             return index
         except IndexMismatchError:
             pass  # stale or corrupt: rebuild below
+    if not rebuild and delta_path(path).exists():
+        from lens.delta import load_delta  # the same layer; lens.delta imports this module
+
+        delta = load_delta(path, embeddings, search_k=search_k)
+        if delta is not None:
+            return delta
     return build_annoy(embeddings, path, n_trees=n_trees, search_k=search_k)
 
 

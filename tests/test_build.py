@@ -283,7 +283,7 @@ def test_lens_status_lines(build_env, tmp_path: Path, capsys: pytest.CaptureFixt
 def test_disk_full_fails_the_step_with_the_message_and_stops(build_env, monkeypatch) -> None:
     import errno
 
-    import lens.index
+    import lens.delta
     from lens.build import run_build
 
     catalog, cache = build_env
@@ -291,7 +291,7 @@ def test_disk_full_fails_the_step_with_the_message_and_stops(build_env, monkeypa
     def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise OSError(errno.ENOSPC, "No space left on device", str(cache / "indexes"))
 
-    monkeypatch.setattr(lens.index, "build_index", full)
+    monkeypatch.setattr(lens.delta, "update_index", full)  # what the build indexes with
     status = run_build(catalog, quick_steps(), options(cache))
     assert states(status) == {"tiny": "failed", "triplet-tiny": "queued", "vae": "queued"}
     assert status["state"] == "failed" and status["message"].startswith("disk full: No space left on device")
