@@ -7,6 +7,10 @@ the frozen-head path of ``triplet-<backbone>``: the backbone's catalog vectors c
 is residual and zero-initialised (training starts exactly at the pretrained space), batches are class-balanced, and
 the saved model is a ``head`` encoder like the triplet heads. Backbone ``concat`` = the three pretrained backbones'
 L2-normalised vectors side by side (:mod:`lens.encoders.composite`).
+
+``--trainable-blocks k`` (:func:`train_proxy_blocks`) then fine-tunes the backbone's last ``k`` blocks with the head,
+on the frozen stem's output computed once per catalog (and, with ``--views v``, for ``v`` augmented views of each
+training photo), so no step runs the frozen trunk; the saved model is then an ``embedder`` that runs end to end.
 """
 
 from __future__ import annotations
@@ -241,14 +245,15 @@ def train_proxy_blocks(catalog: Catalog, split: Split, config: ProxyConfig, ctx:
         return loss_fn(F.normalize(model.embed_stem_output(maps), dim=-1), codes_t[torch.from_numpy(batch)])
 
     validate = val_precision_callback(setup.embed_rows, setup.labels, train_idx, val_idx)
-    best = {"p": history[-1].get("val_p@5", -1.0) if history else -1.0, "state": copy.deepcopy(full.state_dict())}
+    best_p = [history[-1].get("val_p@5", -1.0) if history else -1.0]
+    best_state = [copy.deepcopy(full.state_dict())]
     since = [0]
 
     def on_ft_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
         out = dict(validate(epoch, row))
         score = out.get("val_p@5", 0.0)
-        if score > best["p"]:
-            best["p"], best["state"], since[0] = score, copy.deepcopy(full.state_dict()), 0
+        if score > best_p[0]:
+            best_p[0], best_state[0], since[0] = score, copy.deepcopy(full.state_dict()), 0
         else:
             since[0] += 1
         return {**out, "stage": 2.0, **({"stop": 1.0} if since[0] >= config.patience else {})}
@@ -264,7 +269,7 @@ def train_proxy_blocks(catalog: Catalog, split: Split, config: ProxyConfig, ctx:
         on_epoch=on_ft_epoch,
         train_mode=batchnorms_to_eval,
     )
-    full.load_state_dict(best["state"])
+    full.load_state_dict(best_state[0])
     model.eval()
     return save_blocks_run(
         setup,
@@ -279,5 +284,5 @@ def train_proxy_blocks(catalog: Catalog, split: Split, config: ProxyConfig, ctx:
         f"under pytorch-metric-learning's {config.loss} loss ({config.augment_views} augmented views per photo) on "
         f"{catalog.name}",
         augment_views=config.augment_views,
-        best_val_p5=best["p"],
+        best_val_p5=best_p[0],
     )
