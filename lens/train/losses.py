@@ -78,7 +78,8 @@ class SymmetricInfoNCE(nn.Module):
 
 #: The losses of the ``proxy`` recipe: name -> (pytorch-metric-learning loss class, its default parameters).
 #: ``normalized-softmax``, ``proxy-anchor``, ``arcface`` and ``cosface`` learn one proxy (class weight) per label;
-#: ``softtriple`` learns 10 per label; ``multi-similarity`` is a pair loss and comes with its miner. The defaults are the papers' (and pml's) own.
+#: ``softtriple`` learns 10 per label; ``multi-similarity`` is a pair loss and comes with its miner. The defaults are
+#: the papers' (and pml's) own.
 METRIC_LOSSES: dict[str, tuple[str, dict[str, float]]] = {
     "normalized-softmax": ("NormalizedSoftmaxLoss", {"temperature": 0.05}),
     "proxy-anchor": ("ProxyAnchorLoss", {"margin": 0.1, "alpha": 32.0}),

@@ -85,6 +85,9 @@ class ProxyConfig(BackboneConfig):
         2, "fine-tuning: stop after this many epochs without a better validation P@5 (the best is kept)", minimum=1
     )
     augment: str = setting("light", "fine-tuning views: augmentation strength", choices=tuple(AUGMENT))
+    ft_lr_scale: float = setting(
+        0.1, "fine-tuning: learning-rate factor of the head and the proxies after the head stage (x --lr, --loss-lr)"
+    )
 
     def loss_params(self) -> dict[str, float | None]:
         return {"temperature": self.temperature, "margin": self.margin, "scale": self.scale, "alpha": self.alpha}
@@ -163,11 +166,12 @@ def train_proxy_blocks(catalog: Catalog, split: Split, config: ProxyConfig, ctx:
     1. ``--epochs`` epochs of exactly ``proxy-<backbone>``: the residual head and the proxies on the frozen
        backbone's cached pooled vectors (seconds per epoch).
     2. up to ``--ft-epochs`` epochs of the last ``k`` blocks (lr x ``--backbone-lr-scale``), the head and the
-       proxies together, on the frozen stem's cached output: each step takes, per photo, the plain view or one of
-       its ``--views`` augmented views (computed once through the stem, float16). The blocks' learning rate warms
-       up linearly over the first fine-tuning epoch; BatchNorm statistics stay frozen. After every epoch,
-       validation P@5; training stops after ``--patience`` epochs without a better one, and the best weights
-       (stage 1's included: a fine-tune that never helps keeps the pretrained blocks) are the model.
+       proxies (their stage-1 rates x ``--ft-lr-scale``) together, on the frozen stem's cached output: each step
+       takes, per photo, the plain view or one of its ``--views`` augmented views (computed once through the stem,
+       float16). Every learning rate warms up linearly over the first fine-tuning epoch; BatchNorm statistics stay
+       frozen. After every epoch, validation P@5; training stops after ``--patience`` epochs without a better one,
+       and the best weights (stage 1's included: a fine-tune that never helps keeps the pretrained blocks) are the
+       model.
 
     The saved model is an ``embedder`` (stem + trained blocks + L2 normalisation + head, every weight), so a query
     photo runs end to end; its catalog vectors come from the cached stem output and are checked against that path.
@@ -223,18 +227,22 @@ def train_proxy_blocks(catalog: Catalog, split: Split, config: ProxyConfig, ctx:
     blocks = [p for p in model.top.parameters() if p.requires_grad]
     groups: list[dict] = [
         {"params": blocks, "lr": config.lr * config.backbone_lr_scale},
-        {"params": list(head.parameters()), "lr": config.lr},
+        {"params": list(head.parameters()), "lr": config.lr * config.ft_lr_scale},
     ]
     if list(loss_fn.parameters()):
-        groups.append({"params": list(loss_fn.parameters()), "lr": config.loss_lr})
+        groups.append({"params": list(loss_fn.parameters()), "lr": config.loss_lr * config.ft_lr_scale})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    peak = [group["lr"] for group in groups]
     warmup = max(1, len(balanced(0)))
     steps = [0]
     full = nn.ModuleDict({"model": model, "loss": loss_fn})
 
     def ft_step(batch: np.ndarray) -> torch.Tensor:
+        # every group warms up over the first epoch: a fresh AdamW at the head stage's rates jolted the trained
+        # head (measured: training loss 0.21 -> 0.49, validation P@5 0.900 -> 0.894 -> 0.879)
         steps[0] += 1
-        optimizer.param_groups[0]["lr"] = config.lr * config.backbone_lr_scale * min(1.0, steps[0] / warmup)
+        for group, top in zip(optimizer.param_groups, peak, strict=True):
+            group["lr"] = top * min(1.0, steps[0] / warmup)
         pick = torch.randint(0, config.augment_views + 1, (len(batch),)).numpy() if config.augment_views else None
         maps = torch.from_numpy(setup.features[batch])
         if pick is not None:
