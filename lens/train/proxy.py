@@ -71,7 +71,7 @@ class ProxyConfig(BackboneConfig):
     alpha: float | None = setting(None, "proxy-anchor alpha (32) / multi-similarity alpha (2)")
     embedding_dim: int = setting(0, "output dimension (0 = the backbone's)", minimum=0)
     backbone_lr_scale: float = setting(
-        0.1, "fine-tuning (--trainable-blocks): learning-rate factor of the pretrained blocks (x --lr)"
+        0.01, "fine-tuning (--trainable-blocks): learning-rate factor of the pretrained blocks (x --lr)"
     )
     augment_views: int = setting(
         0,
@@ -80,7 +80,7 @@ class ProxyConfig(BackboneConfig):
         flag="--views",
         minimum=0,
     )
-    ft_epochs: int = setting(8, "fine-tuning (--trainable-blocks): epochs after the head's (--epochs)", minimum=1)
+    ft_epochs: int = setting(3, "fine-tuning (--trainable-blocks): epochs after the head's (--epochs)", minimum=1)
     patience: int = setting(
         2, "fine-tuning: stop after this many epochs without a better validation P@5 (the best is kept)", minimum=1
     )
