@@ -13,7 +13,9 @@ import torch.nn.functional as F
 # ------------------------------------------------------------------------------------------------ proxy losses
 
 
-@pytest.mark.parametrize("name", ["normalized-softmax", "proxy-anchor", "arcface", "cosface", "multi-similarity"])
+@pytest.mark.parametrize(
+    "name", ["normalized-softmax", "proxy-anchor", "arcface", "cosface", "multi-similarity", "softtriple"]
+)
 def test_metric_loss_equals_pytorch_metric_learning(name: str) -> None:
     """Same inputs, same proxies: our wrapper gives pml's own value (and the pair loss uses pml's miner)."""
     from pytorch_metric_learning import losses, miners

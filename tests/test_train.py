@@ -235,6 +235,11 @@ RECIPE_SETTINGS = {
     "simclr-head": ("simclr-tiny", dict(epochs=2, batch_size=8)),
     # a head trained with a proxy loss (normalized softmax: proxies in their own optimizer group)
     "proxy-head": ("proxy-tiny", dict(epochs=2, batch_size=20, hidden=64)),
+    # the proxy head, then the last blocks with it on cached stem maps, 2 augmented views per training photo
+    "proxy-blocks": (
+        "proxy-tiny",
+        dict(epochs=2, batch_size=20, hidden=64, trainable_blocks=2, augment_views=2, ft_epochs=2),
+    ),
     "simclr-blocks": ("simclr-tiny", dict(epochs=2, batch_size=8, trainable_blocks=2)),
     "mobilenet-small": ("mobilenet-small", dict(epochs=2, head_epochs=2, batch_size=20, input_size=32)),
     "autoencoder": ("autoencoder", dict(epochs=2, batch_size=8, input_size=32, lr=1e-3)),

@@ -24,6 +24,7 @@ from lens.encoders.trained.heads import build_head
 from lens.train.common import (
     RunContext,
     TrainResult,
+    augmentation,
     base_config,
     embed_with_base,
     heldout_metrics,
@@ -31,7 +32,7 @@ from lens.train.common import (
     save_run,
     split_positions,
 )
-from lens.train.data import stem_features
+from lens.train.data import stem_features, stem_views
 from lens.train.loop import TrainConfig, freeze, setting
 from lens.train.split import Split
 
@@ -193,10 +194,11 @@ class BlocksSetup:
 
 
 def blocks_setup(
-    catalog: Catalog, split: Split, config: BackboneConfig, ctx: RunContext, *, embedding_dim: int
+    catalog: Catalog, split: Split, config: BackboneConfig, ctx: RunContext, *, embedding_dim: int, hidden: int = 0
 ) -> BlocksSetup:
     """Seed torch, cut the pretrained ``config.backbone`` (last ``config.trainable_blocks`` blocks train), add a
-    head (``embedding_dim`` 0: none) and compute the frozen stem's output for every catalog item (cached)."""
+    head (``embedding_dim`` 0: none, or with ``hidden`` the residual head) and compute the frozen stem's output for
+    every catalog item (cached)."""
     torch.manual_seed(config.seed)
     backbone = build_split_backbone(config.backbone, config.trainable_blocks, pretrained=True)
     arch = {
@@ -205,8 +207,9 @@ def blocks_setup(
         "trainable_blocks": config.trainable_blocks,
         "embedding_dim": embedding_dim,
         "backbone_dim": backbone.dim,
+        **({"hidden": hidden} if hidden else {}),
     }
-    model = Embedder(freeze(backbone.stem), backbone.top, embedder_head(backbone.dim, embedding_dim))
+    model = Embedder(freeze(backbone.stem), backbone.top, embedder_head(backbone.dim, embedding_dim, hidden))
     features, ids = _stem_features(model, arch, backbone.weights_id, catalog, ctx, backbone.preprocess)
     return BlocksSetup(
         backbone, model, arch, features, ids, catalog.labels(split.label_column, ids=ids), split_positions(ids, split)
@@ -230,6 +233,40 @@ def _stem_features(
         )
     finally:
         close()
+
+
+def blocks_views(
+    setup: BlocksSetup, catalog: Catalog, rows: np.ndarray, *, views: int, seed: int, ctx: RunContext, strength: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen stem's output for ``views`` seeded augmentations (:func:`lens.train.common.augmentation`,
+    ``strength``) of the items at ``rows``: float16 ``(n, views, C, H, W)`` (cached) and their row positions
+    (unreadable images left out). One pass through the stem per view, once per catalog; then every epoch samples
+    one view per photo and only the trainable top runs."""
+    ids = [setup.ids[int(r)] for r in rows]
+    arch = setup.arch
+    bar, close = ctx.bar(f"{views} augmented views through the frozen {arch['backbone']} stem")
+    try:
+        array, kept = stem_views(
+            setup.model.stem,
+            catalog,
+            ids,
+            augmentation(setup.backbone.preprocess, strength),
+            {
+                "backbone": arch["backbone"],
+                "weights": setup.backbone.weights_id,
+                "trainable_blocks": arch["trainable_blocks"],
+                "preprocess": setup.backbone.preprocess.key(),
+                "augment": strength,
+            },
+            views=views,
+            seed=seed,
+            cache_dir=ctx.cache_dir,
+            progress=bar,
+        )
+    finally:
+        close()
+    position = {item_id: row for row, item_id in enumerate(setup.ids)}
+    return array, np.array([position[i] for i in kept], dtype=np.int64)
 
 
 def save_blocks_run(

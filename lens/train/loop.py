@@ -112,7 +112,8 @@ def fit(
         batches: ``batches(epoch) -> iterable of batches``; must depend only on ``epoch`` and the seed.
         config: the run's settings (``epochs``, ``lr``, ``weight_decay``, ``seed``).
         optimizer: default AdamW over the parameters that require gradients.
-        on_epoch: ``on_epoch(epoch, row) -> extra columns`` after each epoch (e.g. validation P@5), in eval mode.
+        on_epoch: ``on_epoch(epoch, row) -> extra columns`` after each epoch (e.g. validation P@5), in eval mode; a
+            true ``"stop"`` entry (not kept as a column) ends training after this epoch (early stopping).
         checkpoint: file written after every epoch; with ``resume=True`` the run continues from it.
         resume: continue from ``checkpoint`` if it exists (same config, same seed).
         progress: ``progress(step, steps)`` after each step.
@@ -173,15 +174,20 @@ def fit(
             "seconds": time.perf_counter() - started,
         }
         model.eval()
+        stop = False
         if on_epoch is not None:
             with torch.no_grad():
-                row.update(on_epoch(epoch, row) or {})
+                extra = dict(on_epoch(epoch, row) or {})
+            stop = bool(extra.pop("stop", False))
+            row.update(extra)
         history.append(row)
         if ckpt_path is not None:
             _save_checkpoint(ckpt_path, model, optimizer, epoch, history, config)
             write_json(
                 live_history_path(ckpt_path), {"recipe": config.recipe, "epochs": config.epochs, "history": history}
             )
+        if stop:
+            break
     model.eval()
     return history
 

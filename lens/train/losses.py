@@ -78,13 +78,16 @@ class SymmetricInfoNCE(nn.Module):
 
 #: The losses of the ``proxy`` recipe: name -> (pytorch-metric-learning loss class, its default parameters).
 #: ``normalized-softmax``, ``proxy-anchor``, ``arcface`` and ``cosface`` learn one proxy (class weight) per label;
-#: ``multi-similarity`` is a pair loss and comes with its miner. The defaults are the papers' (and pml's) own.
+#: ``softtriple`` learns 10 per label; ``multi-similarity`` is a pair loss and comes with its miner. The defaults are
+#: the papers' (and pml's) own.
 METRIC_LOSSES: dict[str, tuple[str, dict[str, float]]] = {
     "normalized-softmax": ("NormalizedSoftmaxLoss", {"temperature": 0.05}),
     "proxy-anchor": ("ProxyAnchorLoss", {"margin": 0.1, "alpha": 32.0}),
     "arcface": ("ArcFaceLoss", {"margin": 28.6, "scale": 64.0}),
     "cosface": ("CosFaceLoss", {"margin": 0.35, "scale": 64.0}),
     "multi-similarity": ("MultiSimilarityLoss", {"alpha": 2.0, "beta": 50.0, "base": 0.5}),
+    # several proxies per label (10 centres, softmax over them): for labels that hold visually distinct sub-groups
+    "softtriple": ("SoftTripleLoss", {"centers_per_class": 10, "la": 20.0, "gamma": 0.1, "margin": 0.01}),
 }
 
 

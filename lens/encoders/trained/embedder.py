@@ -140,15 +140,34 @@ class Embedder(nn.Module):
         return self.embed_stem_output(self.stem(x))
 
 
-def embedder_head(in_dim: int, embedding_dim: int) -> nn.Module:
-    """``Linear(in_dim, embedding_dim)``, or ``Identity`` for ``embedding_dim`` 0 (keep the pooled features)."""
-    return nn.Linear(in_dim, embedding_dim) if embedding_dim else nn.Identity()
+class L2Normalize(nn.Module):
+    """Rows scaled to unit length: the residual head then sees what the frozen heads were trained on (the
+    encoder's L2-normalised pooled vectors), so a head trained on cached vectors carries over unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x, dim=-1)
+
+
+def embedder_head(in_dim: int, embedding_dim: int, hidden: int = 0) -> nn.Module:
+    """``Linear(in_dim, embedding_dim)``, or for ``embedding_dim`` 0 the residual zero-initialised head of the frozen
+    models on the L2-normalised pooled features (:class:`L2Normalize`, then
+    :class:`lens.encoders.trained.heads.ResidualHead`; ``hidden`` > 0) or ``Identity`` (keep the pooled
+    features)."""
+    if embedding_dim:
+        return nn.Linear(in_dim, embedding_dim)
+    if hidden:
+        from lens.encoders.trained.heads import ResidualHead
+
+        return nn.Sequential(L2Normalize(), ResidualHead(in_dim, hidden))
+    return nn.Identity()
 
 
 def build_embedder(arch: dict[str, Any], *, pretrained: bool = True) -> Embedder:
-    """``arch``: ``{"type": "embedder", "backbone", "trainable_blocks", "embedding_dim", "backbone_dim"}``."""
+    """``arch``: ``{"type": "embedder", "backbone", "trainable_blocks", "embedding_dim", "backbone_dim"[,
+    "hidden"]}`` (``hidden``: the residual head's width, ``proxy-<backbone> --trainable-blocks``)."""
     backbone = build_split_backbone(arch["backbone"], int(arch["trainable_blocks"]), pretrained=pretrained)
-    return Embedder(backbone.stem, backbone.top, embedder_head(backbone.dim, int(arch.get("embedding_dim") or 0)))
+    head = embedder_head(backbone.dim, int(arch.get("embedding_dim") or 0), int(arch.get("hidden") or 0))
+    return Embedder(backbone.stem, backbone.top, head)
 
 
 def build_model(arch: dict[str, Any]) -> nn.Module:
