@@ -185,6 +185,88 @@ def bench_million(
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The sample catalog: every layout in one process, queries interleaved (side by side under the same load)
+
+
+def bench_catalog(
+    catalog_dir: Path,
+    work: Path,
+    *,
+    model: str = "efficientnet-lite0",
+    shard_counts: Sequence[int] = (1, 4, 16),
+    column: str = "masterCategory",
+    n_queries: int = 1000,
+    filter_value: str = "Footwear",
+) -> pd.DataFrame:
+    """Recall@10 against exact search and per-query wall and CPU time of the single lens index, hash shards and
+    column shards on the catalog's cached vectors; each query is run on every layout before the next query, so load
+    on the shared machine hits every layout alike. Filtered rows: queries restricted to ``column = filter_value``
+    (lens.search.search_vector with the allowed ids; the column layout also skips the other shards)."""
+    from lens.catalog import load_catalog
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+    from lens.index import ExactIndex, VectorIndex, build_annoy
+    from lens.search import search_vector
+    from lens.sharded import build_sharded, catalog_partition, partition_rows
+
+    catalog = load_catalog(catalog_dir)
+    embeddings = embed_catalog(catalog, create_encoder(model))
+    exact = ExactIndex.from_embeddings(embeddings)
+    layouts: dict[str, VectorIndex] = {"1 file (lens.index)": build_annoy(embeddings, work / "single.ann")}
+    build_s: dict[str, float] = {}
+    for n in shard_counts:
+        started = time.perf_counter()
+        layouts[f"{n} by hash"] = build_sharded(embeddings, work / f"h{n}", partition_rows(embeddings.ids, n), n_jobs=1)
+        build_s[f"{n} by hash"] = time.perf_counter() - started
+    name = f"4 by {column}"
+    layouts[name] = build_sharded(embeddings, work / "c4", catalog_partition(catalog, embeddings, 4, column), n_jobs=1)
+    rng = np.random.default_rng(0)
+    rows_q = np.sort(rng.choice(len(embeddings), size=min(n_queries, len(embeddings)), replace=False))
+    queries = embeddings.vectors[rows_q]
+    truth = exact.search_rows(queries, K, exclude_rows=rows_q.tolist())
+    value_of = dict(zip(catalog.table["id"].astype(str), catalog.table[column].astype(str)))
+    allowed = {i for i, v in value_of.items() if v == filter_value}
+    filtered: dict[str, VectorIndex] = {
+        f"{n} by hash, {column}={filter_value}": layouts[f"{n} by hash"] for n in shard_counts if n > 1
+    }
+    filtered[f"{name}, {column}={filter_value}"] = layouts[name].restrict([filter_value])  # type: ignore[attr-defined]
+    filtered_truth = [[h.id for h in search_vector(exact, q, K, allowed=allowed)] for q in queries]
+    timings: dict[str, list[tuple[float, float]]] = {k: [] for k in [*layouts, *filtered]}
+    for q in queries:
+        for key, index in layouts.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            index.search(q, K)
+            timings[key].append((time.perf_counter() - wall, time.process_time() - cpu))
+        for key, index in filtered.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            search_vector(index, q, K, allowed=allowed)
+            timings[key].append((time.perf_counter() - wall, time.process_time() - cpu))
+    out = []
+    for key in timings:
+        if key in layouts:
+            found = layouts[key].search_rows(queries, K, exclude_rows=rows_q.tolist())
+            recall = overlap_recall(truth, found)
+        else:
+            got = [[h.id for h in search_vector(filtered[key], q, K, allowed=allowed)] for q in queries]
+            recall = float(np.mean([len(set(g) & set(t)) / max(1, len(t)) for g, t in zip(got, filtered_truth)]))
+        wall_ms = np.array([t[0] for t in timings[key]]) * 1000
+        cpu_ms = np.array([t[1] for t in timings[key]]) * 1000
+        index = layouts.get(key) or filtered[key]
+        out.append(
+            {
+                "layout": key,
+                "shards searched": len(getattr(index, "shards", [0])),
+                "recall@10": recall,
+                "p50_ms": float(np.percentile(wall_ms, 50)),
+                "p99_ms": float(np.percentile(wall_ms, 99)),
+                "cpu_ms_mean": float(cpu_ms.mean()),
+                "build_s": build_s.get(key, float("nan")),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # 10M: streamed to per-shard files, shards built one by one within a time box
 
 
@@ -327,7 +409,8 @@ def bench_ten_million(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.shards", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=("1m", "10m"), required=True)
+    parser.add_argument("--size", choices=("catalog", "1m", "10m"), required=True)
+    parser.add_argument("--catalog", default="../shared/data/fashion-products", help="--size catalog: the catalog")
     parser.add_argument("--items", type=int, default=None, help="override the item count (a quick try)")
     parser.add_argument("--work", default="/tmp/lens-shards", help="scratch folder (deleted at the end)")
     parser.add_argument("--out", default="bench-out", help="folder for the CSV / JSON results")
@@ -339,7 +422,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        if args.size == "1m":
+        if args.size == "catalog":
+            table = bench_catalog(Path(args.catalog), work, n_queries=args.queries)
+            table.to_csv(out / "shards-catalog.csv", index=False)
+            print(markdown_table(table))
+        elif args.size == "1m":
             counts = tuple(int(c) for c in (args.shards or "1,4,16").split(","))
             table = bench_million(work, n=args.items or 1_000_000, shard_counts=counts, n_queries=args.queries)
             table.to_csv(out / "shards-1m.csv", index=False)

@@ -43,7 +43,6 @@ from lens.index import (
     AnnoyIndex,
     Hit,
     VectorIndex,
-    _embeddings_rows_sha256,
     load_annoy,
 )
 from lens.store import (
@@ -163,6 +162,16 @@ def _rows_digest(ids: Sequence[str], vectors: Any, rows: np.ndarray | None) -> s
         part = vectors[start : start + ADD_CHUNK] if rows is None else vectors[rows[start : start + ADD_CHUNK]]
         digest.update(np.ascontiguousarray(part, dtype=np.float32).tobytes())
     return digest.hexdigest()
+
+
+def _embeddings_rows_sha256(embeddings: EmbeddingSet) -> str:
+    """:func:`lens.index.rows_sha256` of a whole embedding set, computed in slices (the one-shot version copies
+    every vector into one ``bytes``: 2 GB more at 1M x 512) and kept on the set, where lens.index keeps it too."""
+    cached = getattr(embeddings, "_rows_sha256", None)
+    if cached is None:
+        cached = _rows_digest(embeddings.ids, embeddings.vectors, None)
+        embeddings._rows_sha256 = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def build_shard(

@@ -181,3 +181,17 @@ def test_cli_index_and_search_with_shards(
     assert err.startswith("error: Cannot shard by 'colour'") and "articleType, gender, subCategory" in err
     assert main(["index", *base, "--models", "tiny", "--by", "articleType"]) == 2
     assert "give --shards N too" in capsys.readouterr().err
+
+
+def test_benchmark_streaming_truth_equals_exact_search() -> None:
+    """benchmarks.shards keeps the exact top 10 block by block (10M rows never in memory): the same rows as exact
+    search over the whole matrix, self excluded."""
+    from benchmarks.shards import exact_truth
+
+    embeddings = _random_set(1000, 16, seed=3)
+    query_rows = np.array([0, 17, 499, 999])
+    queries = embeddings.vectors[query_rows]
+    blocks = ((start, embeddings.vectors[start : start + 128]) for start in range(0, 1000, 128))
+    got = exact_truth(blocks, queries, query_rows)
+    want = ExactIndex.from_embeddings(embeddings).search_rows(queries, 10, exclude_rows=query_rows.tolist())
+    np.testing.assert_array_equal(got, want)
