@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,40 @@ def clustered_vectors(
     with size at a fixed search_k, as in real catalogs. The previous generator (1,000 well-separated centres in the
     full 512-d space) gave recall 1.00 at every size and search_k.
     """
+    out = np.empty((n, dim), dtype=np.float32)
+    for start, block in clustered_blocks(
+        n,
+        dim,
+        latent_dim=latent_dim,
+        n_groups=n_groups,
+        items_per_cluster=items_per_cluster,
+        n_clusters=n_clusters,
+        spread=spread,
+        spread_sigma=spread_sigma,
+        noise=noise,
+        offset=offset,
+        seed=seed,
+    ):
+        out[start : start + len(block)] = block
+    return out
+
+
+def clustered_blocks(
+    n: int,
+    dim: int = 512,
+    *,
+    latent_dim: int = 48,
+    n_groups: int = 30,
+    items_per_cluster: int = 27,
+    n_clusters: int | None = None,
+    spread: float = 0.4,
+    spread_sigma: float = 0.55,
+    noise: float = 0.3,
+    offset: float = 0.8,
+    seed: int = 0,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """:func:`clustered_vectors` one block of 50,000 rows at a time, as ``(first row, (m, dim) block)``: the same
+    rows for the same arguments, without ever holding all ``n`` (10M x 512 float32 is 20 GB)."""
     rng = np.random.default_rng(seed)
     latent_dim = min(latent_dim, dim)
     n_clusters = n_clusters or max(1, round(n / items_per_cluster))
@@ -75,7 +109,6 @@ def clustered_vectors(
     mean_direction = (offset * mean_direction / np.linalg.norm(mean_direction)).astype(np.float32)
     # divided by sqrt(latent_dim): a latent N(0, I) point has norm about 1, the scale of offset and noise
     latent_scale = (axis_scale / np.sqrt(latent_dim)).astype(np.float32)
-    out = np.empty((n, dim), dtype=np.float32)
     step = 50_000  # bounds the generator's own memory: a 1M run's peak RSS is vectors + annoy, not this
     for start in range(0, n, step):
         m = min(start + step, n) - start
@@ -84,8 +117,7 @@ def clustered_vectors(
         block = (latent.astype(np.float32) * latent_scale) @ basis.T
         block += mean_direction
         block += rng.standard_normal((m, dim), dtype=np.float32) * np.float32(noise / np.sqrt(dim))
-        out[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    return out
+        yield start, block / np.linalg.norm(block, axis=1, keepdims=True)
 
 
 def _peak_rss_mib() -> float:

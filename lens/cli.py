@@ -21,6 +21,7 @@ import pandas as pd
 from lens.errors import LensError
 
 if TYPE_CHECKING:  # the CLI imports torch-backed modules lazily, so that `--help` and bad input answer at once
+    from lens.catalog import Catalog
     from lens.encoders.base import Precision
 
 EXIT_USAGE = 2
@@ -293,6 +294,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         )
     if args.no_rebuild and not args.update:
         raise LensError("--no-rebuild goes with --update (it keeps the delta past the threshold); add --update.")
+    if args.update and _sharding(args, catalog):
+        raise LensError("--update works on the single index; --shards builds shards anew: pick one.")
+    if _sharding(args, catalog):
+        return _index_sharded(args, catalog, run, trees, search_k)
     for model in _parse_models(args.models, run):
         _, embeddings = _embed(catalog, model, run, args.quiet)
         started = time.perf_counter()
@@ -324,11 +329,50 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sharding(args: argparse.Namespace, catalog: Catalog) -> bool:
+    """Whether ``--shards`` asks for a sharded index; checks ``--shards`` / ``--by`` before anything is embedded."""
+    if args.shards is None:
+        if args.by is not None:
+            raise LensError("--by chooses how --shards splits the catalog: give --shards N too.")
+        return False
+    _positive(args.shards, "--shards", 1)
+    by = args.by or "hash"
+    if by != "hash" and by not in catalog.table.columns:
+        columns = ", ".join(c for c in catalog.table.columns if c not in ("id", "image"))
+        raise LensError(f"Cannot shard by '{by}': the catalog has no such column. Use --by hash or one of: {columns}.")
+    return True
+
+
+def _index_sharded(args: argparse.Namespace, catalog: Catalog, run: RunOptions, trees: int, search_k: int) -> int:
+    from lens.sharded import build_sharded_index
+
+    for model in _parse_models(args.models, run):
+        _, embeddings = _embed(catalog, model, run, args.quiet)
+        started = time.perf_counter()
+        index, built = build_sharded_index(
+            catalog,
+            embeddings,
+            args.shards,
+            by=args.by or "hash",
+            cache_dir=run.cache_dir,
+            n_trees=trees,
+            search_k=search_k,
+            rebuild=args.rebuild,
+        )
+        size = sum(p.stat().st_size for p in index.directory.glob("*.ann")) / 2**20
+        how = "loaded" if not built else f"built {len(built)} of {index.n_shards} shards"
+        print(
+            f"{model}: {index.n_shards} annoy shards by {index.by} of {len(index)} items, {trees} trees, "
+            f"{size:.1f} MiB, {how} in {time.perf_counter() - started:.1f}s at {index.directory}"
+        )
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from lens.embed import embed_images
     from lens.encoders.base import check_texts
     from lens.images import open_image
-    from lens.index import DEFAULT_N_TREES, build_index
+    from lens.index import DEFAULT_N_TREES, VectorIndex, build_index
     from lens.remote import fetch_image_bytes
     from lens.rerank import check_expansion
     from lens.search import expand_query, filter_mask, results_table, search_vector
@@ -359,6 +403,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         fetched = fetch_image_bytes(args.url)
         query_image = open_image(fetched.data, name=fetched.url)
     catalog = _catalog_options(args).load()
+    sharded = _sharding(args, catalog)
+    if sharded and args.exact:
+        raise LensError("--exact searches one exact index: drop --shards (or --exact).")
     allowed = filter_mask(catalog, filters)
     if allowed is not None and not allowed - {args.id}:
         raise LensError(_no_match(catalog, filters))
@@ -373,7 +420,16 @@ def cmd_search(args: argparse.Namespace) -> int:
                 "(`python -m lens encoders` lists them in its 'text' column, e.g. text-align)."
             )
     encoder, embeddings = _embed(catalog, args.model, run, args.quiet)
-    index = build_index(embeddings, kind="exact" if args.exact else "annoy", cache_dir=run.cache_dir, n_trees=trees)
+    index: VectorIndex
+    if sharded:
+        from lens.sharded import build_sharded_index
+
+        by = args.by or "hash"
+        index, _ = build_sharded_index(catalog, embeddings, args.shards, by=by, cache_dir=run.cache_dir, n_trees=trees)
+        if by in filters:  # a filter on the shard column: only the shards that hold its values are searched
+            index = index.restrict(filters[by])
+    else:
+        index = build_index(embeddings, kind="exact" if args.exact else "annoy", cache_dir=run.cache_dir, n_trees=trees)
     exclude: list[str] = []
     vector = None
     if args.image:
@@ -456,6 +512,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         frames = [report.per_category.assign(model=model) for model, report in reports.items()]
         _write_table(pd.concat(frames, ignore_index=True), args.per_category)
     return 0
+
+
+def _shard_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shards", type=int, default=None, metavar="N", help="N Annoy shards searched by fan-out (lens.sharded)"
+    )
+    parser.add_argument(
+        "--by",
+        default=None,
+        metavar="hash|COLUMN",
+        help="with --shards: split by id hash (default) or by a metadata column (a filter on it searches its shards)",
+    )
 
 
 def _expansion_flags(parser: argparse.ArgumentParser) -> None:
@@ -782,6 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
         "searched exactly) and tombstones (removed and edited ones); rebuilt in full past lens.delta.DELTA_MAX_FRACTION",
     )
     p.add_argument("--no-rebuild", action="store_true", help="with --update: keep the delta even past the threshold")
+    _shard_flags(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", parents=[common, cat, eng], help="most similar catalog items to an image or item")
@@ -804,6 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-predict", action="store_true", help="skip the predicted category of the query (a linear probe)"
     )
     _expansion_flags(p)
+    _shard_flags(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("evaluate", parents=[common, cat], help="retrieval metrics per model (exact search)")

@@ -1,0 +1,458 @@
+"""Sharded Annoy serving (``lens.sharded``) at 1M and 10M synthetic catalog-like vectors.
+
+``python -m benchmarks.shards --size 1m``: 1 vs 4 vs 16 hash shards over the same 1M vectors (512-d,
+:func:`benchmarks.scale.clustered_vectors`, calibrated to the catalog), each built in a fresh process by
+``lens.sharded.build_sharded`` (``on_disk_build``, one build thread): build time, peak memory (VmHWM, and the
+anonymous part of it, RssAnon: what must fit in RAM; file-backed pages of the mmapped index are page cache the kernel
+can drop), index size, recall@10 against exact search over all 1M vectors and p50/p99 latency of the fan-out query
+(threads, merged by cosine) at a sweep of per-shard search_k.
+
+``python -m benchmarks.shards --size 10m``: 10M vectors never held in memory. One streaming pass generates them a block
+at a time, keeps the exact top 10 of each query over all 10M rows and over each shard's rows, and appends each block's
+rows to one raw float32 file per hash shard. Then shards are built one after another (each in a fresh process, reading
+its vectors by memory map, ``on_disk_build``) until the time box runs out; the report gives each built shard's build
+time, memory, size, recall@10 against that shard's exact top 10 and latency, the fan-out over the built shards, and,
+when every shard was built, recall over all 10M. Everything written under ``--work`` is deleted at the end.
+
+Not part of the test run; the figures go to docs/scale.md ("Sharded serving").
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.common import latencies_ms, markdown_table, overlap_recall, read_proc_mib, run_in_fresh_process
+from benchmarks.scale import clustered_blocks
+
+K = 10
+
+
+class MemorySampler:
+    """Samples /proc/self/status every 50 ms in a thread: the highest RssAnon and VmRSS seen, and VmHWM at the end."""
+
+    def __init__(self) -> None:
+        self.anon_mib = 0.0
+        self.rss_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.anon_mib = max(self.anon_mib, read_proc_mib("/proc/self/status", "RssAnon") or 0.0)
+            self.rss_mib = max(self.rss_mib, read_proc_mib("/proc/self/status", "VmRSS") or 0.0)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def hwm_mib(self) -> float:
+        return read_proc_mib("/proc/self/status", "VmHWM") or float("nan")
+
+
+class TopK:
+    """The exact top ``k`` (cosine) of each of ``Q`` queries over rows seen block by block (self rows excluded)."""
+
+    def __init__(self, n_queries: int, k: int = K) -> None:
+        self.k = k
+        self.scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+        self.rows = np.full((n_queries, k), -1, dtype=np.int64)
+
+    def add(self, scores: np.ndarray, rows: np.ndarray) -> None:
+        """``scores`` ``(Q, m)`` of the global ``rows`` ``(m,)``; excluded pairs already set to ``-inf``."""
+        if scores.shape[1] == 0:
+            return
+        take = min(self.k, scores.shape[1])
+        part = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        all_scores = np.concatenate([self.scores, np.take_along_axis(scores, part, axis=1)], axis=1)
+        all_rows = np.concatenate([self.rows, rows[part]], axis=1)
+        best = np.argsort(-all_scores, axis=1, kind="stable")[:, : self.k]
+        self.scores = np.take_along_axis(all_scores, best, axis=1)
+        self.rows = np.take_along_axis(all_rows, best, axis=1)
+
+
+def exact_truth(blocks: Iterable[tuple[int, np.ndarray]], queries: np.ndarray, query_rows: np.ndarray) -> np.ndarray:
+    """``(Q, 10)`` rows of the exact top 10 of ``queries`` over every block (float32 matmul), self excluded."""
+    top = TopK(len(queries))
+    for start, block in blocks:
+        scores = queries @ block.T
+        rows = np.arange(start, start + len(block))
+        _mask_self(scores, query_rows, start, len(block))
+        top.add(scores, rows)
+    return top.rows
+
+
+def _mask_self(scores: np.ndarray, query_rows: np.ndarray, start: int, m: int) -> None:
+    inside = (query_rows >= start) & (query_rows < start + m)
+    scores[np.flatnonzero(inside), query_rows[inside] - start] = -np.inf
+
+
+def _slices(vectors: np.ndarray, step: int = 100_000) -> Iterator[tuple[int, np.ndarray]]:
+    for start in range(0, len(vectors), step):
+        yield start, vectors[start : start + step]
+
+
+def _latency_row(lat: np.ndarray) -> dict[str, float]:
+    return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 1M: 1 vs 4 vs 16 shards
+
+
+def _million_worker(
+    n: int, dim: int, n_shards: int, n_trees: int, search_ks: Sequence[int], n_queries: int, work: str, queue: Any
+) -> None:
+    from lens.embed import EmbeddingSet
+    from lens.sharded import build_sharded, partition_rows
+
+    start_mib = read_proc_mib("/proc/self/status", "VmHWM") or 0.0
+    vectors = np.empty((n, dim), dtype=np.float32)
+    for start, block in clustered_blocks(n, dim):
+        vectors[start : start + len(block)] = block
+    ids = [str(row) for row in range(n)]
+    embeddings = EmbeddingSet(vectors, ids, encoder=f"synthetic-{dim}d", key=f"synthetic-{n}")
+    rng = np.random.default_rng(1)
+    query_rows = np.sort(rng.choice(n, size=n_queries, replace=False))
+    queries = vectors[query_rows]
+    partition = partition_rows(ids, n_shards)
+    directory = Path(work) / f"s{n_shards}"
+    with MemorySampler() as mem:
+        started = time.perf_counter()
+        index = build_sharded(embeddings, directory, partition, n_trees=n_trees, n_jobs=1)
+        build_s = time.perf_counter() - started
+    size_mib = sum(p.stat().st_size for p in directory.glob("*.ann")) / 2**20
+    sizes = np.bincount(partition.shard_of, minlength=n_shards)
+    truth = exact_truth(_slices(vectors), queries, query_rows)
+    rows = []
+    for search_k in search_ks:
+        index.search_k = search_k
+        recall = overlap_recall(truth, index.search_rows(queries, K, exclude_rows=query_rows.tolist()))
+        lat = latencies_ms(functools.partial(index.search, k=K), queries)
+        rows.append(
+            {
+                "items": n,
+                "shards": n_shards,
+                "items_per_shard": int(sizes.max()),
+                "search_k": search_k,
+                "recall@10": recall,
+                **_latency_row(lat),
+                "build_s": build_s,
+                "index_mib": size_mib,
+                "peak_rss_mib": mem.hwm_mib,
+                "peak_anon_mib": mem.anon_mib,
+                "start_rss_mib": start_mib,
+            }
+        )
+    index.unload()
+    queue.put(rows)
+
+
+def bench_million(
+    work: Path,
+    *,
+    n: int = 1_000_000,
+    dim: int = 512,
+    shard_counts: Sequence[int] = (1, 4, 16),
+    n_trees: int = 50,
+    search_ks: Sequence[int] = (1000, 5000, 20000),
+    n_queries: int = 200,
+) -> pd.DataFrame:
+    rows: list[dict] = []
+    for n_shards in shard_counts:
+        result = run_in_fresh_process(_million_worker, n, dim, n_shards, n_trees, list(search_ks), n_queries, str(work))
+        shutil.rmtree(work / f"s{n_shards}", ignore_errors=True)
+        rows.extend(result)
+        print(json.dumps(result), flush=True)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The sample catalog: every layout in one process, queries interleaved (side by side under the same load)
+
+
+def bench_catalog(
+    catalog_dir: Path,
+    work: Path,
+    *,
+    model: str = "efficientnet-lite0",
+    shard_counts: Sequence[int] = (1, 4, 16),
+    column: str = "masterCategory",
+    n_queries: int = 1000,
+    filter_value: str = "Footwear",
+) -> pd.DataFrame:
+    """Recall@10 against exact search and per-query wall and CPU time of the single lens index, hash shards and
+    column shards on the catalog's cached vectors; each query is run on every layout before the next query, so load
+    on the shared machine hits every layout alike. Filtered rows: queries restricted to ``column = filter_value``
+    (lens.search.search_vector with the allowed ids; the column layout also skips the other shards)."""
+    from lens.catalog import load_catalog
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+    from lens.index import ExactIndex, VectorIndex, build_annoy
+    from lens.search import search_vector
+    from lens.sharded import build_sharded, catalog_partition, partition_rows
+
+    catalog = load_catalog(catalog_dir)
+    embeddings = embed_catalog(catalog, create_encoder(model))
+    exact = ExactIndex.from_embeddings(embeddings)
+    layouts: dict[str, VectorIndex] = {"1 file (lens.index)": build_annoy(embeddings, work / "single.ann")}
+    build_s: dict[str, float] = {}
+    for n in shard_counts:
+        started = time.perf_counter()
+        layouts[f"{n} by hash"] = build_sharded(embeddings, work / f"h{n}", partition_rows(embeddings.ids, n), n_jobs=1)
+        build_s[f"{n} by hash"] = time.perf_counter() - started
+    name = f"4 by {column}"
+    layouts[name] = build_sharded(embeddings, work / "c4", catalog_partition(catalog, embeddings, 4, column), n_jobs=1)
+    rng = np.random.default_rng(0)
+    rows_q = np.sort(rng.choice(len(embeddings), size=min(n_queries, len(embeddings)), replace=False))
+    queries = embeddings.vectors[rows_q]
+    truth = exact.search_rows(queries, K, exclude_rows=rows_q.tolist())
+    value_of = dict(zip(catalog.table["id"].astype(str), catalog.table[column].astype(str)))
+    allowed = {i for i, v in value_of.items() if v == filter_value}
+    filtered: dict[str, VectorIndex] = {
+        f"{n} by hash, {column}={filter_value}": layouts[f"{n} by hash"] for n in shard_counts if n > 1
+    }
+    filtered[f"{name}, {column}={filter_value}"] = layouts[name].restrict([filter_value])  # type: ignore[attr-defined]
+    filtered_truth = [[h.id for h in search_vector(exact, q, K, allowed=allowed)] for q in queries]
+    timings: dict[str, list[tuple[float, float]]] = {k: [] for k in [*layouts, *filtered]}
+    for q in queries:
+        for key, index in layouts.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            index.search(q, K)
+            timings[key].append((time.perf_counter() - wall, time.process_time() - cpu))
+        for key, index in filtered.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            search_vector(index, q, K, allowed=allowed)
+            timings[key].append((time.perf_counter() - wall, time.process_time() - cpu))
+    out = []
+    for key in timings:
+        if key in layouts:
+            found = layouts[key].search_rows(queries, K, exclude_rows=rows_q.tolist())
+            recall = overlap_recall(truth, found)
+        else:
+            got = [[h.id for h in search_vector(filtered[key], q, K, allowed=allowed)] for q in queries]
+            recall = float(np.mean([len(set(g) & set(t)) / max(1, len(t)) for g, t in zip(got, filtered_truth)]))
+        wall_ms = np.array([t[0] for t in timings[key]]) * 1000
+        cpu_ms = np.array([t[1] for t in timings[key]]) * 1000
+        index = layouts.get(key) or filtered[key]
+        out.append(
+            {
+                "layout": key,
+                "shards searched": len(getattr(index, "shards", [0])),
+                "recall@10": recall,
+                "p50_ms": float(np.percentile(wall_ms, 50)),
+                "p99_ms": float(np.percentile(wall_ms, 99)),
+                "cpu_ms_mean": float(cpu_ms.mean()),
+                "build_s": build_s.get(key, float("nan")),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 10M: streamed to per-shard files, shards built one by one within a time box
+
+
+def _shard_worker(vec_path: str, rows_path: str, shard: int, dim: int, n_trees: int, out: str, queue: Any) -> None:
+    from lens.sharded import build_shard
+
+    rows = np.load(rows_path)
+    vectors = np.memmap(vec_path, dtype=np.float32, mode="r", shape=(len(rows), dim))
+    with MemorySampler() as mem:
+        started = time.perf_counter()
+        build_shard(
+            Path(out),
+            vectors,
+            [str(r) for r in rows.tolist()],
+            n_trees=n_trees,
+            n_jobs=1,
+            encoder=f"synthetic-{dim}d",
+            embedding_key="synthetic-10m",
+            extra={"shard": shard},
+        )
+        build_s = time.perf_counter() - started
+    queue.put({"build_s": build_s, "peak_rss_mib": mem.hwm_mib, "peak_anon_mib": mem.anon_mib})
+
+
+def bench_ten_million(
+    work: Path,
+    *,
+    n: int = 10_000_000,
+    dim: int = 512,
+    n_shards: int = 16,
+    n_trees: int = 50,
+    search_ks: Sequence[int] = (1000, 5000, 20000),
+    n_queries: int = 200,
+    deadline: float = float("inf"),
+    keep_vectors: bool = False,
+) -> dict[str, Any]:
+    """The 10M run (see the module docstring); ``deadline`` is a ``time.time()`` no shard build may end after
+    (judged by the previous shard's build time)."""
+    from lens.sharded import MANIFEST, Partition, ShardedIndex, hash_shard, write_manifest
+    from lens.store import save_array
+
+    work.mkdir(parents=True, exist_ok=True)
+    files = [open(work / f"vectors-{s:03d}.f32", "wb") for s in range(n_shards)]  # noqa: SIM115
+    shard_rows: list[list[np.ndarray]] = [[] for _ in range(n_shards)]
+    shard_of = np.empty(n, dtype=np.int64)
+    global_top: TopK | None = None
+    shard_top: list[TopK] = []
+    queries = query_rows = np.empty(0)
+    started = time.perf_counter()
+    with MemorySampler() as mem:
+        for start, block in clustered_blocks(n, dim):
+            m = len(block)
+            if start == 0:  # queries: rows of the first block (rows are drawn i.i.d., so any block would do)
+                rng = np.random.default_rng(1)
+                query_rows = np.sort(rng.choice(m, size=n_queries, replace=False))
+                queries = block[query_rows].copy()
+                global_top = TopK(n_queries)
+                shard_top = [TopK(n_queries) for _ in range(n_shards)]
+            assert global_top is not None
+            rows = np.arange(start, start + m)
+            shards = hash_shard([str(r) for r in rows.tolist()], n_shards)
+            shard_of[start : start + m] = shards
+            scores = queries @ block.T
+            _mask_self(scores, query_rows, start, m)
+            global_top.add(scores, rows)
+            for s in range(n_shards):
+                mine = np.flatnonzero(shards == s)
+                shard_top[s].add(scores[:, mine], rows[mine])
+                files[s].write(np.ascontiguousarray(block[mine]).tobytes())
+                shard_rows[s].append(rows[mine])
+            if start % 1_000_000 == 0:
+                print(f"generated {start + m:,} rows in {time.perf_counter() - started:.0f}s", flush=True)
+    for fh in files:
+        fh.close()
+    stream_s = time.perf_counter() - started
+    stream_mem = {"peak_rss_mib": mem.hwm_mib, "peak_anon_mib": mem.anon_mib}
+    print(f"stream: {stream_s:.0f}s, {stream_mem}", flush=True)
+    assert global_top is not None
+    partition = Partition("hash", shard_of, [[] for _ in range(n_shards)])
+    write_manifest(
+        work, partition, dim=dim, n_items=n, n_trees=n_trees, search_k=search_ks[0], embedding_key="synthetic-10m"
+    )
+
+    built: list[dict[str, Any]] = []
+    for s in range(n_shards):
+        rows = np.concatenate(shard_rows[s])
+        rows_path = work / f"rows-{s:03d}.npy"
+        np.save(rows_path, rows)
+        save_array(work / f"shard-{s:03d}.rows.npy", rows, {"shard": s})
+        if built and time.time() + built[-1]["build_s"] * 1.1 > deadline:
+            print(f"time box: stop before shard {s}", flush=True)
+            break
+        out = work / f"shard-{s:03d}.ann"
+        result = run_in_fresh_process(
+            _shard_worker, str(work / f"vectors-{s:03d}.f32"), str(rows_path), s, dim, n_trees, str(out)
+        )
+        result.update(shard=s, items=len(rows), index_mib=out.stat().st_size / 2**20)
+        built.append(result)
+        if not keep_vectors:
+            (work / f"vectors-{s:03d}.f32").unlink()
+        print(json.dumps(result), flush=True)
+
+    manifest = json.loads((work / MANIFEST).read_text())
+    done = [b["shard"] for b in built]
+    index = ShardedIndex(work, manifest, done)
+    per_shard: list[dict[str, Any]] = []
+    fan_out: list[dict[str, Any]] = []
+    for search_k in search_ks:
+        index.search_k = search_k
+        for s in done:
+            shard = index.shard(s)
+            rows_s = index._rows[s]
+            found = np.full((n_queries, K), -1, dtype=np.int64)
+            for q, vector in enumerate(queries):
+                local, _ = shard._search_rows(vector, K + 1)
+                kept = [r for r in rows_s[local].tolist() if r != query_rows[q]][:K]
+                found[q, : len(kept)] = kept
+            lat = latencies_ms(functools.partial(shard.search, k=K), queries)
+            per_shard.append(
+                {"shard": s, "search_k": search_k, "recall@10": overlap_recall(shard_top[s].rows, found)}
+                | _latency_row(lat)
+            )
+        lat = latencies_ms(functools.partial(index.search, k=K), queries)
+        row: dict[str, Any] = {"shards searched": len(done), "search_k": search_k, **_latency_row(lat)}
+        if len(done) == n_shards:
+            row["recall@10 (all items)"] = overlap_recall(
+                global_top.rows, index.search_rows(queries, K, exclude_rows=query_rows.tolist())
+            )
+        fan_out.append(row)
+        print(json.dumps(row), flush=True)
+    index.unload()
+    return {
+        "stream_s": stream_s,
+        "stream_mem": stream_mem,
+        "built": built,
+        "per_shard": per_shard,
+        "fan_out": fan_out,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.shards", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=("catalog", "1m", "10m"), required=True)
+    parser.add_argument("--catalog", default="../shared/data/fashion-products", help="--size catalog: the catalog")
+    parser.add_argument("--items", type=int, default=None, help="override the item count (a quick try)")
+    parser.add_argument("--work", default="/tmp/lens-shards", help="scratch folder (deleted at the end)")
+    parser.add_argument("--out", default="bench-out", help="folder for the CSV / JSON results")
+    parser.add_argument("--shards", default=None, help="1m: comma-separated shard counts (1,4,16); 10m: one count")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--until", default=None, help="10m: UTC HH:MM by which shard builds must end")
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.size == "catalog":
+            table = bench_catalog(Path(args.catalog), work, n_queries=args.queries)
+            table.to_csv(out / "shards-catalog.csv", index=False)
+            print(markdown_table(table))
+        elif args.size == "1m":
+            counts = tuple(int(c) for c in (args.shards or "1,4,16").split(","))
+            table = bench_million(work, n=args.items or 1_000_000, shard_counts=counts, n_queries=args.queries)
+            table.to_csv(out / "shards-1m.csv", index=False)
+            print(markdown_table(table))
+        else:
+            deadline = float("inf")
+            if args.until:
+                import datetime as _dt
+
+                hh, mm = (int(x) for x in args.until.split(":"))
+                now = _dt.datetime.now(_dt.UTC)
+                deadline = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
+            result = bench_ten_million(
+                work,
+                n=args.items or 10_000_000,
+                n_shards=int(args.shards or 16),
+                n_queries=args.queries,
+                deadline=deadline,
+            )
+            (out / "shards-10m.json").write_text(json.dumps(result, indent=1))
+            for name in ("built", "per_shard", "fan_out"):
+                print(markdown_table(pd.DataFrame(result[name])))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
