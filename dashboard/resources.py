@@ -44,8 +44,15 @@ from lens.analysis import (  # noqa: F401  (compare_summary, per_category_matrix
     worst_queries,
 )
 from lens.catalog import Catalog, default_catalog_path, load_catalog
-from lens.embed import EmbeddingSet, embed_catalog, embed_images, embedding_key
-from lens.encoders import Encoder, create_encoder, list_encoders, single_query_threads
+from lens.embed import EmbeddingSet, cached_embeddings, embed_catalog, embed_images, embedding_key
+from lens.encoders import (
+    Encoder,
+    create_encoder,
+    encoder_identity,
+    list_encoders,
+    remember_identity,
+    single_query_threads,
+)
 from lens.encoders.trained import default_models_dir, refresh_trained_models
 from lens.errors import CatalogError
 from lens.evaluate import evaluate_embeddings, summary_table
@@ -213,22 +220,40 @@ def get_encoder(name: str) -> Encoder:
     return encoder
 
 
-def embeddings_key(path: str, load_label: str, model: str) -> str:
-    """The exact cache key of ``model``'s embeddings of the catalog (loads the encoder, once per server)."""
-    return embedding_key(get_catalog(path, load_label), get_encoder(model))
+def model_identity(model: str, cache_dir: str = "") -> dict[str, Any]:
+    """``model``'s encoder identity: as recorded beside its cached embeddings when nothing it depends on changed since
+    (no model loaded, no torch imported: :func:`lens.encoders.encoder_identity`), else from the built encoder."""
+    identity = encoder_identity(model, cache_dir=cache_dir or None)
+    if identity is not None:
+        return identity
+    encoder = get_encoder(model)
+    remember_identity(encoder, cache_dir or None)  # the next server process will not need to load it for this
+    return encoder.identity()
+
+
+def embeddings_key(path: str, load_label: str, model: str, cache_dir: str = "") -> str:
+    """The exact cache key of ``model``'s embeddings of the catalog (loads the encoder only when its identity is
+    not on record in ``cache_dir``, once per server)."""
+    return embedding_key(get_catalog(path, load_label), model_identity(model, cache_dir))
 
 
 def embeddings_cached(path: str, load_label: str, model: str, cache_dir: str) -> bool:
     """Whether ``model``'s embeddings of the catalog are in the disk cache (no embedding is computed)."""
-    key = embeddings_key(path, load_label, model)
+    key = embeddings_key(path, load_label, model, cache_dir)
     return cache_state(get_catalog(path, load_label), model, cache_dir or None, key=key).embedded
 
 
 @st.cache_resource(max_entries=12, show_spinner="Loading embeddings…")
 def get_embeddings(path: str, load_label: str, model: str, fingerprint: str, cache_dir: str) -> EmbeddingSet:
     """``model``'s embeddings of the catalog, from lens's disk cache (computed without progress on a miss:
-    pages call :func:`build_model` first for anything but small catalogs). Vectors are read-only."""
-    embeddings = embed_catalog(get_catalog(path, load_label), get_encoder(model), cache_dir=cache_dir or None)
+    pages call :func:`build_model` first for anything but small catalogs). Vectors are read-only. A cache hit loads
+    no model: a catalog-product search never imports torch."""
+    catalog = get_catalog(path, load_label)
+    embeddings = cached_embeddings(
+        catalog, model, embeddings_key(path, load_label, model, cache_dir), cache_dir or None
+    )
+    if embeddings is None:
+        embeddings = embed_catalog(catalog, get_encoder(model), cache_dir=cache_dir or None)
     embeddings.vectors.setflags(write=False)
     return embeddings
 
@@ -465,7 +490,7 @@ def index_kind(path: str, load_label: str, model: str, cache_dir: str, n_items: 
     """``"annoy"`` when an Annoy index is on disk or the catalog is large, else ``"exact"``."""
     if n_items > config.EXACT_INDEX_MAX_ITEMS:
         return "annoy"
-    key = embeddings_key(path, load_label, model)
+    key = embeddings_key(path, load_label, model, cache_dir)
     return "annoy" if cache_state(get_catalog(path, load_label), model, cache_dir or None, key=key).indexed else "exact"
 
 
