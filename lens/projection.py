@@ -272,11 +272,11 @@ def umap_2d(
     return np.asarray(coords, dtype=np.float32), nn
 
 
-def exact_knn(x: np.ndarray, k: int, metric: str = "euclidean", *, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def exact_knn(x: np.ndarray, k: int, metric: str = "euclidean", *, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """The exact ``k`` nearest rows of every row (itself first, at distance 0), as umap's ``precomputed_knn`` takes
     them.
 
-    Brute force in blocks of ``block`` rows (a ``block x N`` float32 distance matrix at a time: 32 MB for 8,010
+    Brute force in blocks of ``block`` rows (a ``block x N`` float64 distance matrix at a time: 33 MB for 8,010
     rows), so memory stays flat; ties are broken by row index.
 
     Args:
