@@ -59,6 +59,9 @@ _KIND = "projection"
 UMAP_PCA_DIMS = 50
 #: UMAP's optimisation epochs: 200 instead of umap's 500 (below 10k points); see the same measurement.
 UMAP_EPOCHS = 200
+#: Up to this many rows UMAP starts from lens's exact k-NN graph (:func:`exact_knn`, quadratic: 0.8 s of one core
+#: measured for 8,010 rows, so about 11 s for 30,000); above it, from umap's own approximate search (pynndescent).
+EXACT_KNN_MAX_ROWS = 30_000
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,8 @@ def umap_2d(
     The k-nearest-neighbour graph UMAP starts from is computed here, exactly, by brute force
     (:func:`exact_knn`; 8,010 rows of 50-d take a fraction of a second) and handed to umap as ``precomputed_knn``,
     so pynndescent's approximate search, and the compilation of its numba code in every new process, never run
-    (for ``"euclidean"`` and ``"cosine"``; other metrics go through umap's own search). umap's numba functions are
+    (for ``"euclidean"`` and ``"cosine"`` up to :data:`EXACT_KNN_MAX_ROWS` rows; other metrics and larger inputs go
+    through umap's own search). umap's numba functions are
     compiled once and then kept in numba's on-disk cache (:func:`import_umap`).
 
     Args:
@@ -248,7 +252,7 @@ def umap_2d(
         if metric == "cosine":
             x, metric = l2_normalize(x), "euclidean"
         x = PCA(n_components=int(pca_dims), random_state=int(seed)).fit_transform(x).astype(np.float32)
-    knn = exact_knn(x, nn, metric) if metric in ("euclidean", "cosine") else None
+    knn = exact_knn(x, nn, metric) if metric in ("euclidean", "cosine") and n <= EXACT_KNN_MAX_ROWS else None
     umap = import_umap()
     with warnings.catch_warnings():
         # "n_jobs overridden by random_state", spectral-init fallbacks on tiny graphs, "no search index with a
