@@ -20,6 +20,7 @@ import functools
 import hashlib
 import io
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -214,6 +215,10 @@ def get_encoder(name: str) -> Encoder:
     One throw-away forward pass warms it up: a model's first pass is slow (1.7 s for EfficientNet-Lite0 against
     tens of ms after), and that belongs to loading, not to the user's first query.
     """
+    with _WARMED_LOCK:
+        warmed = _WARM_ENCODERS.pop(name, None)
+    if warmed is not None:  # built and warmed up in the background by warm_encoder
+        return warmed
     encoder = create_encoder(name)
     with single_query_threads():
         encoder.embed_images([Image.new("RGB", (64, 64), (255, 255, 255))])
@@ -229,6 +234,34 @@ def model_identity(model: str, cache_dir: str = "") -> dict[str, Any]:
     encoder = get_encoder(model)
     remember_identity(encoder, cache_dir or None)  # the next server process will not need to load it for this
     return encoder.identity()
+
+
+_WARMED: set[str] = set()
+_WARM_ENCODERS: dict[str, Encoder] = {}
+_WARMED_LOCK = threading.Lock()
+
+
+def warm_encoder(model: str) -> None:
+    """Import torch and load ``model``'s weights and ONNX Runtime session in a background thread, once per model and
+    process: the Search page calls it when the query mode will need the encoder (a photo or a text), so that the
+    first such query does not wait for them (9-10 s under load otherwise), while a catalog-product search still
+    imports nothing. :func:`get_encoder` takes the encoder it built, when it is done by then. Failures are left to
+    the query itself."""
+    with _WARMED_LOCK:
+        if model in _WARMED:
+            return
+        _WARMED.add(model)
+
+    def warm() -> None:
+        try:
+            encoder = create_encoder(model)
+            encoder.embed_images([Image.new("RGB", (64, 64), (255, 255, 255))])
+            with _WARMED_LOCK:
+                _WARM_ENCODERS[model] = encoder
+        except Exception:  # noqa: BLE001 - best effort: the query that needs the encoder reports the error
+            pass
+
+    threading.Thread(target=warm, name=f"lens-warm-{model}", daemon=True).start()
 
 
 def embeddings_key(path: str, load_label: str, model: str, cache_dir: str = "") -> str:
@@ -809,6 +842,9 @@ def clear_caches() -> None:
     st.cache_data.clear()
     st.cache_resource.clear()
     thumbnail.cache_clear()
+    with _WARMED_LOCK:
+        _WARMED.clear()
+        _WARM_ENCODERS.clear()
 
 
 def search(

@@ -147,3 +147,23 @@ def test_encoder_identity_follows_the_encoders_built_inside(file_encoders: Path,
     # the record is of the engine the build ran on (torch, for the test family): another engine gets no answer
     assert encoder_identity("tiny-pair", weights_dir=weights_dir, engine="torch") is not None
     assert encoder_identity("tiny-pair", weights_dir=weights_dir, engine="onnx") is None
+
+
+def test_warm_encoder_builds_in_the_background_once_and_get_encoder_takes_it(lens_cache_dir: Path) -> None:
+    import threading
+
+    from dashboard import resources
+
+    resources.clear_caches()
+    try:
+        resources.warm_encoder("tiny")
+        for thread in [t for t in threading.enumerate() if t.name == "lens-warm-tiny"]:
+            thread.join(120)
+        warmed = resources._WARM_ENCODERS["tiny"]
+        assert resources.get_encoder("tiny") is warmed  # the background build is the one the queries use
+        assert "tiny" not in resources._WARM_ENCODERS
+        resources.warm_encoder("tiny")  # once per model and process
+        assert not [t for t in threading.enumerate() if t.name == "lens-warm-tiny"]
+        assert "tiny" not in resources._WARM_ENCODERS
+    finally:
+        resources.clear_caches()
