@@ -54,8 +54,9 @@ def projection_lines(projection: pd.DataFrame, config: BenchConfig) -> list[str]
         "lens.projection.umap_2d with lens's defaults (n_neighbors 15, min_dist 0.1, cosine, seed 0: single-threaded)"
         " on "
         + (f"a {config.projection_points}-point sample" if config.projection_points else "the whole catalog")
-        + ". Each model in a fresh process: `umap_cold_s` is the first call (imports umap, compiles numba code unless"
-        " numba's on-disk cache already holds it), `umap_warm_s` the second call on the same vectors; PCA is"
+        + ". Each model in a fresh process: `umap_cold_s` is the first call (imports umap; lens computes the exact"
+        " k-NN graph itself and umap's numba code comes from numba's on-disk cache, compiled only by the first"
+        " process on a machine), `umap_warm_s` the second call on the same vectors; PCA is"
         " lens.projection.pca_2d.",
         "",
         markdown_table(projection, ".2f") if len(projection) else "(no models)",

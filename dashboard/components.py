@@ -510,11 +510,8 @@ MAP_EXPLAINER = (
 
 def why_similar(ctx: Context, model: str, image: Any, image_key: str, results: pd.DataFrame) -> None:
     """The Search page's similarity map: the query and a chosen result, each overlaid with where their similarity
-    comes from (on demand: a toggle)."""
-    reason = resources.map_support(model)
-    if reason is not None:
-        st.info(f"No similarity map for {model}: {reason}.  \n{MAP_EXPLAINER}")
-        return
+    comes from (on demand: a toggle). Whether ``model`` gives maps is asked only then: it loads the model (and
+    torch), which a catalog-product search otherwise never needs."""
     ids = results["id"].astype(str).tolist()
     ranks = dict(zip(ids, results["rank"].tolist()))
     columns = st.columns([3, 1], vertical_alignment="bottom")
@@ -523,6 +520,10 @@ def why_similar(ctx: Context, model: str, image: Any, image_key: str, results: p
     )
     if not columns[1].toggle("Show the map", key="search_why_show") or chosen is None:
         st.caption(MAP_EXPLAINER)
+        return
+    reason = resources.map_support(model)
+    if reason is not None:
+        st.info(f"No similarity map for {model}: {reason}.  \n{MAP_EXPLAINER}")
         return
     path = str(ctx.catalog.image_path(ctx.catalog.index_of(chosen)))
     try:

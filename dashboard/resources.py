@@ -20,6 +20,7 @@ import functools
 import hashlib
 import io
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,8 +46,15 @@ from lens.analysis import (  # noqa: F401  (compare_summary, per_category_matrix
 )
 from lens.catalog import Catalog, default_catalog_path, load_catalog
 from lens.delta import update_index
-from lens.embed import EmbeddingSet, embed_catalog, embed_images, embedding_key
-from lens.encoders import Encoder, create_encoder, list_encoders, single_query_threads
+from lens.embed import EmbeddingSet, cached_embeddings, embed_catalog, embed_images, embedding_key
+from lens.encoders import (
+    Encoder,
+    create_encoder,
+    encoder_identity,
+    list_encoders,
+    remember_identity,
+    single_query_threads,
+)
 from lens.encoders.trained import default_models_dir, refresh_trained_models
 from lens.errors import CatalogError
 from lens.evaluate import evaluate_embeddings, summary_table
@@ -208,28 +216,78 @@ def get_encoder(name: str) -> Encoder:
     One throw-away forward pass warms it up: a model's first pass is slow (1.7 s for EfficientNet-Lite0 against
     tens of ms after), and that belongs to loading, not to the user's first query.
     """
+    with _WARMED_LOCK:
+        warmed = _WARM_ENCODERS.pop(name, None)
+    if warmed is not None:  # built and warmed up in the background by warm_encoder
+        return warmed
     encoder = create_encoder(name)
     with single_query_threads():
         encoder.embed_images([Image.new("RGB", (64, 64), (255, 255, 255))])
     return encoder
 
 
-def embeddings_key(path: str, load_label: str, model: str) -> str:
-    """The exact cache key of ``model``'s embeddings of the catalog (loads the encoder, once per server)."""
-    return embedding_key(get_catalog(path, load_label), get_encoder(model))
+def model_identity(model: str, cache_dir: str = "") -> dict[str, Any]:
+    """``model``'s encoder identity: as recorded beside its cached embeddings when nothing it depends on changed since
+    (no model loaded, no torch imported: :func:`lens.encoders.encoder_identity`), else from the built encoder."""
+    identity = encoder_identity(model, cache_dir=cache_dir or None)
+    if identity is not None:
+        return identity
+    encoder = get_encoder(model)
+    remember_identity(encoder, cache_dir or None)  # the next server process will not need to load it for this
+    return encoder.identity()
+
+
+_WARMED: set[str] = set()
+_WARM_ENCODERS: dict[str, Encoder] = {}
+_WARMED_LOCK = threading.Lock()
+
+
+def warm_encoder(model: str) -> None:
+    """Import torch and load ``model``'s weights and ONNX Runtime session in a background thread, once per model and
+    process: the Search page calls it when the query mode will need the encoder (a photo or a text), so that the
+    first such query does not wait for them (9-10 s under load otherwise), while a catalog-product search still
+    imports nothing. :func:`get_encoder` takes the encoder it built, when it is done by then. Failures are left to
+    the query itself."""
+    with _WARMED_LOCK:
+        if model in _WARMED:
+            return
+        _WARMED.add(model)
+
+    def warm() -> None:
+        try:
+            encoder = create_encoder(model)
+            encoder.embed_images([Image.new("RGB", (64, 64), (255, 255, 255))])
+            with _WARMED_LOCK:
+                _WARM_ENCODERS[model] = encoder
+        except Exception:  # noqa: BLE001 - best effort: the query that needs the encoder reports the error
+            pass
+
+    threading.Thread(target=warm, name=f"lens-warm-{model}", daemon=True).start()
+
+
+def embeddings_key(path: str, load_label: str, model: str, cache_dir: str = "") -> str:
+    """The exact cache key of ``model``'s embeddings of the catalog (loads the encoder only when its identity is
+    not on record in ``cache_dir``, once per server)."""
+    return embedding_key(get_catalog(path, load_label), model_identity(model, cache_dir))
 
 
 def embeddings_cached(path: str, load_label: str, model: str, cache_dir: str) -> bool:
     """Whether ``model``'s embeddings of the catalog are in the disk cache (no embedding is computed)."""
-    key = embeddings_key(path, load_label, model)
+    key = embeddings_key(path, load_label, model, cache_dir)
     return cache_state(get_catalog(path, load_label), model, cache_dir or None, key=key).embedded
 
 
 @st.cache_resource(max_entries=12, show_spinner="Loading embeddings…")
 def get_embeddings(path: str, load_label: str, model: str, fingerprint: str, cache_dir: str) -> EmbeddingSet:
     """``model``'s embeddings of the catalog, from lens's disk cache (computed without progress on a miss:
-    pages call :func:`build_model` first for anything but small catalogs). Vectors are read-only."""
-    embeddings = embed_catalog(get_catalog(path, load_label), get_encoder(model), cache_dir=cache_dir or None)
+    pages call :func:`build_model` first for anything but small catalogs). Vectors are read-only. A cache hit loads
+    no model: a catalog-product search never imports torch."""
+    catalog = get_catalog(path, load_label)
+    embeddings = cached_embeddings(
+        catalog, model, embeddings_key(path, load_label, model, cache_dir), cache_dir or None
+    )
+    if embeddings is None:
+        embeddings = embed_catalog(catalog, get_encoder(model), cache_dir=cache_dir or None)
     embeddings.vectors.setflags(write=False)
     return embeddings
 
@@ -469,7 +527,7 @@ def index_kind(path: str, load_label: str, model: str, cache_dir: str, n_items: 
     """``"annoy"`` when an Annoy index is on disk or the catalog is large, else ``"exact"``."""
     if n_items > config.EXACT_INDEX_MAX_ITEMS:
         return "annoy"
-    key = embeddings_key(path, load_label, model)
+    key = embeddings_key(path, load_label, model, cache_dir)
     return "annoy" if cache_state(get_catalog(path, load_label), model, cache_dir or None, key=key).indexed else "exact"
 
 
@@ -794,6 +852,9 @@ def clear_caches() -> None:
     st.cache_data.clear()
     st.cache_resource.clear()
     thumbnail.cache_clear()
+    with _WARMED_LOCK:
+        _WARMED.clear()
+        _WARM_ENCODERS.clear()
 
 
 def search(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from lens.catalog import Catalog
+from lens.encoders import remember_identity
 from lens.encoders.base import (
     Encoder,
     Preprocess,
@@ -86,18 +87,35 @@ class EmbeddingSet:
             raise LensError(f"Item '{item_id}' is not in the embeddings of catalog '{self.catalog}'.") from None
 
 
-def embedding_identity(catalog: Catalog, encoder: Encoder) -> dict[str, Any]:
+def embedding_identity(catalog: Catalog, encoder: Encoder | dict[str, Any]) -> dict[str, Any]:
+    """What the embeddings' cache key is computed from; ``encoder`` is a built encoder or its ``identity()``
+    (:func:`lens.encoders.encoder_identity` reads it without building the encoder)."""
     return {
         "format": FORMAT_VERSION,
         "kind": "embeddings",
-        **encoder.identity(),
+        **(encoder if isinstance(encoder, dict) else encoder.identity()),
         "catalog": catalog.fingerprint(),
     }
 
 
-def embedding_key(catalog: Catalog, encoder: Encoder) -> str:
-    """The cache key of ``encoder``'s embeddings of ``catalog`` (what :attr:`EmbeddingSet.key` will be)."""
+def embedding_key(catalog: Catalog, encoder: Encoder | dict[str, Any]) -> str:
+    """The cache key of ``encoder``'s embeddings of ``catalog`` (what :attr:`EmbeddingSet.key` will be);
+    ``encoder``: a built encoder or its ``identity()``."""
     return cache_key(embedding_identity(catalog, encoder))
+
+
+def cached_embeddings(
+    catalog: Catalog, encoder_name: str, key: str, cache_dir: str | os.PathLike | None = None
+) -> EmbeddingSet | None:
+    """The embeddings of ``catalog`` cached under ``key`` (:func:`embedding_key`), verified; ``None`` on a miss or an
+    entry that does not verify. Needs no encoder: what :func:`embed_catalog` returns on a cache hit."""
+    try:
+        cached = load_embeddings(resolve_cache_dir(cache_dir), encoder_name, key)
+        if cached is not None:
+            _check_rows_match_catalog(cached, catalog)
+    except CacheError:
+        return None  # corrupt or stale entry: embed_catalog recomputes and overwrites it
+    return cached
 
 
 def _embeddings_folder(cache_dir: Path, encoder_name: str) -> Path:
@@ -143,13 +161,9 @@ def embed_catalog(
     key = cache_key(identity)  # = embedding_key(catalog, encoder), without computing the identity twice
     root = resolve_cache_dir(cache_dir)
     if use_cache:
-        try:
-            cached = load_embeddings(root, encoder.name, key)
-            if cached is not None:
-                _check_rows_match_catalog(cached, catalog)
-        except CacheError:
-            cached = None  # corrupt or stale entry: recompute and overwrite it
+        cached = cached_embeddings(catalog, encoder.name, key, root)
         if cached is not None:
+            remember_identity(encoder, root)
             if progress is not None:
                 progress(len(catalog), len(catalog))
             return cached
@@ -196,6 +210,7 @@ def embed_catalog(
     )
     if use_cache:
         save_embeddings(result, root)
+        remember_identity(encoder, root)  # the next process finds these vectors without building the encoder
     return result
 
 

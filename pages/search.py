@@ -178,6 +178,8 @@ with left:
     if embeddings is None:
         finish()
     source = mode if mode in query.IMAGE_SOURCES else None
+    if mode != query.PRODUCT:  # a photo or a text will need the encoder: load it while the user picks one
+        resources.warm_encoder(model)
     if mode == query.IMAGE_TEXT:
         source = st.radio("Image from", query.IMAGE_SOURCES, horizontal=True, key="search_image_source")
     upload = None

@@ -202,9 +202,10 @@ def test_cache_format_no_pickle_sidecar_in_row_order(
     assert meta["shape"] == [24, 64] and meta["dtype"] == "float32" and meta["encoder"] == "tiny"
     assert meta["identity"]["encoder"] == "tiny" and meta["identity"]["catalog"] == catalog.fingerprint()
     # Nothing but .npy + .json in the cache (no pickles, no leftover temp files): the catalog-level entry, the
-    # per-item store's shard, and the catalog's file-digest memo ...
+    # per-item store's shard, the catalog's file-digest memo and the encoder's identity record ...
     files = sorted(p.suffix for p in lens_cache_dir.rglob("*") if p.is_file())
-    assert files == [".json", ".json", ".json", ".npy", ".npy"]
+    assert files == [".json", ".json", ".json", ".json", ".npy", ".npy"]
+    assert (lens_cache_dir / "encoders" / "tiny.json").is_file()
     shard = next((lens_cache_dir / "items" / "tiny").rglob("shard-*.npy"))
     np.testing.assert_array_equal(np.load(shard, allow_pickle=False), result.vectors)  # same rows, catalog order
     # ... and nothing written into the catalog folder.

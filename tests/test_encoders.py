@@ -349,17 +349,17 @@ def test_family_fold_functions_match_unfolded() -> None:
     from efficientnet_lite_pytorch import EfficientNet
     from torchvision.models import mobilenet_v2
 
-    from lens.encoders import efficientnet_lite, torchvision_cnn
+    from lens.encoders import wrappers
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     models = {
         "torchvision": (
-            torchvision_cnn._PooledFeatures(mobilenet_v2(weights=None).features),
+            wrappers._PooledFeatures(mobilenet_v2(weights=None).features),
             fold_batchnorm,
         ),
         "efficientnet": (
-            efficientnet_lite._PooledEfficientNet(EfficientNet.from_name("efficientnet-lite0")),
+            wrappers._PooledEfficientNet(EfficientNet.from_name("efficientnet-lite0")),
             fold_batchnorm,
         ),
     }

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lens.encoders import create_encoder, create_feature_extractor, engine_choice, engines, get_spec, list_encoders
@@ -177,7 +178,7 @@ def test_a_fresh_export_removes_stale_graphs(lens_cache_dir: Path, monkeypatch: 
     other_variant.write_bytes(b"x")
     other_variant.with_suffix(".json").write_text(json.dumps({"identity": {"variant": "int8"}}))
     # a new torch version: a new key, so a fresh export, and the old graph (and its sidecar) are gone
-    monkeypatch.setattr(engines.torch, "__version__", "9.9.9")
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
     engines.clear_sessions()
     create_encoder("tiny", engine="onnx").embed_images(_images()[:1])
     (new,) = [g for g in _graphs(lens_cache_dir) if g != other_variant]
@@ -189,7 +190,7 @@ def test_a_fresh_export_removes_stale_graphs(lens_cache_dir: Path, monkeypatch: 
 def test_graph_key_follows_torch_and_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     encoder = create_encoder("tiny", engine="onnx")
     base = engines._export_identity(encoder, "fp32")
-    monkeypatch.setattr(engines.torch, "__version__", "9.9.9")
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
     assert engines._export_identity(encoder, "fp32")["torch"] == "9.9.9" != base["torch"]
     assert base["weights"] == encoder.weights_id
 

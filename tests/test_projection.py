@@ -14,6 +14,8 @@ from lens.projection import (
     Projection,
     ProjectionParams,
     cached_projection,
+    exact_knn,
+    import_umap,
     load_projection,
     pca_2d,
     project_embeddings,
@@ -135,6 +137,60 @@ def test_umap_on_fewer_than_four_points_falls_back_to_pca(n: int) -> None:
 def test_umap_is_reproducible_with_a_seed() -> None:
     x, _ = clusters(n_per=10)
     assert np.array_equal(umap_2d(x, seed=3)[0], umap_2d(x, seed=3)[0])
+
+
+def test_exact_knn_known_answer() -> None:
+    """Points on a line at 0, 1, 3, 7, 15: every point's neighbours and distances are known; itself first."""
+    x = np.array([[0.0], [1.0], [3.0], [7.0], [15.0]], dtype=np.float32)
+    indices, distances = exact_knn(x, 3)
+    assert indices.tolist() == [[0, 1, 2], [1, 0, 2], [2, 1, 0], [3, 2, 1], [4, 3, 2]]
+    np.testing.assert_allclose(distances, [[0, 1, 3], [0, 1, 2], [0, 2, 3], [0, 4, 6], [0, 8, 12]], atol=1e-5)
+    # cosine: unit vectors at 0, 10, 30 and 90 degrees; distance 1 - cos
+    angles = np.deg2rad([0.0, 10.0, 30.0, 90.0])
+    u = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32) * np.array([[1], [2], [3], [4]])
+    indices, distances = exact_knn(u, 2, "cosine")
+    assert indices.tolist() == [[0, 1], [1, 0], [2, 1], [3, 2]]
+    np.testing.assert_allclose(distances[:, 1], 1 - np.cos(np.deg2rad([10, 10, 20, 60])), atol=1e-6)
+    with pytest.raises(LensError, match="1 <= k <= N"):
+        exact_knn(x, 6)
+    with pytest.raises(LensError, match="euclidean"):
+        exact_knn(x, 2, "manhattan")
+
+
+def test_exact_knn_in_blocks_matches_brute_force() -> None:
+    x = np.random.default_rng(1).normal(size=(300, 8)).astype(np.float32)
+    indices, distances = exact_knn(x, 15, block=7)
+    full = np.sqrt(((x[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1))
+    np.testing.assert_array_equal(indices, np.argsort(full, axis=1, kind="stable")[:, :15])
+    np.testing.assert_allclose(distances, np.sort(full, axis=1)[:, :15], atol=1e-5)
+
+
+def test_umap_runs_on_the_exact_graph_without_umaps_own_neighbour_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """umap's nearest-neighbour search (pynndescent, or all pairwise distances below 4,096 rows) never runs: the
+    graph is lens's exact one, so pynndescent's numba code is never compiled."""
+    umap = import_umap()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("umap searched for neighbours itself")
+
+    monkeypatch.setattr(umap.umap_, "nearest_neighbors", refuse)
+    monkeypatch.setattr(umap.umap_, "pairwise_distances", refuse)
+    x, labels = clusters(n_per=30)
+    for metric in ("cosine", "euclidean"):
+        coords, used = umap_2d(x, n_neighbors=10, metric=metric, n_epochs=50)
+        assert used == 10 and coords.shape == (90, 2) and np.isfinite(coords).all()
+        centres = np.stack([coords[labels == c].mean(axis=0) for c in range(3)])
+        spread = max(np.linalg.norm(coords[labels == c] - centres[c], axis=1).mean() for c in range(3))
+        assert min(np.linalg.norm(centres[a] - centres[b]) for a in range(3) for b in range(a + 1, 3)) > 2 * spread
+
+
+def test_import_umap_switches_on_numbas_disk_cache() -> None:
+    from numba.core.caching import NullCache
+
+    umap = import_umap()
+    for function in (umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths):
+        assert not isinstance(function._cache, NullCache)
+    assert not isinstance(umap.layouts._nb_optimize_layout_euclidean_single_epoch._cache, NullCache)
 
 
 # ------------------------------------------------------------------------------------------- sampling and the cache

@@ -17,11 +17,13 @@ from lens.encoders._registry import (
     EncoderInfo,
     create_encoder,
     create_feature_extractor,
+    encoder_identity,
     encoder_status,
     engine_choice,
     get_spec,
     list_encoders,
     register_encoder,
+    remember_identity,
 )
 from lens.encoders.base import Encoder, EncoderSpec, Preprocess, TorchImageEncoder, single_query_threads
 from lens.encoders.hub import HubWeights
@@ -39,11 +41,13 @@ __all__ = [
     "WeightsStatus",
     "create_encoder",
     "create_feature_extractor",
+    "encoder_identity",
     "encoder_status",
     "engine_choice",
     "get_spec",
     "l2_normalize",
     "list_encoders",
     "register_encoder",
+    "remember_identity",
     "single_query_threads",
 ]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
 import os
 import pickle
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
 
-from lens.encoders.base import Encoder, EncoderSpec, Precision, TorchImageEncoder, random_init
+from lens.encoders.base import PIXEL_PIPELINE, Encoder, EncoderSpec, Precision, TorchImageEncoder, random_init
 from lens.encoders.engines import EngineChoice, attach_engine, choose_engine
 from lens.encoders.hub import HubWeights
 from lens.encoders.weights import (
@@ -19,6 +24,7 @@ from lens.encoders.weights import (
     user_weights_dir,
 )
 from lens.errors import LensError, UnknownEncoderError, WeightsUnavailableError
+from lens.store import cache_key, read_json, resolve_cache_dir, utc_now, write_json
 
 try:
     from safetensors import SafetensorError as _SafetensorError
@@ -194,8 +200,17 @@ def create_encoder(
     # On torch the builder gets the caller's precision as before (None: its own default; a trained model's builder
     # then uses the precision its base was trained with); ONNX Runtime runs fp32.
     build_precision: Precision | None = choice.precision if choice.engine == "onnx" else precision
-    encoder = _build(entry, spec, build_precision, weights_dir=weights_dir, pretrained=pretrained)
-    attach_engine(encoder, choice, cache_dir=cache_dir)
+    stack = _building_stack()
+    stack.append({})
+    try:
+        encoder = _build(entry, spec, build_precision, weights_dir=weights_dir, pretrained=pretrained)
+        attach_engine(encoder, choice, cache_dir=cache_dir)
+    finally:
+        parts = stack.pop()
+    if stack:  # built inside another encoder's build (a trained head's base, a composite's part)
+        stack[-1][name] = parts
+    if pretrained and precision is None:  # a default build: lens.embed records its identity beside its embeddings
+        encoder.build_record = BuildRecord(name, parts, engine, weights_dir)
     return encoder
 
 
@@ -263,3 +278,152 @@ def _load_failure(exc: BaseException) -> str:
             "state_dict or safetensors file from a source you trust"
         )
     return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+# ------------------------------------------------------------------------------------------ identities without torch
+
+_IDENTITY_FORMAT = 1
+_log = logging.getLogger("lens.encoders")
+_BUILDING = threading.local()
+
+Parts = dict[str, "Parts"]
+"""The encoders built inside a build, each with the ones built inside it: ``{"efficientnet-lite2": {}}``."""
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """How ``create_encoder`` built an encoder with its default options (``Encoder.build_record``)."""
+
+    name: str
+    parts: Parts
+    engine: str | None
+    weights_dir: str | os.PathLike | None
+
+
+def _building_stack() -> list[Parts]:
+    """Per thread: for every ``create_encoder`` call in progress, the encoders built inside it so far."""
+    if not hasattr(_BUILDING, "stack"):
+        _BUILDING.stack = []
+    stack: list[Parts] = _BUILDING.stack
+    return stack
+
+
+def _identity_path(name: str, cache_dir: str | os.PathLike | None) -> Path:
+    return resolve_cache_dir(cache_dir) / "encoders" / f"{name}.json"
+
+
+def _files_state(path: Path | None, entry: RegistryEntry) -> list[list[Any]]:
+    """``[path, size, mtime_ns]`` of every file an encoder's build reads: the checkpoint, a Hugging Face folder's
+    files, or a trained model's folder (weights and ``config.json``)."""
+    if path is None:
+        return []
+    folder = path.parent if isinstance(entry.weights, TrainedWeights) else path
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else [path]
+    state = []
+    for file in files:
+        st = file.stat()  # follows links: a Hugging Face snapshot's files are links into its blobs
+        state.append([str(file.resolve()), st.st_size, st.st_mtime_ns])
+    return state
+
+
+def _fingerprint(
+    name: str, parts: Parts, engine: str | None, weights_dir: str | os.PathLike | None, depth: int = 0
+) -> str | None:
+    """A key over everything that decides ``create_encoder(name)``'s identity, read without building anything: the
+    effective spec and engine, the weights files' paths, sizes and mtimes, the torch version (seeded random builds),
+    and the same for the encoders built inside it (``parts``); ``None`` when some weights are not on this machine or
+    a part is no longer registered."""
+    if name not in _REGISTRY or depth > 8:  # depth: a cycle would be a bug elsewhere; never loop on it
+        return None
+    entry = _REGISTRY[name]
+    spec, choice = _effective(entry.spec, engine, None)
+    status = encoder_status(name, weights_dir)
+    if not status.available:
+        return None
+    try:
+        files = _files_state(status.path, entry)
+        torch_version = importlib.metadata.version("torch")
+    except (OSError, importlib.metadata.PackageNotFoundError):
+        return None
+    inner = {part: _fingerprint(part, sub, engine, weights_dir, depth + 1) for part, sub in sorted(parts.items())}
+    if any(f is None for f in inner.values()):
+        return None
+    return cache_key(
+        {
+            "format": _IDENTITY_FORMAT,
+            "pixels": PIXEL_PIPELINE,
+            "spec": asdict(spec),
+            "engine": [choice.engine, choice.precision, choice.variant],
+            "weights": files,
+            "torch": torch_version,
+            "parts": inner,
+        }
+    )
+
+
+def _valid_parts(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and _valid_parts(v) for k, v in value.items())
+
+
+def remember_identity(encoder: Encoder, cache_dir: str | os.PathLike | None = None) -> None:
+    """Record ``encoder``'s identity in ``<cache>/encoders/<name>.json`` for :func:`encoder_identity`, when it is a
+    default build of the registry (``lens.embed.embed_catalog`` calls this beside the embeddings it caches).
+    Never raises: a missing record costs a model build, nothing else."""
+    record = encoder.build_record
+    if not isinstance(record, BuildRecord):
+        return
+    try:
+        fingerprint = _fingerprint(record.name, record.parts, record.engine, record.weights_dir)
+        if fingerprint is None:
+            return
+        identity = encoder.identity()
+        path = _identity_path(record.name, cache_dir)
+        old = read_json(path) or {}
+        if (
+            old.get("fingerprint") == fingerprint
+            and isinstance(old.get("identity"), dict)
+            and cache_key(old["identity"]) == cache_key(identity)
+            and old.get("parts") == record.parts
+        ):
+            return
+        write_json(
+            path,
+            {
+                "name": record.name,
+                "fingerprint": fingerprint,
+                "parts": record.parts,
+                "identity": identity,
+                "created": utc_now(),
+            },
+        )
+    except (OSError, LensError, TypeError, ValueError) as exc:
+        _log.debug("identity of '%s' not recorded: %s", record.name, exc)
+
+
+def encoder_identity(
+    name: str,
+    *,
+    engine: str | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, Any] | None:
+    """``create_encoder(name).identity()`` without building the encoder (so without importing torch), or ``None``.
+
+    ``lens.embed.embed_catalog`` records the identity of the (default-built) encoder whose embeddings it caches in
+    ``<cache>/encoders/<name>.json``, with a fingerprint of what decided it (:func:`_fingerprint`: the spec, the
+    engine, the weights files' paths, sizes and mtimes, the same for the encoders built inside it). The record is
+    returned while that fingerprint still holds; ``None`` when there is none or anything changed, and the caller
+    builds the encoder. The dashboard finds a model's cached embeddings this way: a catalog-product search needs no
+    model at all.
+    """
+    record = read_json(_identity_path(name, cache_dir))
+    if record is None:
+        return None
+    parts, identity = record.get("parts", {}), record.get("identity")
+    if not isinstance(identity, dict) or not _valid_parts(parts):
+        return None
+    try:
+        fingerprint = _fingerprint(name, parts, engine, weights_dir)
+    except (OSError, LensError, TypeError, ValueError):
+        return None
+    return identity if fingerprint is not None and fingerprint == record.get("fingerprint") else None

@@ -10,15 +10,16 @@ import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-import torch.fx
 from PIL import Image
 
 from lens.errors import LensError
 from lens.vectors import l2_normalize
+
+if TYPE_CHECKING:  # torch loads when a model is built or run, never on import (the dashboard's cold start)
+    import torch
 
 Precision = Literal["fp32", "bf16"]
 _log = logging.getLogger("lens.encoders")
@@ -128,6 +129,10 @@ class Encoder:
     def dim(self) -> int:
         return self.spec.dim
 
+    build_record: object | None = None
+    """Set by ``create_encoder`` on a build with its default options (``lens.encoders._registry.BuildRecord``): what
+    ``remember_identity`` needs to record this encoder's identity for the next process; ``None`` otherwise."""
+
     quantization: str | None = None
     """Set on an encoder that runs an int8 graph (``engine="onnx-int8"``): its vectors differ beyond float rounding,
     so it enters the identity; ``None`` (every other encoder) leaves the identity as it was."""
@@ -234,6 +239,8 @@ def check_texts(texts: Sequence[str]) -> list[str]:
 @contextlib.contextmanager
 def random_init(seed: int = RANDOM_INIT_SEED) -> Iterator[None]:
     """Seed torch for a random-init build without disturbing the caller's RNG stream."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
@@ -250,6 +257,8 @@ def single_query_threads() -> Iterator[None]:
     one EfficientNet-Lite0 query take 1.9 s instead of 16 ms (measured). The lock keeps concurrent sessions from
     restoring each other's setting; a catalog being embedded meanwhile runs single-threaded for those milliseconds.
     """
+    import torch
+
     with _THREADS_LOCK:
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -261,6 +270,8 @@ def single_query_threads() -> Iterator[None]:
 
 def state_dict_hash(state_dict: dict[str, torch.Tensor]) -> str:
     """A short content hash of a model's weights, stable across runs and machines."""
+    import torch
+
     h = hashlib.sha256()
     for key in sorted(state_dict):
         tensor = state_dict[key].detach().cpu().contiguous()
@@ -324,6 +335,8 @@ def pixels_to_batch(pixels: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
     for channel in range(3):
         np.multiply(pixels[..., channel], scale[channel], out=out[:, channel], dtype=np.float32)
         out[:, channel] -= shift[channel]
+    import torch
+
     return torch.from_numpy(out)
 
 
@@ -333,6 +346,8 @@ def preprocess_images(images: Sequence[Image.Image], preprocess: Preprocess) -> 
     Every image is converted to RGB first (the safe loader already does it; this keeps direct callers correct).
     """
     if not len(images):
+        import torch
+
         size = preprocess.input_size
         return torch.empty((0, 3, size, size), dtype=torch.float32)
     return pixels_to_batch(np.stack([resize_crop(image, preprocess) for image in images]), preprocess)
@@ -377,6 +392,8 @@ class TorchImageEncoder(Encoder):
             self.model = fold_batchnorm(self.model)
         self.channels_last = spec.channels_last
         if self.channels_last:
+            import torch
+
             self.model = self.model.to(memory_format=torch.channels_last)
         self._engine_lock = threading.Lock()
         self._runner: Callable[[np.ndarray], np.ndarray] | None = None
@@ -431,6 +448,8 @@ class TorchImageEncoder(Encoder):
 
     def embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
         """Embed an already preprocessed ``(N, 3, S, S)`` batch; returns L2-normalised float32 ``(N, dim)``."""
+        import torch
+
         runner = self.onnx_runner() if self.precision == "fp32" else None
         if runner is not None:
             features = runner(batch.numpy() if isinstance(batch, torch.Tensor) else batch)
@@ -458,6 +477,7 @@ def fold_conv_bn(parent: torch.nn.Module, conv_name: str, bn_name: str) -> None:
     which is what makes fp32 CPU inference of BN-heavy CNNs up to 2x faster. Only call it for a pair the data really
     flows through (conv output feeds the BatchNorm and nothing else): :func:`fold_batchnorm` finds those pairs.
     """
+    import torch
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
     conv = parent.get_submodule(conv_name)
@@ -474,18 +494,14 @@ def fold_conv_bn(parent: torch.nn.Module, conv_name: str, bn_name: str) -> None:
     setattr(parent.get_submodule(owner) if owner else parent, attr, torch.nn.Identity())
 
 
-class _ConvBnTracer(torch.fx.Tracer):
-    """Keeps every ``Conv2d`` (subclasses too: EfficientNet-Lite's same-padding conv) and BatchNorm one graph node."""
-
-    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.modules.batchnorm._BatchNorm)):
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
-
-
 def _conv_bn_pairs(model: torch.nn.Module) -> list[tuple[str, str]] | None:
     """``(conv path, BatchNorm path)`` of every BatchNorm2d whose only input is a Conv2d's output that nothing else
     reads, found in the traced graph; ``None`` when ``model`` does not trace."""
+    import torch
+    import torch.fx
+
+    from lens.encoders.wrappers import _ConvBnTracer
+
     try:
         graph = _ConvBnTracer().trace(model)
     except Exception:  # noqa: BLE001 - data-dependent control flow etc.: the caller folds the children instead

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from lens.encoders._registry import register_encoder
 from lens.encoders.base import (
@@ -35,6 +33,9 @@ from lens.encoders.weights import file_sha256
 from lens.errors import LensError, WeightsUnavailableError
 from lens.vectors import l2_normalize
 
+if TYPE_CHECKING:  # torch and transformers load when a model is built, never on import
+    from torch import nn
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_PREPROCESS = Preprocess(
@@ -42,31 +43,6 @@ CLIP_PREPROCESS = Preprocess(
 )
 _TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 _EXTRA_FILES = ("tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json")
-
-
-class _ImageTower(nn.Module):
-    """Normalised ``(N, 3, 224, 224)`` pixels -> ``(N, projection_dim)`` (before L2 normalisation)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.vision_model = model.vision_model
-        self.visual_projection = model.visual_projection
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
-
-
-class _TextTower(nn.Module):
-    """Token ids -> ``(N, projection_dim)``: the end-of-text token's state, projected."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.text_model = model.text_model
-        self.text_projection = model.text_projection
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
-        return self.text_projection(out.pooler_output)
 
 
 class ClipEncoder(TorchImageEncoder):
@@ -85,6 +61,8 @@ class ClipEncoder(TorchImageEncoder):
         *,
         precision: Precision | None = None,
     ) -> None:
+        from lens.encoders.wrappers import _ImageTower, _TextTower
+
         super().__init__(spec, _ImageTower(model), weights_id, precision=precision)
         self.text_tower = _TextTower(model).eval()
         self.tokenizer = tokenizer
@@ -103,6 +81,8 @@ class ClipEncoder(TorchImageEncoder):
         Raises:
             LensError: an empty or whitespace-only text, a non-string, or a bad batch size.
         """
+        import torch
+
         texts = check_texts(texts)
         if batch_size < 1:
             raise LensError(f"batch_size must be a positive integer, got {batch_size}.")
@@ -154,6 +134,7 @@ def _check_architecture(model: nn.Module, spec: EncoderSpec, patch_size: int, fo
 
 def _builder(patch_size: int):  # noqa: ANN202
     def build(spec: EncoderSpec, weights_path: Path | None, *, precision: Precision | None = None) -> ClipEncoder:
+        import torch
         from transformers import CLIPModel, CLIPTokenizer
 
         if weights_path is None:

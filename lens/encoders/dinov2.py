@@ -22,9 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
-from torch import nn
-
 from lens.encoders._registry import register_encoder
 from lens.encoders.base import RANDOM_WEIGHTS_ID, EncoderSpec, Precision, Preprocess, TorchImageEncoder
 from lens.encoders.hub import HubWeights
@@ -47,17 +44,6 @@ _ARCH = {
 }
 
 
-class _ClsToken(nn.Module):
-    """Normalised pixels -> the final-LayerNorm CLS token ``(N, hidden_size)``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).pooler_output
-
-
 def dinov2_config(name: str) -> Any:
     from transformers import Dinov2Config
 
@@ -75,7 +61,10 @@ def dinov2_config(name: str) -> Any:
 
 
 def _build(spec: EncoderSpec, weights_path: Path | None, *, precision: Precision | None = None) -> TorchImageEncoder:
+    import torch
     from transformers import Dinov2Model
+
+    from lens.encoders.wrappers import _ClsToken
 
     if weights_path is None:
         model = Dinov2Model(dinov2_config(spec.name))

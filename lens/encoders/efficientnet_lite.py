@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from lens.encoders._registry import register_encoder
 from lens.encoders.base import EncoderSpec, Precision, Preprocess, TorchImageEncoder
 from lens.encoders.weights import WeightsFile, file_sha256
@@ -21,18 +18,11 @@ TF_LITE_MEAN = (127.0 / 255.0,) * 3
 TF_LITE_STD = (128.0 / 255.0,) * 3
 
 
-class _PooledEfficientNet(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.pool = nn.AdaptiveAvgPool2d(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.net.extract_features(x)).flatten(1)
-
-
 def _build(spec: EncoderSpec, weights_path: Path | None, *, precision: Precision | None = None) -> TorchImageEncoder:
+    import torch
     from efficientnet_lite_pytorch import EfficientNet
+
+    from lens.encoders.wrappers import _PooledEfficientNet
 
     net = EfficientNet.from_name(spec.name)
     if weights_path is not None:

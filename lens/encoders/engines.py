@@ -33,14 +33,16 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
 from lens.encoders.base import EncoderSpec, Precision, TorchImageEncoder
 from lens.errors import LensError
 from lens.store import atomic_write, bytes_sha256, cache_key, read_json, resolve_cache_dir, utc_now, write_json
+
+if TYPE_CHECKING:  # torch loads when a graph is exported or checked, never on import
+    import torch
 
 log = logging.getLogger("lens.encoders")
 
@@ -203,6 +205,7 @@ def lens_threads() -> int:
 
 def _export_identity(encoder: TorchImageEncoder, variant: str) -> dict[str, Any]:
     import onnxruntime
+    import torch
 
     try:
         import onnx
@@ -225,18 +228,6 @@ def _export_identity(encoder: TorchImageEncoder, variant: str) -> dict[str, Any]
     }
 
 
-class _Flat(torch.nn.Module):
-    """The encoder's module with its output flattened to ``(N, dim)`` (pooled maps come as ``(N, C, 1, 1)``)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        features = self.model(pixels)
-        return features.reshape(features.shape[0], -1)
-
-
 def export_onnx(model: torch.nn.Module, input_size: int) -> bytes:
     """The ONNX graph of ``model`` (``(N, 3, S, S)`` float32 pixels -> ``(N, dim)`` features), batch axis dynamic.
 
@@ -244,6 +235,10 @@ def export_onnx(model: torch.nn.Module, input_size: int) -> bytes:
     onnxscript) and its graphs of lens's encoders agree with torch to cosine 1.0000. torch >= 2.9 warns that it is
     deprecated; the warning is silenced here and :func:`onnx_runner` checks every exported graph against torch.
     """
+    import torch
+
+    from lens.encoders.wrappers import _Flat
+
     buffer = io.BytesIO()
     probe = torch.zeros(2, 3, input_size, input_size)
     with warnings.catch_warnings(), torch.no_grad():
@@ -324,6 +319,8 @@ def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _probe_batch(input_size: int, n: int = 4) -> torch.Tensor:
+    import torch
+
     generator = torch.Generator().manual_seed(0)
     return torch.randn(n, 3, input_size, input_size, generator=generator)
 
@@ -409,6 +406,8 @@ def onnx_runner(
 
 
 def _export_and_check(encoder: TorchImageEncoder, key: str) -> tuple[bytes, OnnxRunner]:
+    import torch
+
     size = encoder.spec.preprocess.input_size
     try:
         graph = export_onnx(encoder.model, size)

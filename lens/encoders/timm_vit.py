@@ -13,13 +13,15 @@ Preprocessing is the tag's ``pretrained_cfg``: 224 px, crop_pct 0.9 (resize 248)
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from lens.encoders._registry import register_encoder
 from lens.encoders.base import RANDOM_WEIGHTS_ID, EncoderSpec, Precision, Preprocess, TorchImageEncoder
 from lens.encoders.hub import HubWeights
 from lens.encoders.weights import file_sha256
+
+if TYPE_CHECKING:  # torch and timm load when the model is built, never on import
+    import torch
 
 VIT_B16_ARCH = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
 INCEPTION_MEAN = (0.5, 0.5, 0.5)

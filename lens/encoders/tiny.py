@@ -7,17 +7,21 @@ which is enough for tests with known answers on generated images.
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from lens.encoders._registry import register_encoder
 from lens.encoders.base import EncoderSpec, Precision, Preprocess, TorchImageEncoder, state_dict_hash
+
+if TYPE_CHECKING:  # torch loads when the model is built, never on import
+    from torch import nn
 
 TINY_SEED = 0
 
 
 def build_tiny_model(dim: int = 64, seed: int = TINY_SEED) -> nn.Module:
+    import torch
+    from torch import nn
+
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # seeded init, without disturbing the caller's RNG stream
     try:

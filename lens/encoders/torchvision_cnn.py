@@ -20,9 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from lens.encoders._registry import register_encoder
 from lens.encoders.base import (
@@ -34,25 +32,18 @@ from lens.encoders.base import (
 )
 from lens.encoders.weights import WeightsFile, file_sha256
 
+if TYPE_CHECKING:  # torch and torchvision load when a model is built, never on import
+    from torch import nn
+
 TORCHVISION_LICENSE = "BSD-3-Clause (torchvision)"
 _DOWNLOAD = "https://download.pytorch.org/models/"
-
-
-class _PooledFeatures(nn.Module):
-    """``features`` trunk + global average pooling: the classifier head is dropped."""
-
-    def __init__(self, features: nn.Module) -> None:
-        super().__init__()
-        self.features = features
-        self.pool = nn.AdaptiveAvgPool2d(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.features(x)).flatten(1)
 
 
 def _load_state(model: nn.Module, weights_path: Path | None) -> str:
     if weights_path is None:
         return RANDOM_WEIGHTS_ID
+    import torch
+
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return file_sha256(weights_path)
@@ -68,6 +59,8 @@ def _pooled_trunk(
     """A builder for torchvision models with a ``features`` trunk (MobileNet, EfficientNet)."""
 
     def build(spec: EncoderSpec, weights_path: Path | None, *, precision: Precision | None = None) -> TorchImageEncoder:
+        from lens.encoders.wrappers import _PooledFeatures
+
         model = constructor()
         weights_id = _load_state(model, weights_path)
         return TorchImageEncoder(spec, _PooledFeatures(model.features), weights_id, precision=precision, fold_bn=True)
@@ -136,6 +129,7 @@ register_encoder(
 def _build_resnet50(
     spec: EncoderSpec, weights_path: Path | None, *, precision: Precision | None = None
 ) -> TorchImageEncoder:
+    from torch import nn
     from torchvision.models import resnet50
 
     model = resnet50(weights=None)
