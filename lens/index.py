@@ -18,7 +18,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,35 @@ class VectorIndex:
                 break
         return hits
 
+    def search_filtered(
+        self, vector: np.ndarray, k: int, allowed: Collection[str], *, exclude: Iterable[str] = ()
+    ) -> list[Hit]:
+        """The ``k`` most similar items among ``allowed`` ids, best first, skipping ``exclude``.
+
+        Asks the index for 4x, 16x, ... more neighbours until ``k`` allowed ones are among them (or every allowed
+        one), up to the whole index: exact then, since Annoy's ``search_k`` grows with the request
+        (:meth:`AnnoyIndex._search_rows`). The filter is one boolean mask over the rows, so a narrow filter costs
+        numpy work, not a Python object per neighbour.
+        """
+        if k < 1:
+            raise LensError(f"k must be a positive integer, got {k}.")
+        vector = self._check_vector(vector)
+        allowed = allowed if isinstance(allowed, (set, frozenset)) else set(allowed)
+        excluded = set(exclude)
+        keep = np.fromiter((i in allowed and i not in excluded for i in self.ids), dtype=bool, count=len(self.ids))
+        want = min(k, int(keep.sum()))
+        if want == 0:
+            return []
+        n = max(4 * k, 64)
+        while True:
+            rows, scores = self._search_rows(vector, min(n, len(self.ids)))
+            passed = keep[rows]
+            if int(passed.sum()) >= want or n >= len(self.ids):
+                break
+            n *= 4
+        rows, scores = rows[passed][:k], scores[passed][:k]
+        return [Hit(self.ids[row], float(score), rank) for rank, (row, score) in enumerate(zip(rows, scores), 1)]
+
     def search_rows(self, vectors: np.ndarray, k: int, *, exclude_rows: Sequence[int] | None = None) -> np.ndarray:
         """Row indices ``(Q, k)`` of the top ``k`` for each query row, ``-1``-padded; ``exclude_rows[q]`` is dropped."""
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -154,9 +183,13 @@ class AnnoyIndex(VectorIndex):
         self.path = path
 
     def _search_rows(self, vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        rows, distances = self._index.get_nns_by_vector(
-            vector.tolist(), min(n, len(self.ids)), search_k=self.search_k, include_distances=True
-        )
+        # search_k bounds Annoy's candidates, whatever n asks for: a filtered search (lens.search.search_vector) that
+        # asks for more and more neighbours would otherwise keep getting the same ~search_k candidates and return
+        # fewer than k hits for a narrow filter. Annoy's own default, n * n_trees, takes over past search_k, so a
+        # request for the whole index inspects every leaf (exact); k = 10 with 50 trees keeps search_k.
+        n = min(n, len(self.ids))
+        search_k = self.search_k if self.search_k < 0 else max(self.search_k, n * self.n_trees)
+        rows, distances = self._index.get_nns_by_vector(vector.tolist(), n, search_k=search_k, include_distances=True)
         distances = np.asarray(distances, dtype=np.float64)
         return np.asarray(rows, dtype=np.int64), (1.0 - distances**2 / 2.0).astype(np.float32)
 

@@ -48,14 +48,7 @@ def search_vector(
     """
     if allowed is None:
         return index.search(vector, k, exclude=exclude)
-    excluded = set(exclude)
-    n = max(4 * k, 64)
-    while True:
-        hits = index.search(vector, min(n, len(index)), exclude=excluded)
-        kept = [h for h in hits if h.id in allowed][:k]
-        if len(kept) == k or n >= len(index):
-            return [Hit(h.id, h.score, rank) for rank, h in enumerate(kept, start=1)]
-        n *= 4
+    return index.search_filtered(vector, k, allowed, exclude=exclude)
 
 
 def expand_query(

@@ -487,16 +487,28 @@ class ShardedIndex(VectorIndex):
 
     def search(self, vector: np.ndarray, k: int = 10, *, exclude: Iterable[str] = ()) -> list[Hit]:
         """The ``k`` most similar items over the searched shards, best first (each shard asked for its own top k)."""
+        excluded = list(exclude)
+        return self._merged(vector, k, lambda index, v: index.search(v, k, exclude=excluded))
+
+    def search_filtered(
+        self, vector: np.ndarray, k: int, allowed: Collection[str], *, exclude: Iterable[str] = ()
+    ) -> list[Hit]:
+        """The ``k`` most similar items among ``allowed`` over the searched shards: each shard's own filtered top k
+        (:meth:`lens.index.VectorIndex.search_filtered`), merged by cosine; no other shard is opened."""
+        excluded = list(exclude)
+        allowed = allowed if isinstance(allowed, (set, frozenset)) else set(allowed)
+        return self._merged(vector, k, lambda index, v: index.search_filtered(v, k, allowed, exclude=excluded))
+
+    def _merged(self, vector: np.ndarray, k: int, search: Callable[[AnnoyIndex, np.ndarray], list[Hit]]) -> list[Hit]:
         if k < 1:
             raise LensError(f"k must be a positive integer, got {k}.")
         vector = self._check_vector(vector)
-        excluded = list(exclude)
         root = self._root
         found: list[tuple[float, str]] = []
         lock = threading.Lock()
 
         def one(shard: int) -> tuple[np.ndarray, np.ndarray]:
-            hits = root._open[shard].search(vector, k, exclude=excluded)
+            hits = search(root._open[shard], vector)
             with lock:
                 found.extend((h.score, h.id) for h in hits)
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)

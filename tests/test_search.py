@@ -111,6 +111,21 @@ def test_filtered_search_on_annoy(big: tuple[Catalog, np.ndarray], tmp_path: Pat
     assert len({h.id for h in hits} & set(truth)) >= 9  # approximate, but close to the oracle
 
 
+def test_narrow_filter_on_annoy_still_gets_its_exact_best(tmp_path: Path) -> None:
+    """A filter that keeps 12 of 3,000 items, on an index whose search_k (100) sees a few dozen candidates: the
+    growing request must widen Annoy's search too (it used to return the same few candidates, so 0-3 hits)."""
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    catalog = _synthetic_catalog(3000, tmp_path)
+    embeddings = EmbeddingSet(vectors, catalog.ids, "synthetic", key="narrow")
+    annoy = build_index(embeddings, cache_dir=tmp_path / "cache", n_trees=10, search_k=100)
+    allowed = {catalog.ids[i] for i in range(0, 3000, 250)}
+    for q in (7, 42, 1999):
+        hits = search_vector(annoy, vectors[q], 10, allowed=allowed)
+        assert [h.id for h in hits] == _oracle(vectors, catalog.ids, vectors[q], allowed, 10)
+
+
 def test_results_table_columns_and_metadata(big: tuple[Catalog, np.ndarray]) -> None:
     catalog, vectors = big
     hits = ExactIndex(vectors, catalog.ids).search(vectors[3], 4, exclude=["item0003"])
