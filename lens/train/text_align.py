@@ -20,6 +20,7 @@ from lens.encoders.minilm import MINILM_DIM, MINILM_NAME, load_minilm
 from lens.encoders.trained.heads import project_rows
 from lens.encoders.trained.text_align import Projections, build_projections
 from lens.errors import LensError
+from lens.metrics import text_to_image_recall
 from lens.train.common import (
     RunContext,
     TrainResult,
@@ -59,16 +60,6 @@ class _Trainable(nn.Module):
     def __init__(self, projections: Projections, loss: SymmetricInfoNCE) -> None:
         super().__init__()
         self.projections, self.loss = projections, loss
-
-
-def text_to_image_recall(
-    text_vectors: np.ndarray, image_vectors: np.ndarray, target_rows: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)
-) -> dict[str, float]:
-    """R@k: share of text queries whose own image (row ``target_rows[i]`` of ``image_vectors``) is in the top k."""
-    sims = text_vectors @ image_vectors.T
-    own = sims[np.arange(len(target_rows)), target_rows]
-    rank = (sims > own[:, None]).sum(axis=1)  # 0 = first; ties count in the query's favour
-    return {f"text_r@{k}": float((rank < k).mean()) for k in ks}
 
 
 @register_recipe(
