@@ -1,10 +1,11 @@
 """``text-align``: text -> image search without CLIP weights.
 
-A frozen pretrained image encoder (default ``efficientnet-lite0``, its pooled 1280-d vectors, taken from the lens
-embedding cache when present) and the frozen sentence encoder all-MiniLM-L6-v2 (384-d) are each followed by a
-trainable projection (2-layer MLP, :mod:`lens.encoders.trained.text_align`) into a shared ``embedding_dim`` space,
-trained with CLIP's symmetric InfoNCE and a learnable temperature on (photo, ``productDisplayName``) pairs of the
-training split.
+A frozen image encoder (default ``concat-colour``: the three pretrained CNNs' pooled vectors and a colour histogram,
+taken from the lens embedding cache when present) and a frozen text side (all-MiniLM-L6-v2's 384-d sentence vector
+beside a bag of the title's words over the training titles' vocabulary) are each followed by a trainable linear
+projection (:mod:`lens.encoders.trained.text_align`) into a shared ``embedding_dim`` space, trained with CLIP's
+symmetric InfoNCE and a learnable temperature on (photo, ``productDisplayName``) pairs of the training split. Why
+these choices (each measured on validation): docs/training.md, "4. Text side".
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from torch import nn
 from lens.catalog import Catalog
 from lens.encoders.minilm import MINILM_DIM, MINILM_NAME, load_minilm
 from lens.encoders.trained.heads import project_rows
-from lens.encoders.trained.text_align import Projections, build_projections
+from lens.encoders.trained.text_align import (
+    PROJECTIONS,
+    Projections,
+    build_projections,
+    build_vocabulary,
+    text_features,
+)
 from lens.errors import LensError
 from lens.metrics import text_to_image_recall
 from lens.train.common import (
@@ -40,20 +47,29 @@ from lens.train.registry import register_recipe
 from lens.train.split import Split
 
 TEXT_COLUMN = "productDisplayName"
-#: Hidden width of both projections.
+#: Hidden width of both projections (``--projection mlp``).
 HIDDEN = 512
 
 
 @dataclass
 class TextAlignConfig(TrainConfig):
-    """``text-align`` settings; why these defaults: docs/training.md."""
+    """``text-align`` settings; chosen on validation text R@k (docs/training.md, "4. Text side")."""
 
-    backbone: str = setting("efficientnet-lite0", "frozen image encoder (any image encoder)")
+    backbone: str = setting(
+        "concat-colour", "frozen image encoder (any image encoder; concat-colour = 3 CNNs + a colour histogram)"
+    )
     epochs: int = setting(20, "passes over the training pairs", minimum=1)
     batch_size: int = setting(256, "(photo, title) pairs per step", flag="--batch", minimum=1)
     weight_decay: float = setting(1e-2, "AdamW weight decay")
     temperature: float = setting(0.07, "initial InfoNCE temperature (learnable)")
     embedding_dim: int = setting(256, "shared-space dimension", minimum=1)
+    projection: str = setting(
+        "linear", "projection of each side: linear, or mlp (Linear-GELU-Linear)", choices=PROJECTIONS
+    )
+    vocab_min_count: int = setting(
+        2, "bag of words beside MiniLM: words in at least this many training titles (0 = MiniLM only)", minimum=0
+    )
+    bow_weight: float = setting(1.0, "weight of the bag of words against MiniLM's unit vector")
 
 
 class _Trainable(nn.Module):
@@ -81,7 +97,15 @@ def train_text_align(
     ids = image_set.ids
     titles = [str(t) for t in catalog.labels(text_column, ids=ids)]
     ctx.log(f"text-align: embedding {len(titles)} titles with {MINILM_NAME}")
-    text_feats = load_minilm().embed(titles)
+    minilm = load_minilm().embed(titles)
+    parts = split_positions(ids, split)
+    train_idx, val_idx = parts["train"], parts["val"]
+    # the vocabulary comes from the training titles only (no held-out or validation word leaks into the model)
+    vocabulary = (
+        build_vocabulary([titles[i] for i in train_idx], config.vocab_min_count) if config.vocab_min_count else []
+    )
+    text_arch = {"vocabulary": vocabulary, "bow_weight": config.bow_weight} if vocabulary else {}
+    text_feats = text_features(minilm, titles, text_arch)
     image_feats = image_set.vectors
 
     torch.manual_seed(config.seed)
@@ -92,14 +116,14 @@ def train_text_align(
         "image_precision": base.precision,
         "image_dim": base.dim,
         "text_model": MINILM_NAME,
-        "text_dim": MINILM_DIM,
+        "text_dim": MINILM_DIM + len(vocabulary),
         "dim": config.embedding_dim,
         "hidden": HIDDEN,
+        "projection": config.projection,
+        **text_arch,
     }
     projections = build_projections(arch)
     model = _Trainable(projections, SymmetricInfoNCE(config.temperature))
-    parts = split_positions(ids, split)
-    train_idx, val_idx = parts["train"], parts["val"]
     img_t, txt_t = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
 
     def loss_step(batch: np.ndarray) -> torch.Tensor:
@@ -134,7 +158,8 @@ def train_text_align(
         "preprocess": base.spec.preprocess.key(),
         "precision": base.precision,
         "pooling": "trained projection",
-        "description": f"{config.backbone} + {MINILM_NAME}, projections trained with InfoNCE on {catalog.name} titles",
+        "description": f"{config.backbone} + {MINILM_NAME}{' + bag of words' if vocabulary else ''}, {config.projection} "
+        f"projections trained with InfoNCE on {catalog.name} titles",
         "license": "as the base weights (Apache-2.0)",
         "temperature": model.loss.temperature,
         **base_config(config, catalog, split, ctx),
