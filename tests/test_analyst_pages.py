@@ -350,3 +350,12 @@ def test_rerank_toggle_on_search_and_metrics(dashboard_env: dict[str, Path]) -> 
     oracle = evaluate_embeddings(embeddings, catalog, label_column="articleType", ks=(1, 5, 10), expand=3).summary
     assert after.loc["tiny", "map@r"] == pytest.approx(oracle["map@r"], abs=1e-6)
     assert list(before.columns) == list(after.columns)
+
+
+def test_pick_text_model_switches_image_only_models_to_the_best_text_model() -> None:
+    from dashboard import config
+
+    assert config.pick_text_model("proxy-efficientnet-lite2", ["clip-x", "text-align"]) == "text-align"
+    assert config.pick_text_model("proxy-efficientnet-lite2", ["clip-x"]) == "clip-x"  # the only text model
+    assert config.pick_text_model("clip-x", ["clip-x", "text-align"]) == "clip-x"  # a text model is kept
+    assert config.pick_text_model("efficientnet-lite0", []) == "efficientnet-lite0"  # none: the page explains
