@@ -13,8 +13,11 @@ part unit length (3917-d): the image side of ``text-align`` (docs/training.md, "
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,7 +29,7 @@ HUES, SATURATIONS, VALUES, GREYS = 12, 2, 3, 5
 COLOUR_DIM = HUES * SATURATIONS * VALUES + GREYS  #: 77
 COLOUR_INPUT = 64  #: pixels per side the histogram is computed at
 #: Identifies the descriptor in cache keys (a change of bins or thresholds must change it).
-COLOUR_WEIGHTS_ID = "colour-hsv-12x2x3+5-fg0.9-0.1-v1"
+COLOUR_WEIGHTS_ID = "colour-hsv-12x2x3+5-fg0.9-0.1-v2"
 
 
 class ColourHistogram(nn.Module):
@@ -59,6 +62,18 @@ class ColourHistogram(nn.Module):
         return torch.sqrt(hist / hist.sum(1, keepdim=True).clamp(min=1e-12))
 
 
+class ColourHistogramEncoder(TorchImageEncoder):
+    """The histogram on fully decoded photos, for catalogs and queries alike.
+
+    Overriding :meth:`_embed_batch` takes this encoder off the catalog pass's JPEG ``draft`` decode
+    (:func:`lens.embed.pixel_preprocess`): a hard histogram moves by up to 0.1 when libjpeg's DCT scaling shifts pixel
+    values by a level, so a catalog photo given as a query (decoded in full) would not get its catalog vector.
+    """
+
+    def _embed_batch(self, images: Sequence[Any]) -> np.ndarray:
+        return super()._embed_batch(images)
+
+
 @register_encoder(
     EncoderSpec(
         name="colour-histogram",
@@ -76,7 +91,7 @@ class ColourHistogram(nn.Module):
 def _build_colour(
     spec: EncoderSpec, weights_path: Path | None, *, precision: Precision | None = None
 ) -> TorchImageEncoder:
-    return TorchImageEncoder(spec, ColourHistogram(), COLOUR_WEIGHTS_ID, precision="fp32")
+    return ColourHistogramEncoder(spec, ColourHistogram(), COLOUR_WEIGHTS_ID, precision="fp32")
 
 
 CONCAT_COLOUR_PARTS = (*CONCAT_PARTS, "colour-histogram")
