@@ -456,7 +456,10 @@ def test_recipe_defaults_are_the_documented_ones() -> None:
             weight_decay=1e-2,
             temperature=0.07,
             embedding_dim=256,
-            backbone="efficientnet-lite0",
+            backbone="concat-colour",
+            projection="linear",
+            vocab_min_count=2,
+            bow_weight=1.0,
         ),
     }
     for recipe, settings in expected.items():
