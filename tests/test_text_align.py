@@ -85,3 +85,48 @@ def test_text_align_on_colour_histograms_finds_the_named_colour(tmp_path: Path, 
     for colour, shape in (("Red", "circle"), ("Blue", "square"), ("Green", "triangle"), ("Orange", "cross")):
         top = np.argsort(-(images.vectors @ enc.embed_texts([f"{colour} {shape}"])[0]))[:5]
         assert {str(c) for c in colours[top]} <= {colour, "", "nan"}, (colour, colours[top])
+
+
+def test_attribute_blocks_add_weighted_probability_products() -> None:
+    """The appended coordinates make the inner product of the unnormalised rows equal the projections' cosine plus
+    weight x P_text . P_image per attribute (known logits: softmax([0, ln 3]) = [1/4, 3/4]); and on a toy problem
+    separated by the attribute alone (both projections blind to it) the blocks bring the matching photo first."""
+    import math
+
+    import torch
+
+    from lens.encoders.trained.text_align import build_projections
+
+    arch = {"image_dim": 3, "text_dim": 2, "dim": 2, "hidden": 4, "projection": "linear"}
+    attributes = [{"column": "gender", "classes": ["Men", "Women"], "weight": 0.4}]
+    proj = build_projections({**arch, "attributes": attributes})
+    assert proj.dim == 4
+    with torch.no_grad():
+        proj.image.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+        proj.text.weight.copy_(torch.eye(2))
+        for layer in (proj.image, proj.text):
+            layer.bias.zero_()
+        # image head: class logits [0, ln 3 * x2]; text head: [ln 3 * x1, 0]
+        proj.image_heads[0].weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, math.log(3)]]))
+        proj.text_heads[0].weight.copy_(torch.tensor([[math.log(3), 0.0], [0.0, 0.0]]))
+        for head in (proj.image_heads[0], proj.text_heads[0]):
+            head.bias.zero_()
+        image = proj.image_side(torch.tensor([[3.0, 4.0, 1.0]]))[0]  # unit projection [0.6, 0.8]; P = [1/4, 3/4]
+        text = proj.text_side(torch.tensor([[1.0, 0.0]]))[0]  # unit projection [1, 0]; P = [3/4, 1/4]
+    p_image, p_text = np.array([0.25, 0.75]), np.array([0.75, 0.25])
+    assert float(image @ text) == pytest.approx(0.6 + 0.4 * float(p_text @ p_image), abs=1e-6)  # 0.6 + 0.4 * 0.375
+    np.testing.assert_allclose(image[2:].numpy(), 0.4**0.5 * p_image, atol=1e-6)
+
+    # toy: the projections see only x1 (the same for every photo); the attribute is x3 (image) / x2 (text)
+    with torch.no_grad():
+        proj.image_heads[0].weight.copy_(torch.tensor([[0.0, 0.0, -5.0], [0.0, 0.0, 5.0]]))
+        proj.text_heads[0].weight.copy_(torch.tensor([[0.0, -5.0], [0.0, 5.0]]))
+    photos = torch.tensor([[1.0, 0.0, -1.0], [1.0, 0.0, 1.0]])  # Men, Women
+    queries = torch.tensor([[1.0, -1.0], [1.0, 1.0]])  # "men ...", "women ..."
+    from lens.encoders.trained.heads import project_rows
+
+    scores = project_rows(proj.text_side, queries) @ project_rows(proj.image_side, photos).T
+    assert list(scores.argmax(axis=1)) == [0, 1]
+    proj.attribute_weights = [0.0]  # without the blocks both photos tie for both queries
+    scores = project_rows(proj.text_side, queries) @ project_rows(proj.image_side, photos).T
+    np.testing.assert_allclose(scores[:, 0], scores[:, 1], atol=1e-6)

@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lens.encoders.base import Encoder, check_texts
@@ -58,9 +60,24 @@ PROJECTIONS = ("linear", "mlp")
 
 
 class Projections(nn.Module):
-    """``image``: d_img -> dim and ``text``: d_txt -> dim, each a Linear (``linear``) or Linear-GELU-Linear (``mlp``)."""
+    """``image``: d_img -> dim and ``text``: d_txt -> dim, each a Linear (``linear``) or Linear-GELU-Linear (``mlp``).
 
-    def __init__(self, image_dim: int, text_dim: int, dim: int, hidden: int, kind: str = "mlp") -> None:
+    With ``attributes`` (``[(n_classes, weight), ...]``, e.g. gender / articleType / baseColour), each side also has
+    one linear classifier per attribute (``image_heads`` / ``text_heads``), and :meth:`image_side` /
+    :meth:`text_side` append ``sqrt(weight) * softmax(head(x))`` per attribute to the unit projection: the inner
+    product of a text row and an image row is then ``cosine + sum(weight * P_text(attr) . P_image(attr))`` (the
+    "two-stage" score, served by the one-vector index once the rows are L2-normalised).
+    """
+
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        dim: int,
+        hidden: int,
+        kind: str = "mlp",
+        attributes: Sequence[tuple[int, float]] = (),
+    ) -> None:
         super().__init__()
         if kind not in PROJECTIONS:
             raise LensError(f"unknown text-align projection {kind!r}; known: {', '.join(PROJECTIONS)}.")
@@ -70,17 +87,38 @@ class Projections(nn.Module):
         else:
             self.image = mlp(image_dim, hidden, dim, nn.GELU)
             self.text = mlp(text_dim, hidden, dim, nn.GELU)
+        self.dim = dim + sum(int(n) for n, _ in attributes)  #: width of :meth:`image_side` / :meth:`text_side` rows
+        self.attribute_weights = [float(w) for _, w in attributes]
+        self.image_heads = nn.ModuleList(nn.Linear(image_dim, int(n)) for n, _ in attributes)
+        self.text_heads = nn.ModuleList(nn.Linear(text_dim, int(n)) for n, _ in attributes)
+
+    def _side(self, projection: nn.Module, heads: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        z = projection(x)
+        if not len(heads):
+            return z
+        blocks = [F.normalize(z, dim=-1)]
+        blocks += [w**0.5 * F.softmax(head(x), dim=-1) for head, w in zip(heads, self.attribute_weights, strict=True)]
+        return torch.cat(blocks, dim=-1)
+
+    def image_side(self, x: torch.Tensor) -> torch.Tensor:
+        """Image features -> the image row before the final L2 normalisation (projection, then attribute blocks)."""
+        return self._side(self.image, self.image_heads, x)
+
+    def text_side(self, x: torch.Tensor) -> torch.Tensor:
+        """Text features -> the text row before the final L2 normalisation (projection, then attribute blocks)."""
+        return self._side(self.text, self.text_heads, x)
 
 
 def build_projections(arch: dict[str, Any]) -> Projections:
     """``arch``: ``{"image_dim", "text_dim", "dim", "hidden", "projection"}`` (no ``projection``: ``mlp``, the kind of
-    every model saved before it was recorded)."""
+    every model saved before it was recorded), optionally ``"attributes": [{"column", "classes", "weight"}, ...]``."""
     return Projections(
         int(arch["image_dim"]),
         int(arch["text_dim"]),
         int(arch["dim"]),
         int(arch["hidden"]),
         str(arch.get("projection", "mlp")),
+        [(len(a["classes"]), float(a["weight"])) for a in arch.get("attributes") or []],
     )
 
 
@@ -115,12 +153,12 @@ class TextAlignEncoder(OnFrozenEncoder):
 
     def project_image_features(self, features: np.ndarray) -> np.ndarray:
         """Base image-encoder vectors ``(N, d_img)`` -> shared-space vectors ``(N, dim)``, float32, L2-normalised."""
-        return project_rows(self.projections.image, features)
+        return project_rows(self.projections.image_side, features)
 
     def project_text_features(self, features: np.ndarray) -> np.ndarray:
         """Text features ``(N, text_dim)`` (:func:`text_features`: MiniLM, then the bag of words when the model has
         a vocabulary) -> shared-space vectors ``(N, dim)``, float32, L2-normalised."""
-        return project_rows(self.projections.text, features)
+        return project_rows(self.projections.text_side, features)
 
     def base_and_head(self) -> tuple[Encoder, Callable[[np.ndarray], np.ndarray]]:
         return self.image_encoder, self.project_image_features
