@@ -109,6 +109,20 @@ BEST_FIRST: tuple[str, ...] = (
 efficientnet-lite2 0.879, its triplet head 0.840, the frozen backbone 0.825, lite0 0.810)."""
 
 
+BEST_TEXT_FIRST: tuple[str, ...] = ("text-align",)
+"""Text-capable models a text query switches to, best first: ``text-align`` (held-out text -> image R@10 among the
+1,600 held-out photos in docs/training.md, "4. Text side")."""
+
+
+def pick_text_model(current: str, text_models: Sequence[str]) -> str:
+    """The model a text query runs on: ``current`` when it embeds text, else the best of ``text_models`` (the
+    available text-capable ones, :data:`BEST_TEXT_FIRST` first), else ``current`` (the page explains)."""
+    if current in text_models or not text_models:
+        return current
+    ranked = [n for n in BEST_TEXT_FIRST if n in text_models]
+    return (ranked or list(text_models))[0]
+
+
 def best_first(names: Sequence[str]) -> list[str]:
     """``names`` with the models of :data:`BEST_FIRST` moved to the front, in that order."""
     ranked = [n for n in BEST_FIRST if n in names]

@@ -79,7 +79,9 @@ STATUS_WRITE_EVERY_S = 1.0  #: progress is written at most this often (a state c
 DEFAULT_PLAN: dict[str, Any] = {
     "encoders": ["efficientnet-lite0", "mobilenet-v2", "efficientnet-lite2"],
     "recipes": [
-        {"name": "text-align", "recipe": "text-align", "needs": ["efficientnet-lite0", MINILM]},
+        # text search (docs/training.md "4. Text side"): linear projections of concat-colour (the three CNNs above
+        # + a colour histogram, computed in this step) and of MiniLM + a bag of the titles' words
+        {"name": "text-align", "recipe": "text-align", "needs": ["concat-colour", MINILM]},
         # the best image model (docs/training.md): a Proxy-Anchor head on the frozen efficientnet-lite2
         {"name": "proxy-efficientnet-lite2", "recipe": "proxy-efficientnet-lite2", "needs": ["efficientnet-lite2"]},
         {"name": "triplet-efficientnet-lite0", "recipe": "triplet-efficientnet-lite0", "needs": ["efficientnet-lite0"]},

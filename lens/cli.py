@@ -500,6 +500,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         query_ids = load_split(args.split, catalog).query  # the held-out queries no trained model has seen
     reports = {}
     models = _parse_models(args.models, run)  # every name checked before the first embeds the catalog
+    if args.text is not None:
+        return _evaluate_text(catalog, models, run, args, ks, query_ids)
     for model in models:
         _, embeddings = _embed(catalog, model, run, args.quiet)
         usable = None if query_ids is None else [i for i in query_ids if i not in dict(embeddings.failed)]
@@ -524,6 +526,30 @@ def _shard_flags(parser: argparse.ArgumentParser) -> None:
         metavar="hash|COLUMN",
         help="with --shards: split by id hash (default) or by a metadata column (a filter on it searches its shards)",
     )
+
+
+def _evaluate_text(catalog, models: list[str], run: RunOptions, args, ks, query_ids) -> int:  # noqa: ANN001
+    """``evaluate --text``: known-item text -> image figures, one row per model and gallery."""
+    from lens.encoders import get_spec
+    from lens.evaluate import evaluate_text_to_image
+
+    if args.expand or args.macro or args.per_category:
+        raise LensError("--text reports text -> image recall; it takes no --expand, --macro or --per-category.")
+    for model in models:  # refuse an image-only model before any catalog is embedded
+        if not get_spec(model).supports_text:
+            raise LensError(
+                f"model {model!r} embeds images only, so --text cannot evaluate it; name text-capable models "
+                "(`python -m lens encoders` lists them in its 'text' column, e.g. text-align)."
+            )
+    rows = []
+    for model in models:
+        encoder, embeddings = _embed(catalog, model, run, args.quiet)
+        for row in evaluate_text_to_image(
+            encoder, embeddings, catalog, query_ids=query_ids, text_column=args.text, ks=ks
+        ):
+            rows.append({"model": model, "text": args.text, **row})
+    _write_table(pd.DataFrame(rows), args.csv)
+    return 0
 
 
 def _expansion_flags(parser: argparse.ArgumentParser) -> None:
@@ -885,6 +911,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="write the summary CSV to this file ('-' for stdout)")
     p.add_argument("--per-category", default=None, help="write per-category metrics CSV to this file")
     p.add_argument("--split", default=None, help="split JSON from `train`: queries = its held-out query ids")
+    p.add_argument(
+        "--text",
+        nargs="?",
+        const="productDisplayName",
+        default=None,
+        metavar="COLUMN",
+        help="text -> image instead (text-capable models): each query's COLUMN text (default productDisplayName) "
+        "searches for its own photo, among the query photos and against the whole catalog (text_r@k)",
+    )
     _expansion_flags(p)
     p.set_defaults(func=cmd_evaluate)
 

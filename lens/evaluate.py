@@ -9,7 +9,9 @@ import pandas as pd
 
 from lens.catalog import Catalog
 from lens.embed import EmbeddingSet
-from lens.metrics import RetrievalReport, evaluate_neighbors, evaluate_retrieval
+from lens.encoders.base import Encoder
+from lens.errors import LensError
+from lens.metrics import RetrievalReport, evaluate_neighbors, evaluate_retrieval, text_to_image_recall
 from lens.rerank import DEFAULT_ALPHA, expand_queries
 from lens.vectors import l2_normalize, rank_by_cosine
 
@@ -47,6 +49,61 @@ def evaluate_embeddings(
     depth = max(max(ks), int(counts.max()) if len(counts) else 0)
     ranked, _ = rank_by_cosine(expanded, vectors, depth, exclude=queries)
     return evaluate_neighbors(ranked, queries.tolist(), list(labels), embeddings.ids, ks=ks, label_column=column)
+
+
+#: The catalog column whose text is a product's query in the text -> image evaluation.
+DEFAULT_TEXT_COLUMN = "productDisplayName"
+
+
+def evaluate_text_to_image(
+    encoder: Encoder,
+    embeddings: EmbeddingSet,
+    catalog: Catalog,
+    *,
+    query_ids: Sequence[str] | None = None,
+    text_column: str = DEFAULT_TEXT_COLUMN,
+    ks: Sequence[int] = (1, 5, 10),
+) -> list[dict[str, object]]:
+    """Known-item text -> image search: each query item's ``text_column`` text (its title) searches for its own photo.
+
+    Two galleries, one row each: ``queries`` = the query items' own photos only (the issue-12 protocol "among the
+    1,600 held-out photos"), and ``catalog`` = every embedded photo. Hit = the item's own photo
+    (:func:`lens.metrics.text_to_image_recall`); exact search by cosine.
+
+    Args:
+        encoder: a text-capable encoder (``embed_texts``); ``embeddings`` are its catalog vectors.
+        query_ids: the query items (default: every embedded item); items without a vector are left out.
+
+    Returns:
+        ``[{"gallery", "gallery_size", "queries", "text_r@k"...}]``.
+
+    Raises:
+        LensError: the encoder embeds images only, or the catalog has no ``text_column``.
+    """
+    if not encoder.spec.supports_text:
+        raise LensError(
+            f"model {encoder.name!r} embeds images only, so it has no text -> image figures; evaluate a text-capable "
+            "model (`python -m lens encoders` lists them in its 'text' column, e.g. text-align)."
+        )
+    if text_column not in catalog.columns:
+        raise LensError(
+            f"catalog {catalog.name!r} has no text column {text_column!r}; its columns: {', '.join(catalog.columns)}."
+        )
+    wanted = embeddings.ids if query_ids is None else query_ids
+    have = set(embeddings.ids)
+    ids = [i for i in wanted if i in have]
+    rows = np.asarray([embeddings.position(i) for i in ids], dtype=np.int64)
+    texts = [str(t) for t in catalog.labels(text_column, ids=ids)]
+    text_vectors = encoder.embed_texts(texts)
+    images = l2_normalize(embeddings.vectors)
+    out: list[dict[str, object]] = []
+    for gallery, vectors, targets in (
+        ("queries", images[rows], np.arange(len(rows))),
+        ("catalog", images, rows),
+    ):
+        recall = text_to_image_recall(text_vectors, vectors, targets, ks)
+        out.append({"gallery": gallery, "gallery_size": len(vectors), "queries": len(rows), **recall})
+    return out
 
 
 def summary_table(reports: dict[str, RetrievalReport], *, macro: bool = False) -> pd.DataFrame:

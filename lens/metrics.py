@@ -48,6 +48,7 @@ __all__ = [
     "r_precision",
     "recall_at_k",
     "relevance_from_labels",
+    "text_to_image_recall",
 ]
 
 # Stable order of the metric families in reports; the ``@k`` families expand once per k.
@@ -659,3 +660,33 @@ def evaluate_neighbors(
         ks=ks_t,
         label_column=label_column,
     )
+
+
+def text_to_image_recall(
+    text_vectors: np.ndarray, image_vectors: np.ndarray, target_rows: np.ndarray, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """Known-item search: the share of text queries whose own image is in the top ``k``.
+
+    Query ``i`` (row ``i`` of ``text_vectors``) has exactly one hit, row ``target_rows[i]`` of ``image_vectors``
+    (its product's own photo); ranking is by dot product (rows L2-normalised by the caller, as encoders return
+    them). An image scoring *equal* to the hit is ranked after it (ties count in the query's favour).
+
+    Args:
+        text_vectors: ``(Q, d)`` query vectors.
+        image_vectors: ``(N, d)`` gallery vectors.
+        target_rows: ``(Q,)`` ints, the gallery row of each query's own image.
+        ks: cut-offs.
+
+    Returns:
+        ``{"text_r@k": share}`` per ``k``, floats in [0, 1].
+    """
+    targets = np.asarray(target_rows, dtype=np.int64)
+    if len(targets) != len(text_vectors):
+        raise LensError(f"one target row per text query: {len(text_vectors)} queries, {len(targets)} targets")
+    ks_t = _validate_ks(ks)
+    rank = np.empty(len(targets), dtype=np.int64)
+    for start in range(0, len(targets), 1024):  # (1024 x N) similarities at a time: bounded memory
+        sims = text_vectors[start : start + 1024] @ image_vectors.T
+        own = sims[np.arange(len(sims)), targets[start : start + 1024]]
+        rank[start : start + len(sims)] = (sims > own[:, None]).sum(axis=1)  # 0 = first
+    return {f"text_r@{k}": float((rank < k).mean()) if len(rank) else float("nan") for k in ks_t}

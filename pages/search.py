@@ -26,11 +26,22 @@ with top[0]:
     model_row = components.model_select(ctx, "Model", key="search_model")
 with top[1]:
     k = st.slider("Results (k)", 1, 50, 10, key="search_k")
+text_models = [r["name"] for r in resources.encoders() if r["text"] and r["available"]]
+
+
+def to_text_model() -> None:
+    """Radio callback: a text query switches an image-only model to the best text model (config.BEST_TEXT_FIRST)."""
+    if st.session_state.get("search_mode") in (query.TEXT, query.IMAGE_TEXT):
+        # only models the select box offers (on a large catalog: the ready ones)
+        offered = components.cached_models(ctx) if components.large_catalog(ctx) else text_models
+        current = str(st.session_state.get("search_model", ""))
+        st.session_state["search_model"] = config.pick_text_model(current, [m for m in text_models if m in offered])
+
+
 with top[2]:
-    mode = st.radio("Query by", query.MODES, horizontal=True, key="search_mode")
+    mode = st.radio("Query by", query.MODES, horizontal=True, key="search_mode", on_change=to_text_model)
 
 model = model_row["name"]
-text_models = [r["name"] for r in resources.encoders() if r["text"] and r["available"]]
 
 
 def pick_product() -> str | None:

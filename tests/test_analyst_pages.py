@@ -485,3 +485,12 @@ def test_the_first_map_is_drawn_before_the_second_is_computed(
         ("compute", "tiny-text", "umap"),
         ("draw", "proj_right_UMAP_hover"),
     ]
+
+
+def test_pick_text_model_switches_image_only_models_to_the_best_text_model() -> None:
+    from dashboard import config
+
+    assert config.pick_text_model("proxy-efficientnet-lite2", ["clip-x", "text-align"]) == "text-align"
+    assert config.pick_text_model("proxy-efficientnet-lite2", ["clip-x"]) == "clip-x"  # the only text model
+    assert config.pick_text_model("clip-x", ["clip-x", "text-align"]) == "clip-x"  # a text model is kept
+    assert config.pick_text_model("efficientnet-lite0", []) == "efficientnet-lite0"  # none: the page explains

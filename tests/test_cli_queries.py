@@ -145,3 +145,23 @@ def test_url_query_from_a_local_server(capsys, text_env, monkeypatch: pytest.Mon
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_evaluate_text_reports_known_item_recall(capsys: pytest.CaptureFixture[str], text_env, tmp_path: Path) -> None:
+    """``evaluate --text``: each query's title searches for its own photo; one row per gallery, R@k rising with k,
+    R@k = 1 at k >= the gallery size (a known answer), and an image-only model is refused with the remedy."""
+    catalog, _ = text_env
+    ids = pd.read_csv(catalog / "catalog.csv", dtype=str)["id"].tolist()
+    code = main(["evaluate", "--catalog", str(catalog), "--models", "text-align", "--text", "--queries", "8",
+                 "--k", "1,8,40", "--csv", "-", "--quiet"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    table = pd.read_csv(io.StringIO(out)).set_index("gallery")
+    assert table.loc["queries", "gallery_size"] == 8 and table.loc["catalog", "gallery_size"] == len(ids)
+    assert (table["queries"] == 8).all() and (table["text"] == "productDisplayName").all()
+    for gallery in ("queries", "catalog"):
+        r = table.loc[gallery, ["text_r@1", "text_r@8", "text_r@40"]].to_numpy()
+        assert 0 <= r[0] <= r[1] <= r[2] == 1.0
+    assert table.loc["queries", "text_r@8"] == 1.0  # 8 photos: the own photo is always in the top 8
+    code = main(["evaluate", "--catalog", str(catalog), "--models", "tiny", "--text", "--quiet"])
+    assert code != 0 and "embeds images only" in capsys.readouterr().err

@@ -430,3 +430,19 @@ def test_agrees_with_pytorch_metric_learning():
     assert report.summary["map@r"] == pytest.approx(expected["mean_average_precision_at_r"], abs=1e-6)
     # Guard against a vacuous pass: the task is neither trivial nor hopeless.
     assert 0.2 < report.summary["map@r"] < 0.95
+
+
+def test_text_to_image_recall_known_ranks() -> None:
+    """Hand-built 2-D case: query 0's own image ranks 1st, query 1's 2nd, query 2's 3rd; a tie counts for the query."""
+    from lens.metrics import text_to_image_recall
+
+    images = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    texts = np.array([[1.0, 0.0], [0.6, 0.8], [1.0, 0.0]])
+    # query 0 -> image 0 (sim 1, first); query 1 -> image 1 (0.8, after image 2's 1.0); query 2 -> image 1
+    # (0: after image 0's 1.0 and image 2's 0.6)
+    got = text_to_image_recall(texts, images, np.array([0, 1, 1]), ks=(1, 2, 3))
+    assert got == pytest.approx({"text_r@1": 1 / 3, "text_r@2": 2 / 3, "text_r@3": 1.0})
+    tie = text_to_image_recall(np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([1]), ks=(1,))
+    assert tie == {"text_r@1": 1.0}
+    with pytest.raises(LensError, match="one target row per text query"):
+        text_to_image_recall(texts, images, np.array([0, 1]))

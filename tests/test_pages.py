@@ -307,9 +307,12 @@ def test_csv_export_has_the_promised_columns(dashboard_env: dict[str, Path], dow
 
 def test_text_queries(dashboard_env: dict[str, Path], test_encoders: None) -> None:
     at = start("search")
+    assert at.selectbox(key="search_model").value == "tiny"
     at.radio(key="search_mode").set_value("Text").run()
     assert not at.exception
+    assert at.selectbox(key="search_model").value == "tiny-text"  # a text query switches to the text model
     assert any("Type a description" in w.value for w in at.warning), "empty text query"
+    at.selectbox(key="search_model").set_value("tiny").run()  # the user picks an image-only model again
     at.text_input(key="search_text").set_value("red circle").run()
     assert not at.exception
     assert any("embeds images only" in e.value and "tiny-text" in e.value for e in at.error), "image-only model"

@@ -338,7 +338,9 @@ def test_text_align_serves_text_and_image_text_queries(train_catalog, models_env
     enc = create_encoder("text-align")
     assert enc.spec.supports_text
     texts = enc.embed_texts(["red circle", "blue square item"])
-    assert texts.shape == (2, 32) and texts.dtype == np.float32
+    # 32 projection coordinates, then the attribute blocks when validation chose a weight > 0 (one per class)
+    blocks = sum(len(a["classes"]) for a in enc.arch.get("attributes") or [])
+    assert enc.dim == 32 + blocks and texts.shape == (2, enc.dim) and texts.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
     image = open_image(train_catalog.image_paths()[0])
     both = enc.embed_query(image, "blue", text_weight=0.5)
@@ -461,7 +463,12 @@ def test_recipe_defaults_are_the_documented_ones() -> None:
             weight_decay=1e-2,
             temperature=0.07,
             embedding_dim=256,
-            backbone="efficientnet-lite0",
+            backbone="concat-colour",
+            projection="linear",
+            vocab_min_count=2,
+            bow_weight=1.0,
+            attributes="gender,articleType,baseColour",
+            attribute_weight=-1.0,
         ),
     }
     for recipe, settings in expected.items():

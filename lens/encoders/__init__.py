@@ -5,6 +5,7 @@ Importing this package registers every encoder family; no model is built or load
 
 from lens.encoders import (  # noqa: F401  (registration side effects; heavy libraries load only in builders)
     clip,
+    colour,
     composite,
     dinov2,
     efficientnet_lite,

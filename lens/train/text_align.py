@@ -1,10 +1,11 @@
 """``text-align``: text -> image search without CLIP weights.
 
-A frozen pretrained image encoder (default ``efficientnet-lite0``, its pooled 1280-d vectors, taken from the lens
-embedding cache when present) and the frozen sentence encoder all-MiniLM-L6-v2 (384-d) are each followed by a
-trainable projection (2-layer MLP, :mod:`lens.encoders.trained.text_align`) into a shared ``embedding_dim`` space,
-trained with CLIP's symmetric InfoNCE and a learnable temperature on (photo, ``productDisplayName``) pairs of the
-training split.
+A frozen image encoder (default ``concat-colour``: the three pretrained CNNs' pooled vectors and a colour histogram,
+taken from the lens embedding cache when present) and a frozen text side (all-MiniLM-L6-v2's 384-d sentence vector
+beside a bag of the title's words over the training titles' vocabulary) are each followed by a trainable linear
+projection (:mod:`lens.encoders.trained.text_align`) into a shared ``embedding_dim`` space, trained with CLIP's
+symmetric InfoNCE and a learnable temperature on (photo, ``productDisplayName``) pairs of the training split. Why
+these choices (each measured on validation): docs/training.md, "4. Text side".
 """
 
 from __future__ import annotations
@@ -13,13 +14,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lens.catalog import Catalog
 from lens.encoders.minilm import MINILM_DIM, MINILM_NAME, load_minilm
 from lens.encoders.trained.heads import project_rows
-from lens.encoders.trained.text_align import Projections, build_projections
+from lens.encoders.trained.text_align import (
+    PROJECTIONS,
+    Projections,
+    build_projections,
+    build_vocabulary,
+    text_features,
+)
 from lens.errors import LensError
+from lens.metrics import text_to_image_recall
 from lens.train.common import (
     RunContext,
     TrainResult,
@@ -39,36 +48,46 @@ from lens.train.registry import register_recipe
 from lens.train.split import Split
 
 TEXT_COLUMN = "productDisplayName"
-#: Hidden width of both projections.
+#: Hidden width of both projections (``--projection mlp``).
 HIDDEN = 512
+#: The attribute weights tried on validation when ``--attribute-weight`` is -1 (0 = no attribute blocks).
+ATTRIBUTE_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+#: Epochs, learning rate and weight decay of the attribute classifiers (full-batch AdamW on the training rows).
+ATTRIBUTE_EPOCHS, ATTRIBUTE_LR, ATTRIBUTE_DECAY = 100, 1e-2, 1e-3
 
 
 @dataclass
 class TextAlignConfig(TrainConfig):
-    """``text-align`` settings; why these defaults: docs/training.md."""
+    """``text-align`` settings; chosen on validation text R@k (docs/training.md, "4. Text side")."""
 
-    backbone: str = setting("efficientnet-lite0", "frozen image encoder (any image encoder)")
+    backbone: str = setting(
+        "concat-colour", "frozen image encoder (any image encoder; concat-colour = 3 CNNs + a colour histogram)"
+    )
     epochs: int = setting(20, "passes over the training pairs", minimum=1)
     batch_size: int = setting(256, "(photo, title) pairs per step", flag="--batch", minimum=1)
     weight_decay: float = setting(1e-2, "AdamW weight decay")
     temperature: float = setting(0.07, "initial InfoNCE temperature (learnable)")
     embedding_dim: int = setting(256, "shared-space dimension", minimum=1)
+    projection: str = setting(
+        "linear", "projection of each side: linear, or mlp (Linear-GELU-Linear)", choices=PROJECTIONS
+    )
+    vocab_min_count: int = setting(
+        2, "bag of words beside MiniLM: words in at least this many training titles (0 = MiniLM only)", minimum=0
+    )
+    bow_weight: float = setting(1.0, "weight of the bag of words against MiniLM's unit vector")
+    attributes: str = setting(
+        "gender,articleType,baseColour",
+        "catalog columns whose class probabilities both sides append (two-stage score; empty = none)",
+    )
+    attribute_weight: float = setting(
+        -1.0, "weight of each attribute block (-1 = chosen on validation text R@10; 0 = no attribute blocks)"
+    )
 
 
 class _Trainable(nn.Module):
     def __init__(self, projections: Projections, loss: SymmetricInfoNCE) -> None:
         super().__init__()
         self.projections, self.loss = projections, loss
-
-
-def text_to_image_recall(
-    text_vectors: np.ndarray, image_vectors: np.ndarray, target_rows: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)
-) -> dict[str, float]:
-    """R@k: share of text queries whose own image (row ``target_rows[i]`` of ``image_vectors``) is in the top k."""
-    sims = text_vectors @ image_vectors.T
-    own = sims[np.arange(len(target_rows)), target_rows]
-    rank = (sims > own[:, None]).sum(axis=1)  # 0 = first; ties count in the query's favour
-    return {f"text_r@{k}": float((rank < k).mean()) for k in ks}
 
 
 @register_recipe(
@@ -90,7 +109,15 @@ def train_text_align(
     ids = image_set.ids
     titles = [str(t) for t in catalog.labels(text_column, ids=ids)]
     ctx.log(f"text-align: embedding {len(titles)} titles with {MINILM_NAME}")
-    text_feats = load_minilm().embed(titles)
+    minilm = load_minilm().embed(titles)
+    parts = split_positions(ids, split)
+    train_idx, val_idx = parts["train"], parts["val"]
+    # the vocabulary comes from the training titles only (no held-out or validation word leaks into the model)
+    vocabulary = (
+        build_vocabulary([titles[i] for i in train_idx], config.vocab_min_count) if config.vocab_min_count else []
+    )
+    text_arch = {"vocabulary": vocabulary, "bow_weight": config.bow_weight} if vocabulary else {}
+    text_feats = text_features(minilm, titles, text_arch)
     image_feats = image_set.vectors
 
     torch.manual_seed(config.seed)
@@ -101,14 +128,14 @@ def train_text_align(
         "image_precision": base.precision,
         "image_dim": base.dim,
         "text_model": MINILM_NAME,
-        "text_dim": MINILM_DIM,
+        "text_dim": MINILM_DIM + len(vocabulary),
         "dim": config.embedding_dim,
         "hidden": HIDDEN,
+        "projection": config.projection,
+        **text_arch,
     }
     projections = build_projections(arch)
     model = _Trainable(projections, SymmetricInfoNCE(config.temperature))
-    parts = split_positions(ids, split)
-    train_idx, val_idx = parts["train"], parts["val"]
     img_t, txt_t = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
 
     def loss_step(batch: np.ndarray) -> torch.Tensor:
@@ -126,10 +153,18 @@ def train_text_align(
     history = fit_with_bar(
         model, loss_step, lambda epoch: shuffled_epoch(train_idx, config, epoch), config, ctx, on_epoch=on_epoch
     )
+    attributes, weight_rows = _attribute_blocks(
+        catalog, ids, parts, projections, arch, image_feats, text_feats, config, ctx
+    )
+    if attributes is not None:
+        arch["attributes"] = attributes
+        projections = attributes_model = build_projections(arch)
+        attributes_model.load_state_dict(weight_rows, strict=True)
     train_seconds = elapsed()
 
     # the saved encoder's own projections (TextAlignEncoder.project_*_features run these same modules)
-    image_vecs, text_vecs = project_rows(projections.image, image_feats), project_rows(projections.text, text_feats)
+    image_vecs = project_rows(projections.image_side, image_feats)
+    text_vecs = project_rows(projections.text_side, text_feats)
     metrics = heldout_metrics(image_vecs, ids, catalog, split)
     query = parts["query"]
     metrics.update(text_to_image_recall(text_vecs[query], image_vecs, query))
@@ -139,11 +174,13 @@ def train_text_align(
         "kind": "text-align",
         "recipe": config.recipe,
         "arch": arch,
-        "dim": config.embedding_dim,
+        "dim": projections.dim,
         "preprocess": base.spec.preprocess.key(),
         "precision": base.precision,
         "pooling": "trained projection",
-        "description": f"{config.backbone} + {MINILM_NAME}, projections trained with InfoNCE on {catalog.name} titles",
+        "description": f"{config.backbone} + {MINILM_NAME}{' + bag of words' if vocabulary else ''}, {config.projection} "
+        f"projections trained with InfoNCE on {catalog.name} titles"
+        + (f", + {', '.join(a['column'] for a in attributes)} probabilities" if attributes else ""),
         "license": "as the base weights (Apache-2.0)",
         "temperature": model.loss.temperature,
         **base_config(config, catalog, split, ctx),
@@ -153,3 +190,87 @@ def train_text_align(
     return save_run(
         ctx, catalog, projections.state_dict(), config_json, history, train_seconds, metrics, ids, image_vecs
     )
+
+
+def _codes(values: np.ndarray, classes: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index.get(str(v), -1) for v in values], dtype=np.int64)
+
+
+def _fit_classifier(head: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> None:
+    """Full-batch AdamW cross-entropy on the rows with a known class (``y >= 0``)."""
+    torch.manual_seed(seed)
+    keep = y >= 0
+    x, y = x[keep], y[keep]
+    optimizer = torch.optim.AdamW(head.parameters(), lr=ATTRIBUTE_LR, weight_decay=ATTRIBUTE_DECAY)
+    for _ in range(ATTRIBUTE_EPOCHS):
+        optimizer.zero_grad()
+        F.cross_entropy(head(x), y).backward()
+        optimizer.step()
+
+
+def _attribute_blocks(
+    catalog: Catalog,
+    ids: list[str],
+    parts: dict[str, np.ndarray],
+    projections: Projections,
+    arch: dict,
+    image_feats: np.ndarray,
+    text_feats: np.ndarray,
+    config: TextAlignConfig,
+    ctx: RunContext,
+) -> tuple[list[dict] | None, dict[str, torch.Tensor]]:
+    """Train one classifier per attribute on each side (training rows), pick the blocks' weight on validation text
+    R@10 (among the validation photos + against train + validation); ``(None, {})`` when no weight > 0 pays."""
+    columns = [c.strip() for c in config.attributes.split(",") if c.strip()]
+    if not columns or config.attribute_weight == 0:
+        return None, {}
+    missing = [c for c in columns if c not in catalog.columns]
+    if missing:
+        raise LensError(
+            f"text-align --attributes names {', '.join(missing)}, not columns of catalog {catalog.name!r} "
+            f"({', '.join(catalog.columns)}); pass --attributes '' to train without attribute blocks."
+        )
+    train_idx, val_idx = parts["train"], parts["val"]
+    attributes = []
+    for column in columns:
+        values = catalog.labels(column, ids=ids)
+        classes = sorted({str(v) for v in values[train_idx]})
+        attributes.append({"column": column, "classes": classes, "weight": 1.0, "codes": _codes(values, classes)})
+    full = build_projections({**arch, "attributes": attributes})
+    full.load_state_dict(projections.state_dict(), strict=False)
+    img_t, txt_t = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
+    tr = torch.from_numpy(train_idx)
+    for j, attr in enumerate(attributes):
+        y = torch.from_numpy(attr.pop("codes"))[tr]
+        _fit_classifier(full.image_heads[j], img_t[tr], y, config.seed + j)
+        _fit_classifier(full.text_heads[j], txt_t[tr], y, config.seed + j)
+    if config.attribute_weight > 0:
+        weight = float(config.attribute_weight)
+    elif len(val_idx) == 0:
+        ctx.log("text-align: no validation rows to choose the attribute weight on; attribute blocks left out")
+        return None, {}
+    else:
+        gallery = np.concatenate([train_idx, val_idx])
+        best = (-1.0, 0.0)
+        for w in ATTRIBUTE_WEIGHTS:
+            full.attribute_weights = [w] * len(attributes)
+            iv = project_rows(full.image_side, img_t[torch.from_numpy(gallery)])
+            tv = project_rows(full.text_side, txt_t[torch.from_numpy(val_idx)])
+            among = text_to_image_recall(tv, iv[len(train_idx) :], np.arange(len(val_idx)), (1, 10))
+            against = text_to_image_recall(tv, iv, np.arange(len(train_idx), len(gallery)), (1, 10))
+            score = among["text_r@10"] + against["text_r@10"]
+            ctx.log(
+                f"text-align: attribute weight {w}: validation text R@1 / R@10 among {len(val_idx)} "
+                f"{among['text_r@1']:.3f} / {among['text_r@10']:.3f}, vs {len(gallery)} "
+                f"{against['text_r@1']:.3f} / {against['text_r@10']:.3f}"
+            )
+            if score > best[0] + 1e-9:
+                best = (score, w)
+        weight = best[1]
+    if weight == 0:
+        return None, {}
+    for attr in attributes:
+        attr["weight"] = weight
+    ctx.log(f"text-align: attribute blocks {', '.join(columns)} at weight {weight}")
+    return attributes, full.state_dict()

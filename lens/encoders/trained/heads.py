@@ -102,6 +102,7 @@ class OnFrozenEncoder(Encoder):
         )
         super().__init__(spec, f"{weights_id}+{base.weights_id}", precision=base.precision)
         self.base = base
+        self.arch = dict(arch)  #: the saved architecture (``config["arch"]``)
         module = self.build_module(arch)
         module.load_state_dict(state, strict=True)
         self.module = module.eval()

@@ -3,10 +3,14 @@ followed by a trained projection into one shared space (CLIP's two towers, witho
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lens.encoders.base import Encoder, check_texts
@@ -14,19 +18,108 @@ from lens.encoders.trained.heads import OnFrozenEncoder, mlp, project_rows
 from lens.errors import LensError
 from lens.vectors import mix_query_vectors
 
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def title_words(text: str) -> list[str]:
+    """The lower-cased words (runs of letters and digits) of ``text``."""
+    return _WORD.findall(str(text).lower())
+
+
+def build_vocabulary(texts: Sequence[str], min_count: int) -> list[str]:
+    """Sorted words that occur in at least ``min_count`` of ``texts`` (counted once per text)."""
+    counts = Counter(word for text in texts for word in set(title_words(text)))
+    return sorted(word for word, n in counts.items() if n >= min_count)
+
+
+def bag_of_words(texts: Sequence[str], vocabulary: Sequence[str]) -> np.ndarray:
+    """``(N, len(vocabulary))`` float32: 1 where the text has the word, rows L2-normalised (no known word: zeros)."""
+    column = {word: j for j, word in enumerate(vocabulary)}
+    out = np.zeros((len(texts), len(vocabulary)), dtype=np.float32)
+    for i, text in enumerate(texts):
+        for word in title_words(text):
+            if word in column:
+                out[i, column[word]] = 1.0
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.maximum(norms, 1e-12)
+
+
+def text_features(minilm: np.ndarray, texts: Sequence[str], arch: dict[str, Any]) -> np.ndarray:
+    """The text projection's input: MiniLM vectors ``(N, 384)``, then, when the model has a vocabulary (``arch``'s
+    ``vocabulary`` and ``bow_weight``), ``bow_weight`` x the texts' bag of words: ``(N, 384 + V)`` float32."""
+    vocabulary = arch.get("vocabulary") or []
+    if not vocabulary:
+        return np.asarray(minilm, dtype=np.float32)
+    bow = float(arch.get("bow_weight", 1.0)) * bag_of_words(texts, vocabulary)
+    return np.concatenate([np.asarray(minilm, dtype=np.float32), bow], axis=1)
+
+
+#: The projection kinds: ``linear`` (one Linear per side, the default since issue 12: it generalises better to
+#: unseen products than the MLP, docs/training.md) and ``mlp`` (Linear-GELU-Linear, models saved before).
+PROJECTIONS = ("linear", "mlp")
+
 
 class Projections(nn.Module):
-    """``image``: d_img -> dim and ``text``: d_txt -> dim, each Linear-GELU-Linear."""
+    """``image``: d_img -> dim and ``text``: d_txt -> dim, each a Linear (``linear``) or Linear-GELU-Linear (``mlp``).
 
-    def __init__(self, image_dim: int, text_dim: int, dim: int, hidden: int) -> None:
+    With ``attributes`` (``[(n_classes, weight), ...]``, e.g. gender / articleType / baseColour), each side also has
+    one linear classifier per attribute (``image_heads`` / ``text_heads``), and :meth:`image_side` /
+    :meth:`text_side` append ``sqrt(weight) * softmax(head(x))`` per attribute to the unit projection: the inner
+    product of a text row and an image row is then ``cosine + sum(weight * P_text(attr) . P_image(attr))`` (the
+    "two-stage" score, served by the one-vector index once the rows are L2-normalised).
+    """
+
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        dim: int,
+        hidden: int,
+        kind: str = "mlp",
+        attributes: Sequence[tuple[int, float]] = (),
+    ) -> None:
         super().__init__()
-        self.image = mlp(image_dim, hidden, dim, nn.GELU)
-        self.text = mlp(text_dim, hidden, dim, nn.GELU)
+        if kind not in PROJECTIONS:
+            raise LensError(f"unknown text-align projection {kind!r}; known: {', '.join(PROJECTIONS)}.")
+        if kind == "linear":
+            self.image: nn.Module = nn.Linear(image_dim, dim)
+            self.text: nn.Module = nn.Linear(text_dim, dim)
+        else:
+            self.image = mlp(image_dim, hidden, dim, nn.GELU)
+            self.text = mlp(text_dim, hidden, dim, nn.GELU)
+        self.dim = dim + sum(int(n) for n, _ in attributes)  #: width of :meth:`image_side` / :meth:`text_side` rows
+        self.attribute_weights = [float(w) for _, w in attributes]
+        self.image_heads = nn.ModuleList(nn.Linear(image_dim, int(n)) for n, _ in attributes)
+        self.text_heads = nn.ModuleList(nn.Linear(text_dim, int(n)) for n, _ in attributes)
+
+    def _side(self, projection: nn.Module, heads: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        z = projection(x)
+        if not len(heads):
+            return z
+        blocks = [F.normalize(z, dim=-1)]
+        blocks += [w**0.5 * F.softmax(head(x), dim=-1) for head, w in zip(heads, self.attribute_weights, strict=True)]
+        return torch.cat(blocks, dim=-1)
+
+    def image_side(self, x: torch.Tensor) -> torch.Tensor:
+        """Image features -> the image row before the final L2 normalisation (projection, then attribute blocks)."""
+        return self._side(self.image, self.image_heads, x)
+
+    def text_side(self, x: torch.Tensor) -> torch.Tensor:
+        """Text features -> the text row before the final L2 normalisation (projection, then attribute blocks)."""
+        return self._side(self.text, self.text_heads, x)
 
 
 def build_projections(arch: dict[str, Any]) -> Projections:
-    """``arch``: ``{"image_dim", "text_dim", "dim", "hidden"}``."""
-    return Projections(int(arch["image_dim"]), int(arch["text_dim"]), int(arch["dim"]), int(arch["hidden"]))
+    """``arch``: ``{"image_dim", "text_dim", "dim", "hidden", "projection"}`` (no ``projection``: ``mlp``, the kind of
+    every model saved before it was recorded), optionally ``"attributes": [{"column", "classes", "weight"}, ...]``."""
+    return Projections(
+        int(arch["image_dim"]),
+        int(arch["text_dim"]),
+        int(arch["dim"]),
+        int(arch["hidden"]),
+        str(arch.get("projection", "mlp")),
+        [(len(a["classes"]), float(a["weight"])) for a in arch.get("attributes") or []],
+    )
 
 
 class TextAlignEncoder(OnFrozenEncoder):
@@ -60,11 +153,12 @@ class TextAlignEncoder(OnFrozenEncoder):
 
     def project_image_features(self, features: np.ndarray) -> np.ndarray:
         """Base image-encoder vectors ``(N, d_img)`` -> shared-space vectors ``(N, dim)``, float32, L2-normalised."""
-        return project_rows(self.projections.image, features)
+        return project_rows(self.projections.image_side, features)
 
     def project_text_features(self, features: np.ndarray) -> np.ndarray:
-        """MiniLM vectors ``(N, 384)`` -> shared-space vectors ``(N, dim)``, float32, L2-normalised."""
-        return project_rows(self.projections.text, features)
+        """Text features ``(N, text_dim)`` (:func:`text_features`: MiniLM, then the bag of words when the model has
+        a vocabulary) -> shared-space vectors ``(N, dim)``, float32, L2-normalised."""
+        return project_rows(self.projections.text_side, features)
 
     def base_and_head(self) -> tuple[Encoder, Callable[[np.ndarray], np.ndarray]]:
         return self.image_encoder, self.project_image_features
@@ -77,7 +171,8 @@ class TextAlignEncoder(OnFrozenEncoder):
         texts = check_texts(texts)
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self.project_text_features(self._text_model().embed(list(texts), batch_size=batch_size))
+        minilm = self._text_model().embed(list(texts), batch_size=batch_size)
+        return self.project_text_features(text_features(minilm, list(texts), self.arch))
 
     def embed_query(self, image: Any = None, text: str | None = None, *, text_weight: float = 0.5) -> np.ndarray:
         """One query vector ``(dim,)`` from an image, a text, or both ("like this, but in blue").

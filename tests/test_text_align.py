@@ -1,0 +1,132 @@
+"""The text side of issue 12: the colour-histogram encoder, the bag of words, and text-align on them (known answers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fixtures import make_catalog
+
+
+def test_colour_histogram_known_bins() -> None:
+    """A red square on white: all the mass in the red hue's bright, saturated bin (the white background is left out);
+    a mid-grey photo: all in one grey bin; rows are unit vectors."""
+    from lens.encoders import create_encoder
+    from lens.encoders.colour import COLOUR_DIM, GREYS, HUES, SATURATIONS, VALUES
+
+    enc = create_encoder("colour-histogram")
+    red = Image.new("RGB", (64, 64), (255, 255, 255))
+    red.paste((230, 10, 10), (16, 16, 48, 48))
+    grey = Image.new("RGB", (64, 64), (128, 128, 128))
+    vectors = enc.embed_images([red, grey])
+    assert vectors.shape == (2, COLOUR_DIM) == (2, HUES * SATURATIONS * VALUES + GREYS)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    red_bin = 0 * (SATURATIONS * VALUES) + (SATURATIONS - 1) * VALUES + (VALUES - 1)  # hue 0, saturated, bright
+    assert vectors[0, red_bin] == pytest.approx(1.0, abs=1e-3)
+    grey_bin = HUES * SATURATIONS * VALUES + int(128 / 255 * GREYS)
+    assert vectors[1, grey_bin] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_vocabulary_and_bag_of_words() -> None:
+    from lens.encoders.trained.text_align import bag_of_words, build_vocabulary, text_features
+
+    titles = ["Red Shirt", "red shoe", "Blue shirt!", "Green cap"]
+    vocabulary = build_vocabulary(titles, min_count=2)
+    assert vocabulary == ["red", "shirt"]  # words in at least 2 titles, lower-cased, punctuation dropped
+    bow = bag_of_words(["RED shirt", "shirt", "blue cap"], vocabulary)
+    np.testing.assert_allclose(bow, [[2**-0.5, 2**-0.5], [0.0, 1.0], [0.0, 0.0]], atol=1e-6)
+    minilm = np.ones((3, 4), dtype=np.float32)
+    feats = text_features(minilm, ["RED shirt", "shirt", "blue cap"], {"vocabulary": vocabulary, "bow_weight": 2.0})
+    np.testing.assert_allclose(feats[:, 4:], 2.0 * bow, atol=1e-6)
+    assert text_features(minilm, ["x"] * 3, {}).shape == (3, 4)  # no vocabulary: MiniLM only (models saved before)
+
+
+@pytest.fixture()
+def models_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # -> (cache dir, models dir)
+    from lens.encoders.trained import default_models_dir, refresh_trained_models
+
+    previous = default_models_dir()
+    cache, models = tmp_path / "cache", tmp_path / "models"
+    monkeypatch.setenv("LENS_CACHE_DIR", str(cache))
+    monkeypatch.setenv("LENS_MODELS_DIR", str(models))
+    refresh_trained_models(models)
+    yield cache, models
+    refresh_trained_models(previous)
+
+
+def test_text_align_on_colour_histograms_finds_the_named_colour(tmp_path: Path, models_env) -> None:
+    """A toy problem with a known answer: 5 classes, each one colour; titles '<Colour> <shape> item k'. Trained on
+    the colour histograms with the bag of words and linear projections (the defaults), '<Colour> <shape>' must bring
+    that class's products to the top 5; the vocabulary holds only words of at least 2 training titles."""
+    from lens.catalog import load_catalog
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+    from lens.encoders.trained.text_align import title_words
+    from lens.train import RunContext, default_config, make_split, train_recipe
+
+    cache, models = models_env
+    catalog = load_catalog(make_catalog(tmp_path / "cat", n_classes=5, per_class=10, size=48))
+    config = default_config(
+        "text-align", epochs=40, batch_size=16, lr=1e-2, backbone="colour-histogram", embedding_dim=16
+    )
+    assert config.projection == "linear" and config.vocab_min_count == 2
+    split = make_split(catalog, seed=0)
+    train_recipe(catalog, config, RunContext(tmp_path / "run", models, cache, publish=False), split)
+    enc = create_encoder("text-align")
+    vocabulary = enc.arch["vocabulary"]
+    train_titles = [set(title_words(t)) for t in catalog.labels("productDisplayName", ids=split.train)]
+    assert vocabulary and all(sum(w in t for t in train_titles) >= 2 for w in vocabulary)
+    assert enc.arch["text_dim"] == 384 + len(vocabulary) and enc.arch["projection"] == "linear"
+    images = embed_catalog(catalog, enc, cache_dir=cache)
+    colours = catalog.labels("baseColour", ids=images.ids)
+    for colour, shape in (("Red", "circle"), ("Blue", "square"), ("Green", "triangle"), ("Orange", "cross")):
+        top = np.argsort(-(images.vectors @ enc.embed_texts([f"{colour} {shape}"])[0]))[:5]
+        assert {str(c) for c in colours[top]} <= {colour, "", "nan"}, (colour, colours[top])
+
+
+def test_attribute_blocks_add_weighted_probability_products() -> None:
+    """The appended coordinates make the inner product of the unnormalised rows equal the projections' cosine plus
+    weight x P_text . P_image per attribute (known logits: softmax([0, ln 3]) = [1/4, 3/4]); and on a toy problem
+    separated by the attribute alone (both projections blind to it) the blocks bring the matching photo first."""
+    import math
+
+    import torch
+
+    from lens.encoders.trained.text_align import build_projections
+
+    arch = {"image_dim": 3, "text_dim": 2, "dim": 2, "hidden": 4, "projection": "linear"}
+    attributes = [{"column": "gender", "classes": ["Men", "Women"], "weight": 0.4}]
+    proj = build_projections({**arch, "attributes": attributes})
+    assert proj.dim == 4
+    with torch.no_grad():
+        proj.image.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+        proj.text.weight.copy_(torch.eye(2))
+        for layer in (proj.image, proj.text):
+            layer.bias.zero_()
+        # image head: class logits [0, ln 3 * x2]; text head: [ln 3 * x1, 0]
+        proj.image_heads[0].weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, math.log(3)]]))
+        proj.text_heads[0].weight.copy_(torch.tensor([[math.log(3), 0.0], [0.0, 0.0]]))
+        for head in (proj.image_heads[0], proj.text_heads[0]):
+            head.bias.zero_()
+        image = proj.image_side(torch.tensor([[3.0, 4.0, 1.0]]))[0]  # unit projection [0.6, 0.8]; P = [1/4, 3/4]
+        text = proj.text_side(torch.tensor([[1.0, 0.0]]))[0]  # unit projection [1, 0]; P = [3/4, 1/4]
+    p_image, p_text = np.array([0.25, 0.75]), np.array([0.75, 0.25])
+    assert float(image @ text) == pytest.approx(0.6 + 0.4 * float(p_text @ p_image), abs=1e-6)  # 0.6 + 0.4 * 0.375
+    np.testing.assert_allclose(image[2:].numpy(), 0.4**0.5 * p_image, atol=1e-6)
+
+    # toy: the projections see only x1 (the same for every photo); the attribute is x3 (image) / x2 (text)
+    with torch.no_grad():
+        proj.image_heads[0].weight.copy_(torch.tensor([[0.0, 0.0, -5.0], [0.0, 0.0, 5.0]]))
+        proj.text_heads[0].weight.copy_(torch.tensor([[0.0, -5.0], [0.0, 5.0]]))
+    photos = torch.tensor([[1.0, 0.0, -1.0], [1.0, 0.0, 1.0]])  # Men, Women
+    queries = torch.tensor([[1.0, -1.0], [1.0, 1.0]])  # "men ...", "women ..."
+    from lens.encoders.trained.heads import project_rows
+
+    scores = project_rows(proj.text_side, queries) @ project_rows(proj.image_side, photos).T
+    assert list(scores.argmax(axis=1)) == [0, 1]
+    proj.attribute_weights = [0.0]  # without the blocks both photos tie for both queries
+    scores = project_rows(proj.text_side, queries) @ project_rows(proj.image_side, photos).T
+    np.testing.assert_allclose(scores[:, 0], scores[:, 1], atol=1e-6)
