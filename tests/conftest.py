@@ -111,3 +111,18 @@ def dashboard_env(small_catalog_dir: Path, lens_cache_dir: Path, monkeypatch: py
     monkeypatch.setenv("LENS_OFFLINE", "1")
     monkeypatch.delenv("LENS_LABEL", raising=False)
     return {"catalog": small_catalog_dir, "cache": lens_cache_dir}
+
+
+@pytest.fixture()
+def models_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Path]]:
+    """Private cache and models folders (``(cache, models)``); the registry of trained models is restored to the
+    user's afterwards."""
+    from lens.encoders.trained import default_models_dir, refresh_trained_models
+
+    previous = default_models_dir()
+    cache, models = tmp_path / "cache", tmp_path / "models"
+    monkeypatch.setenv("LENS_CACHE_DIR", str(cache))
+    monkeypatch.setenv("LENS_MODELS_DIR", str(models))
+    refresh_trained_models(models)
+    yield cache, models
+    refresh_trained_models(previous)

@@ -44,19 +44,6 @@ def test_vocabulary_and_bag_of_words() -> None:
     assert text_features(minilm, ["x"] * 3, {}).shape == (3, 4)  # no vocabulary: MiniLM only (models saved before)
 
 
-@pytest.fixture()
-def models_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # -> (cache dir, models dir)
-    from lens.encoders.trained import default_models_dir, refresh_trained_models
-
-    previous = default_models_dir()
-    cache, models = tmp_path / "cache", tmp_path / "models"
-    monkeypatch.setenv("LENS_CACHE_DIR", str(cache))
-    monkeypatch.setenv("LENS_MODELS_DIR", str(models))
-    refresh_trained_models(models)
-    yield cache, models
-    refresh_trained_models(previous)
-
-
 def test_text_align_on_colour_histograms_finds_the_named_colour(tmp_path: Path, models_env) -> None:
     """A toy problem with a known answer: 5 classes, each one colour; titles '<Colour> <shape> item k'. Trained on
     the colour histograms with the bag of words and linear projections (the defaults), '<Colour> <shape>' must bring

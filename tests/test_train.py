@@ -30,20 +30,6 @@ def train_catalog(train_catalog_dir: Path):  # -> Catalog
     return load_catalog(train_catalog_dir)
 
 
-@pytest.fixture()
-def models_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # -> (cache dir, models dir)
-    """Private cache and models folders; the registry is restored to the user's trained models afterwards."""
-    from lens.encoders.trained import default_models_dir, refresh_trained_models
-
-    previous = default_models_dir()
-    cache, models = tmp_path / "cache", tmp_path / "models"
-    monkeypatch.setenv("LENS_CACHE_DIR", str(cache))
-    monkeypatch.setenv("LENS_MODELS_DIR", str(models))
-    refresh_trained_models(models)
-    yield cache, models
-    refresh_trained_models(previous)
-
-
 def _clustered(n_classes: int = 4, per_class: int = 16, dim: int = 8, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     centers = torch.randn(n_classes, dim, generator=g) * 2

@@ -29,20 +29,7 @@ def toy_catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture()
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # -> (cache dir, models dir)
-    from lens.encoders.trained import default_models_dir, refresh_trained_models
-
-    previous = default_models_dir()
-    cache, models = tmp_path / "cache", tmp_path / "models"
-    monkeypatch.setenv("LENS_CACHE_DIR", str(cache))
-    monkeypatch.setenv("LENS_MODELS_DIR", str(models))
-    refresh_trained_models(models)
-    yield cache, models
-    refresh_trained_models(previous)
-
-
-def test_views_of_the_plain_transform_are_the_plain_stem_maps(toy_catalog_dir: Path, env) -> None:
+def test_views_of_the_plain_transform_are_the_plain_stem_maps(toy_catalog_dir: Path, models_env) -> None:
     """The cached-view path (stem_views) through a transform that is the plain preprocessing gives the plain stem
     maps (stem_features) to float16 rounding, for every view, and is seeded: a second call is a cache hit."""
     from lens.catalog import load_catalog
@@ -50,7 +37,7 @@ def test_views_of_the_plain_transform_are_the_plain_stem_maps(toy_catalog_dir: P
     from lens.encoders.trained.embedder import build_split_backbone
     from lens.train.data import stem_features, stem_views
 
-    cache, _ = env
+    cache, _ = models_env
     catalog = load_catalog(toy_catalog_dir)
     backbone = build_split_backbone("tiny", 2, pretrained=True)
     ids = catalog.ids[:10]
@@ -82,7 +69,7 @@ def test_views_of_the_plain_transform_are_the_plain_stem_maps(toy_catalog_dir: P
     np.testing.assert_array_equal(again, views)
 
 
-def test_fine_tuned_proxy_model_merges_paired_classes_and_embeds_end_to_end(toy_catalog_dir: Path, env) -> None:
+def test_fine_tuned_proxy_model_merges_paired_classes_and_embeds_end_to_end(toy_catalog_dir: Path, models_env) -> None:
     """Known answer: labels that pair up four visually distinct classes. The frozen tiny backbone ranks the other
     class of a pair anywhere (held-out MAP@R 0.52); the trained model puts both first (MAP@R >= 0.8). The run has
     both stages, keeps its best validation epoch, and the saved encoder (stem + blocks + head on images) gives the
@@ -94,7 +81,7 @@ def test_fine_tuned_proxy_model_merges_paired_classes_and_embeds_end_to_end(toy_
     from lens.train import RunContext, default_config, make_split, train_recipe
     from lens.train.common import heldout_metrics
 
-    cache, models = env
+    cache, models = models_env
     catalog = load_catalog(toy_catalog_dir, label_column="pair")
     split = make_split(catalog, seed=0, label_column="pair")
     frozen = embed_catalog(catalog, create_encoder("tiny"), cache_dir=cache)
