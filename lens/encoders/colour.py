@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from lens.encoders._registry import register_encoder
 from lens.encoders.base import EncoderSpec, Precision, Preprocess, TorchImageEncoder
@@ -30,36 +28,6 @@ COLOUR_DIM = HUES * SATURATIONS * VALUES + GREYS  #: 77
 COLOUR_INPUT = 64  #: pixels per side the histogram is computed at
 #: Identifies the descriptor in cache keys (a change of bins or thresholds must change it).
 COLOUR_WEIGHTS_ID = "colour-hsv-12x2x3+5-fg0.9-0.1-v2"
-
-
-class ColourHistogram(nn.Module):
-    """``(N, 3, S, S)`` RGB in [0, 1] -> ``(N, 77)`` square-rooted, L1-normalised HSV histograms (unit L2 rows)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().clamp(0.0, 1.0)
-        r, g, b = x[:, 0], x[:, 1], x[:, 2]
-        mx, mn = x.max(dim=1).values, x.min(dim=1).values
-        delta = (mx - mn).clamp(min=1e-6)
-        sat = torch.where(mx > 0, (mx - mn) / mx.clamp(min=1e-6), torch.zeros_like(mx))
-        hue = (
-            torch.where(
-                mx == r,
-                torch.remainder((g - b) / delta, 6.0),
-                torch.where(mx == g, (b - r) / delta + 2.0, (r - g) / delta + 4.0),
-            )
-            / 6.0
-        )
-        hue_bin = (hue * HUES).long().clamp(0, HUES - 1)
-        sat_bin = ((sat - 0.2) / 0.8 * SATURATIONS).long().clamp(0, SATURATIONS - 1)
-        val_bin = (mx * VALUES).long().clamp(0, VALUES - 1)
-        chromatic = hue_bin * (SATURATIONS * VALUES) + sat_bin * VALUES + val_bin
-        grey = HUES * SATURATIONS * VALUES + (mx * GREYS).long().clamp(0, GREYS - 1)
-        bins = torch.where(sat >= 0.2, chromatic, grey).flatten(1)  # (N, S*S)
-        weight = (~((mx > 0.9) & (sat < 0.1))).float().flatten(1)
-        weight = torch.where(weight.sum(1, keepdim=True) < 10, torch.ones_like(weight), weight)
-        hist = torch.zeros(x.shape[0], COLOUR_DIM, dtype=torch.float32, device=x.device)
-        hist.scatter_add_(1, bins, weight)
-        return torch.sqrt(hist / hist.sum(1, keepdim=True).clamp(min=1e-12))
 
 
 class ColourHistogramEncoder(TorchImageEncoder):
@@ -91,6 +59,8 @@ class ColourHistogramEncoder(TorchImageEncoder):
 def _build_colour(
     spec: EncoderSpec, weights_path: Path | None, *, precision: Precision | None = None
 ) -> TorchImageEncoder:
+    from lens.encoders.wrappers import ColourHistogram  # torch loads here, when the encoder is built
+
     return ColourHistogramEncoder(spec, ColourHistogram(), COLOUR_WEIGHTS_ID, precision="fp32")
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.fx
 from torch import nn
 
+from lens.encoders.colour import COLOUR_DIM, GREYS, HUES, SATURATIONS, VALUES
+
 
 class _PooledEfficientNet(nn.Module):
     """EfficientNet-Lite (``efficientnet_lite_pytorch``) features + global average pooling."""
@@ -94,3 +96,33 @@ class _ConvBnTracer(torch.fx.Tracer):
         if isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+
+class ColourHistogram(nn.Module):
+    """:mod:`lens.encoders.colour`'s descriptor: ``(N, 3, S, S)`` RGB in [0, 1] -> ``(N, 77)`` square-rooted, L1-normalised HSV histograms (unit L2 rows)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().clamp(0.0, 1.0)
+        r, g, b = x[:, 0], x[:, 1], x[:, 2]
+        mx, mn = x.max(dim=1).values, x.min(dim=1).values
+        delta = (mx - mn).clamp(min=1e-6)
+        sat = torch.where(mx > 0, (mx - mn) / mx.clamp(min=1e-6), torch.zeros_like(mx))
+        hue = (
+            torch.where(
+                mx == r,
+                torch.remainder((g - b) / delta, 6.0),
+                torch.where(mx == g, (b - r) / delta + 2.0, (r - g) / delta + 4.0),
+            )
+            / 6.0
+        )
+        hue_bin = (hue * HUES).long().clamp(0, HUES - 1)
+        sat_bin = ((sat - 0.2) / 0.8 * SATURATIONS).long().clamp(0, SATURATIONS - 1)
+        val_bin = (mx * VALUES).long().clamp(0, VALUES - 1)
+        chromatic = hue_bin * (SATURATIONS * VALUES) + sat_bin * VALUES + val_bin
+        grey = HUES * SATURATIONS * VALUES + (mx * GREYS).long().clamp(0, GREYS - 1)
+        bins = torch.where(sat >= 0.2, chromatic, grey).flatten(1)  # (N, S*S)
+        weight = (~((mx > 0.9) & (sat < 0.1))).float().flatten(1)
+        weight = torch.where(weight.sum(1, keepdim=True) < 10, torch.ones_like(weight), weight)
+        hist = torch.zeros(x.shape[0], COLOUR_DIM, dtype=torch.float32, device=x.device)
+        hist.scatter_add_(1, bins, weight)
+        return torch.sqrt(hist / hist.sum(1, keepdim=True).clamp(min=1e-12))
