@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import make_catalog
-
 REPO = Path(__file__).resolve().parents[1]
 
 #: A quick plan: the tiny encoder, then two quick recipes on it (seconds in all).
@@ -32,29 +30,6 @@ QUICK_PLAN = {
         },
     ],
 }
-
-
-@pytest.fixture(scope="module")
-def build_catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """5 classes x 10 synthetic 48-px product photos with titles."""
-    return make_catalog(tmp_path_factory.mktemp("build_catalog"), n_classes=5, per_class=10, size=48)
-
-
-@pytest.fixture()
-def build_env(build_catalog_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # -> (catalog, cache)
-    """The catalog loaded, a private cache (trained models under it); the user's trained models restored after."""
-    from lens.catalog import load_catalog
-    from lens.encoders.trained import default_models_dir, refresh_trained_models
-
-    previous = default_models_dir()
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("LENS_CACHE_DIR", str(cache))
-    monkeypatch.delenv("LENS_MODELS_DIR", raising=False)
-    monkeypatch.setenv("LENS_OFFLINE", "1")
-    monkeypatch.delenv("LENS_DEFAULT_MODEL", raising=False)
-    refresh_trained_models(cache / "models")
-    yield load_catalog(build_catalog_dir), cache
-    refresh_trained_models(previous)
 
 
 def quick_steps(plan: dict | None = None):  # -> list[BuildStep]

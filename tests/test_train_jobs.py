@@ -15,27 +15,11 @@ import pytest
 from fixtures import make_catalog
 
 
-@pytest.fixture(scope="module")
-def jobs_catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_catalog(tmp_path_factory.mktemp("jobs_catalog"), n_classes=5, per_class=10, size=48)
-
-
 @pytest.fixture()
-def env(jobs_catalog_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # -> (catalog, cache)
-    """The catalog loaded and a private cache (trained models under it); the user's trained models restored after."""
-    from lens.catalog import load_catalog
-    from lens.encoders.trained import default_models_dir, refresh_trained_models
-
-    previous = default_models_dir()
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("LENS_CACHE_DIR", str(cache))
-    monkeypatch.delenv("LENS_MODELS_DIR", raising=False)
-    monkeypatch.setenv("LENS_OFFLINE", "1")
+def env(build_env, monkeypatch: pytest.MonkeyPatch):  # -> (catalog, cache): conftest's build_env
     # The Projections page's map after each model (UMAP, numba's compilation): not what these tests are about.
     monkeypatch.setattr("lens.build._precompute_map", lambda *args, **kwargs: None)
-    refresh_trained_models(cache / "models")
-    yield load_catalog(jobs_catalog_dir), cache
-    refresh_trained_models(previous)
+    return build_env
 
 
 @pytest.fixture()
