@@ -659,19 +659,31 @@ def download_html(build: Callable[[], str], label: str, file_name: str, *, key: 
     )
 
 
-def compare_report(ctx: Context, grid: pd.DataFrame, models: Sequence[str], k: int, label: str) -> str:
-    """The Compare page as one HTML file: mean P@k per model and the grid with thumbnails."""
+def compare_report(
+    ctx: Context, grid: pd.DataFrame, models: Sequence[str], k: int, label: str, *, expand: int = 0
+) -> str:
+    """The Compare page as one HTML file: mean P@k per model and the grid with thumbnails.
+
+    ``expand`` is the re-ranking the page used (alpha query expansion over that many neighbours; 0 = off): the report
+    says so, since re-ranked and plain results differ.
+    """
     summary = resources.compare_summary(grid)
     means = summary.groupby("model", sort=False)["precision_at_k"].agg(["mean", "count"]).reset_index()
     means.columns = ["model", f"mean P@{k}", "queries"]
     n_queries = grid["query_id"].nunique()
+    ranking = (
+        f"Re-ranked: alpha query expansion over the top {expand} neighbours of each query."
+        if expand
+        else "Not re-ranked: plain cosine nearest neighbours."
+    )
     return report.render(
-        f"lens · {n_queries} queries × {len(models)} models, top {k}",
+        f"lens · {n_queries} queries × {len(models)} models, top {k}" + (", re-ranked" if expand else ""),
         [
             report.Section(
                 f"Mean P@{k}",
                 report.table_html(means),
-                note=f"Relevant = same {label} as the query; each query is searched against the rest of the catalog.",
+                note=f"Relevant = same {label} as the query; each query is searched against the rest of the catalog. "
+                + ranking,
             ),
             report.Section(
                 "Results per query",

@@ -54,6 +54,7 @@ components.require_choice(query_ids, "Pick at least one query product (or choose
 ready = [m for m in models if components.ensure_embeddings(ctx, m, key="compare") is not None]
 if not ready:
     st.stop()
+expand = query.EXPAND_NEIGHBOURS if rerank else 0
 grid = resources.get_compare_grid(
     ctx.path,
     ctx.load_label,
@@ -63,7 +64,7 @@ grid = resources.get_compare_grid(
     tuple(query_ids),
     label,
     k,
-    query.EXPAND_NEIGHBOURS if rerank else 0,
+    expand,
 )
 summary = resources.compare_summary(grid)
 
@@ -103,7 +104,7 @@ with exports[0]:
     )
 with exports[1]:
     components.download_html(
-        lambda: components.compare_report(ctx, grid, ready, k, label),
+        lambda: components.compare_report(ctx, grid, ready, k, label, expand=expand),
         "Download HTML report (shareable, with thumbnails)",
         "lens-compare-report.html",
         key="compare_html",

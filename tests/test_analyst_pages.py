@@ -333,6 +333,11 @@ def test_compare_report_is_one_self_contained_html(dashboard_env: dict[str, Path
     assert n_queries >= 1 and len(images) == n_queries * (1 + 3)  # each query, then its top 3 under the one model
     assert base64.b64decode(images[0])[:2] == b"\xff\xd8"  # real JPEG thumbnails
     assert "http://" not in page and "https://" not in page  # nothing to fetch: it opens offline
+    assert "Not re-ranked" in page
+    at.toggle(key="compare_rerank").set_value(True).run()
+    assert_clean(at)
+    page = deferred["lens-compare-report.html"]().decode()
+    assert ", re-ranked" in page and "Re-ranked: alpha query expansion over the top 3 neighbours" in page
 
 
 def test_metrics_report_has_the_table_and_the_chart(dashboard_env: dict[str, Path], deferred: dict) -> None:
