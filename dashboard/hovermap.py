@@ -36,6 +36,8 @@ FRONTEND = Path(__file__).resolve().parent / "hover_frontend"
 """The component's files: ``index.html`` and ``main.js``."""
 
 THUMB_PX = 64
+THUMB_FOLDERS_KEPT = 4
+"""Thumbnail folders (catalog versions x sizes) kept under ``<cache>/thumbnails``: older ones are removed."""
 """Longer side of the hover thumbnails (shown at 96 px in the panel: a product photo stays recognisable)."""
 
 HOVER_KEY = "proj_hover"
@@ -77,8 +79,28 @@ def ensure_thumbnails(
 
     catalog: Catalog = resources.get_catalog(path, load_label)
     sources = {i: catalog.image_path(catalog.index_of(i)) for i in ids}
-    files, _failed = write_thumbnails(sources, thumbnail_root(cache_dir) / thumbnail_folder(fingerprint, px), px=px)
+    folder = thumbnail_root(cache_dir) / thumbnail_folder(fingerprint, px)
+    files, _failed = write_thumbnails(sources, folder, px=px)
+    prune_thumbnail_folders(folder)
     return files
+
+
+def prune_thumbnail_folders(current: Path, keep: int = THUMB_FOLDERS_KEPT) -> list[Path]:
+    """Mark ``current`` as just used and remove all but the ``keep`` most recently used thumbnail folders beside it.
+
+    A catalog whose files change gets a new fingerprint, hence a new folder (about 1.3 KB per product): without this,
+    every version of the catalog would leave its thumbnails behind. A removed folder is made again (in seconds) if
+    its catalog comes back. Returns the folders removed.
+    """
+    import shutil
+
+    current.touch(exist_ok=True)  # a folder's mtime = its last use
+    folders = [f for f in current.parent.iterdir() if f.is_dir()]
+    folders.sort(key=lambda f: (f == current, f.stat().st_mtime), reverse=True)
+    removed = folders[max(1, keep) :]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
 
 
 def _declare(cache_dir: str, folder: str) -> tuple[Any, str]:

@@ -66,3 +66,19 @@ def test_the_served_folders_exist() -> None:
     assert "http" not in page.lower().replace("http-equiv", "")
     script = (hovermap.FRONTEND / "main.js").read_text(encoding="utf-8")
     assert "http" not in script and "streamlit:setComponentValue" in script
+
+
+def test_old_thumbnail_folders_are_pruned_newest_kept(tmp_path: Path) -> None:
+    import os
+
+    root = hovermap.thumbnail_root(str(tmp_path))
+    for n in range(6):  # six catalog versions, the oldest first
+        folder = root / f"{n:016d}-64"
+        folder.mkdir(parents=True)
+        (folder / "x.jpg").write_bytes(b"j")
+        os.utime(folder, (1_000_000 + n, 1_000_000 + n))
+    current = root / f"{0:016d}-64"  # the oldest comes back into use: it is kept, the oldest others go
+    removed = hovermap.prune_thumbnail_folders(current, keep=3)
+    assert sorted(f.name for f in removed) == [f"{n:016d}-64" for n in (1, 2, 3)]
+    assert sorted(f.name for f in root.iterdir()) == [f"{n:016d}-64" for n in (0, 4, 5)]
+    assert (current / "x.jpg").read_bytes() == b"j"
