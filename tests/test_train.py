@@ -324,9 +324,11 @@ def test_text_align_serves_text_and_image_text_queries(train_catalog, models_env
     enc = create_encoder("text-align")
     assert enc.spec.supports_text
     texts = enc.embed_texts(["red circle", "blue square item"])
-    # 32 projection coordinates, then the attribute blocks when validation chose a weight > 0 (one per class)
+    # 32 projection coordinates per ensemble member (4 by default), then the attribute blocks when validation chose
+    # a weight > 0 (one per class)
     blocks = sum(len(a["classes"]) for a in enc.arch.get("attributes") or [])
-    assert enc.dim == 32 + blocks and texts.shape == (2, enc.dim) and texts.dtype == np.float32
+    assert enc.arch["members"] == config.ensemble == 4
+    assert enc.dim == 32 * 4 + blocks and texts.shape == (2, enc.dim) and texts.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
     image = open_image(train_catalog.image_paths()[0])
     both = enc.embed_query(image, "blue", text_weight=0.5)

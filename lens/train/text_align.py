@@ -10,7 +10,7 @@ these choices (each measured on validation): docs/training.md, "4. Text side".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -79,6 +79,12 @@ class TextAlignConfig(TrainConfig):
         "gender,articleType,baseColour",
         "catalog columns whose class probabilities both sides append (two-stage score; empty = none)",
     )
+    ensemble: int = setting(
+        4,
+        "projection pairs trained with seeds seed, seed+1, ...; each unit length, concatenated / sqrt(M) (the score "
+        "is the mean of their cosines)",
+        minimum=1,
+    )
     attribute_weight: float = setting(
         -1.0, "weight of each attribute block (-1 = chosen on validation text R@10; 0 = no attribute blocks)"
     )
@@ -120,7 +126,6 @@ def train_text_align(
     text_feats = text_features(minilm, titles, text_arch)
     image_feats = image_set.vectors
 
-    torch.manual_seed(config.seed)
     arch = {
         "type": "text-align",
         "image_encoder": config.backbone,
@@ -134,25 +139,24 @@ def train_text_align(
         "projection": config.projection,
         **text_arch,
     }
-    projections = build_projections(arch)
-    model = _Trainable(projections, SymmetricInfoNCE(config.temperature))
     img_t, txt_t = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
-
-    def loss_step(batch: np.ndarray) -> torch.Tensor:
-        index = torch.from_numpy(batch)
-        return model.loss(projections.image(img_t[index]), projections.text(txt_t[index]))
-
-    def on_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
-        extra = {"temperature": model.loss.temperature}
-        if len(val_idx):
-            iv = inference_vectors(projections.image, img_t[torch.from_numpy(val_idx)])
-            tv = inference_vectors(projections.text, txt_t[torch.from_numpy(val_idx)])
-            extra["val_text_r@5"] = text_to_image_recall(tv, iv, np.arange(len(val_idx)), (5,))["text_r@5"]
-        return extra
-
-    history = fit_with_bar(
-        model, loss_step, lambda epoch: shuffled_epoch(train_idx, config, epoch), config, ctx, on_epoch=on_epoch
-    )
+    history: list[dict[str, float]] = []
+    members: list[Projections] = []
+    temperatures: list[float] = []
+    for m in range(config.ensemble):
+        member, member_history, temperature = _train_member(arch, img_t, txt_t, train_idx, val_idx, config, m, ctx)
+        members.append(member)
+        temperatures.append(temperature)
+        history += [{**row, "stage": float(m + 1)} for row in member_history] if config.ensemble > 1 else member_history
+    if config.ensemble > 1:
+        arch["members"] = config.ensemble
+        projections = build_projections(arch)
+        for side in ("image", "text"):
+            for m, member in enumerate(members):
+                getattr(projections, side).members[m].load_state_dict(getattr(member, side).state_dict())
+        ctx.log(f"text-align: {config.ensemble} projections (seeds {config.seed}..{config.seed + config.ensemble - 1})")
+    else:
+        projections = members[0]
     attributes, weight_rows = _attribute_blocks(
         catalog, ids, parts, projections, arch, image_feats, text_feats, config, ctx
     )
@@ -182,7 +186,7 @@ def train_text_align(
         f"projections trained with InfoNCE on {catalog.name} titles"
         + (f", + {', '.join(a['column'] for a in attributes)} probabilities" if attributes else ""),
         "license": "as the base weights (Apache-2.0)",
-        "temperature": model.loss.temperature,
+        "temperature": temperatures[0] if len(temperatures) == 1 else temperatures,
         **base_config(config, catalog, split, ctx),
         "history": history,
         "train_seconds": train_seconds,
@@ -190,6 +194,50 @@ def train_text_align(
     return save_run(
         ctx, catalog, projections.state_dict(), config_json, history, train_seconds, metrics, ids, image_vecs
     )
+
+
+def _train_member(
+    arch: dict,
+    img_t: torch.Tensor,
+    txt_t: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    config: TextAlignConfig,
+    m: int,
+    ctx: RunContext,
+) -> tuple[Projections, list[dict[str, float]], float]:
+    """Member ``m`` of the ensemble: one pair of projections trained with seed ``config.seed + m`` (its own
+    initialisation and batch order; member 0 is the single model of ``--ensemble 1``). Returns the projections, the
+    history and the learned temperature."""
+    member_config = replace(config, seed=config.seed + m)
+    torch.manual_seed(member_config.seed)
+    projections = build_projections(arch)
+    model = _Trainable(projections, SymmetricInfoNCE(config.temperature))
+
+    def loss_step(batch: np.ndarray) -> torch.Tensor:
+        index = torch.from_numpy(batch)
+        return model.loss(projections.image(img_t[index]), projections.text(txt_t[index]))
+
+    def on_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
+        extra = {"temperature": model.loss.temperature}
+        if len(val_idx):
+            iv = inference_vectors(projections.image, img_t[torch.from_numpy(val_idx)])
+            tv = inference_vectors(projections.text, txt_t[torch.from_numpy(val_idx)])
+            extra["val_text_r@5"] = text_to_image_recall(tv, iv, np.arange(len(val_idx)), (5,))["text_r@5"]
+        return extra
+
+    several = config.ensemble > 1
+    history = fit_with_bar(
+        model,
+        loss_step,
+        lambda epoch: shuffled_epoch(train_idx, member_config, epoch),
+        member_config,
+        ctx,
+        label=f"member {m + 1}/{config.ensemble}" if several else "",
+        checkpoint=ctx.out_dir / f"checkpoint-member{m + 1}.pt" if several and m else None,
+        on_epoch=on_epoch,
+    )
+    return projections, history, model.loss.temperature
 
 
 def _codes(values: np.ndarray, classes: list[str]) -> np.ndarray:
