@@ -65,7 +65,7 @@ class TextAlignConfig(TrainConfig):
     )
     epochs: int = setting(20, "passes over the training pairs", minimum=1)
     batch_size: int = setting(256, "(photo, title) pairs per step", flag="--batch", minimum=1)
-    weight_decay: float = setting(1e-2, "AdamW weight decay")
+    weight_decay: float = setting(1e-1, "AdamW weight decay of the projections")
     temperature: float = setting(0.07, "initial InfoNCE temperature (learnable)")
     embedding_dim: int = setting(256, "shared-space dimension", minimum=1)
     projection: str = setting(
