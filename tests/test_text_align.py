@@ -169,7 +169,7 @@ def test_text_align_ensemble_member_zero_is_the_single_model(tmp_path: Path, mod
     cache, models = models_env
     train_catalog = load_catalog(make_catalog(tmp_path / "cat", n_classes=5, per_class=10, size=48))
     split = make_split(train_catalog)
-    settings = dict(epochs=2, batch_size=16, backbone="tiny", embedding_dim=8, attributes="")
+    settings = dict(epochs=2, batch_size=16, backbone="tiny", embedding_dim=8, attributes="", final_fit="train")
     for name, members in (("one", 1), ("two", 2)):
         config = default_config("text-align", ensemble=members, **settings)
         result = train_recipe(train_catalog, config, RunContext(tmp_path / name, models, cache, name=name), split)
@@ -184,3 +184,38 @@ def test_text_align_ensemble_member_zero_is_the_single_model(tmp_path: Path, mod
     texts = enc.embed_texts(["red circle"])
     assert texts.shape == (1, 16)
     np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
+
+
+def test_text_align_final_fit_on_train_and_validation(tmp_path: Path, models_env) -> None:
+    """``--final-fit train+val`` (the default) saves the model that ``--final-fit train`` trains on a split whose
+    training part is train + validation, with the attribute weight the first fit chose on validation: the same
+    tensors exactly, the same vocabulary (validation titles' words included); the history has the first fit's
+    stages, then the second fit's."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from lens.catalog import load_catalog
+    from lens.encoders.trained import read_model_config
+    from lens.train import RunContext, default_config, make_split, train_recipe
+
+    cache, models = models_env
+    catalog = load_catalog(make_catalog(tmp_path / "cat", n_classes=5, per_class=10, size=48))
+    split = make_split(catalog)
+    assert split.val
+    settings = dict(epochs=2, batch_size=16, backbone="tiny", embedding_dim=8, ensemble=2)
+    result = train_recipe(
+        catalog, default_config("text-align", **settings), RunContext(tmp_path / "a", models, cache, name="a"), split
+    )
+    assert [row["stage"] for row in result.history] == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]
+    arch_a = read_model_config(models / "a")["arch"]
+    weight = arch_a["attributes"][0]["weight"] if arch_a.get("attributes") else 0.0
+    merged = replace(split, train=split.train + split.val, val=[])
+    config_b = default_config("text-align", **settings, final_fit="train", attribute_weight=weight)
+    train_recipe(catalog, config_b, RunContext(tmp_path / "b", models, cache, name="b"), merged)
+    arch_b = read_model_config(models / "b")["arch"]
+    assert arch_a["vocabulary"] == arch_b["vocabulary"] and arch_a.get("attributes") == arch_b.get("attributes")
+    a, b = load_file(models / "a" / "model.safetensors"), load_file(models / "b" / "model.safetensors")
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=key)
