@@ -4,8 +4,11 @@ A frozen image encoder (default ``concat-colour``: the three pretrained CNNs' po
 taken from the lens embedding cache when present) and a frozen text side (all-MiniLM-L6-v2's 384-d sentence vector
 beside a bag of the title's words over the training titles' vocabulary) are each followed by a trainable linear
 projection (:mod:`lens.encoders.trained.text_align`) into a shared ``embedding_dim`` space, trained with CLIP's
-symmetric InfoNCE and a learnable temperature on (photo, ``productDisplayName``) pairs of the training split. Why
-these choices (each measured on validation): docs/training.md, "4. Text side".
+symmetric InfoNCE and a learnable temperature on (photo, ``productDisplayName``) pairs of the training split; four
+such pairs with seeds ``seed..seed+3`` (``--ensemble``), served as one row per side (their unit vectors concatenated
+/ 2: the score is the mean cosine), then the attribute blocks (weight chosen on validation), then (``--final-fit
+train+val``) everything trained again on train + validation. Why these choices (each measured on validation):
+docs/training.md, "4. Text side" and "4b".
 """
 
 from __future__ import annotations
