@@ -448,7 +448,7 @@ def test_recipe_defaults_are_the_documented_ones() -> None:
             epochs=20,
             batch_size=256,
             lr=1e-3,
-            weight_decay=1e-2,
+            weight_decay=1e-1,
             temperature=0.07,
             embedding_dim=256,
             backbone="concat-colour",
@@ -456,6 +456,8 @@ def test_recipe_defaults_are_the_documented_ones() -> None:
             vocab_min_count=2,
             bow_weight=1.0,
             attributes="gender,articleType,baseColour",
+            ensemble=4,
+            final_fit="train+val",
             attribute_weight=-1.0,
         ),
     }
