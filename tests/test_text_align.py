@@ -57,7 +57,14 @@ def test_text_align_on_colour_histograms_finds_the_named_colour(tmp_path: Path, 
     cache, models = models_env
     catalog = load_catalog(make_catalog(tmp_path / "cat", n_classes=5, per_class=10, size=48))
     config = default_config(
-        "text-align", epochs=40, batch_size=16, lr=1e-2, backbone="colour-histogram", embedding_dim=16
+        "text-align",
+        epochs=40,
+        batch_size=16,
+        lr=1e-2,
+        backbone="colour-histogram",
+        embedding_dim=16,
+        ensemble=1,  # the ensemble and the final fit have their own tests below; one fit keeps this one short
+        final_fit="train",
     )
     assert config.projection == "linear" and config.vocab_min_count == 2
     split = make_split(catalog, seed=0)
