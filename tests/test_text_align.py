@@ -57,7 +57,14 @@ def test_text_align_on_colour_histograms_finds_the_named_colour(tmp_path: Path, 
     cache, models = models_env
     catalog = load_catalog(make_catalog(tmp_path / "cat", n_classes=5, per_class=10, size=48))
     config = default_config(
-        "text-align", epochs=40, batch_size=16, lr=1e-2, backbone="colour-histogram", embedding_dim=16
+        "text-align",
+        epochs=40,
+        batch_size=16,
+        lr=1e-2,
+        backbone="colour-histogram",
+        embedding_dim=16,
+        ensemble=1,  # the ensemble and the final fit have their own tests below; one fit keeps this one short
+        final_fit="train",
     )
     assert config.projection == "linear" and config.vocab_min_count == 2
     split = make_split(catalog, seed=0)
@@ -117,3 +124,105 @@ def test_attribute_blocks_add_weighted_probability_products() -> None:
     proj.attribute_weights = [0.0]  # without the blocks both photos tie for both queries
     scores = project_rows(proj.text_side, queries) @ project_rows(proj.image_side, photos).T
     np.testing.assert_allclose(scores[:, 0], scores[:, 1], atol=1e-6)
+
+
+def test_unit_ensemble_scores_are_the_mean_of_the_members_cosines() -> None:
+    """Two members on known weights: the rows are [unit member 1, unit member 2] / sqrt(2), unit length, and the
+    inner product of a text row and an image row is the mean of the members' cosines (here (0.6 + 0) / 2)."""
+    import torch
+
+    from lens.encoders.trained.heads import project_rows
+    from lens.encoders.trained.text_align import build_projections
+
+    arch = {"image_dim": 3, "text_dim": 2, "dim": 2, "hidden": 4, "projection": "linear", "members": 2}
+    proj = build_projections(arch)
+    assert proj.dim == 4
+    assert sorted(proj.state_dict()) == sorted(
+        f"{side}.members.{m}.{p}" for side in ("image", "text") for m in (0, 1) for p in ("weight", "bias")
+    )
+    with torch.no_grad():
+        members = zip(proj.image.members, proj.text.members, strict=True)
+        for (image, text), (wi, wt) in zip(
+            members,
+            [
+                ([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]]),  # cosine([3, 4], [1, 0]) = 0.6
+                ([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]]),  # cosine([1, 0], [0, 1]) = 0
+            ],
+            strict=True,
+        ):
+            image.weight.copy_(torch.tensor(wi))
+            text.weight.copy_(torch.tensor(wt))
+            image.bias.zero_()
+            text.bias.zero_()
+    image_row = project_rows(proj.image_side, np.array([[3.0, 4.0, 1.0]], dtype=np.float32))[0]
+    text_row = project_rows(proj.text_side, np.array([[1.0, 1.0]], dtype=np.float32))[0]
+    np.testing.assert_allclose(image_row, [0.6 / 2**0.5, 0.8 / 2**0.5, 1 / 2**0.5, 0.0], atol=1e-6)
+    assert float(image_row @ text_row) == pytest.approx((0.6 + 0.0) / 2, abs=1e-6)
+    # a model saved before the ensembles (no "members"): one plain projection per side, keys image.* / text.*
+    single = build_projections({k: v for k, v in arch.items() if k != "members"})
+    assert single.dim == 2 and sorted(single.state_dict()) == ["image.bias", "image.weight", "text.bias", "text.weight"]
+
+
+def test_text_align_ensemble_member_zero_is_the_single_model(tmp_path: Path, models_env) -> None:
+    """``--ensemble 2`` trains member 0 exactly as ``--ensemble 1`` trains its one model (same seed, same batches),
+    and member 1 with seed + 1 (a different model); the saved encoder is twice as wide and its history has one stage
+    per member."""
+    from safetensors.torch import load_file
+
+    from lens.catalog import load_catalog
+    from lens.encoders import create_encoder
+    from lens.train import RunContext, default_config, make_split, train_recipe
+
+    cache, models = models_env
+    train_catalog = load_catalog(make_catalog(tmp_path / "cat", n_classes=5, per_class=10, size=48))
+    split = make_split(train_catalog)
+    settings = dict(epochs=2, batch_size=16, backbone="tiny", embedding_dim=8, attributes="", final_fit="train")
+    for name, members in (("one", 1), ("two", 2)):
+        config = default_config("text-align", ensemble=members, **settings)
+        result = train_recipe(train_catalog, config, RunContext(tmp_path / name, models, cache, name=name), split)
+    assert [row["stage"] for row in result.history] == [1.0, 1.0, 2.0, 2.0]
+    one, two = load_file(models / "one" / "model.safetensors"), load_file(models / "two" / "model.safetensors")
+    for side in ("image", "text"):
+        for p in ("weight", "bias"):
+            np.testing.assert_array_equal(two[f"{side}.members.0.{p}"].numpy(), one[f"{side}.{p}"].numpy())
+        assert not np.allclose(two[f"{side}.members.1.weight"].numpy(), one[f"{side}.weight"].numpy())
+    enc = create_encoder("two")
+    assert enc.arch["members"] == 2 and enc.dim == 16
+    texts = enc.embed_texts(["red circle"])
+    assert texts.shape == (1, 16)
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
+
+
+def test_text_align_final_fit_on_train_and_validation(tmp_path: Path, models_env) -> None:
+    """``--final-fit train+val`` (the default) saves the model that ``--final-fit train`` trains on a split whose
+    training part is train + validation, with the attribute weight the first fit chose on validation: the same
+    tensors exactly, the same vocabulary (validation titles' words included); the history has the first fit's
+    stages, then the second fit's."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from lens.catalog import load_catalog
+    from lens.encoders.trained import read_model_config
+    from lens.train import RunContext, default_config, make_split, train_recipe
+
+    cache, models = models_env
+    catalog = load_catalog(make_catalog(tmp_path / "cat", n_classes=5, per_class=10, size=48))
+    split = make_split(catalog)
+    assert split.val
+    settings = dict(epochs=2, batch_size=16, backbone="tiny", embedding_dim=8, ensemble=2)
+    result = train_recipe(
+        catalog, default_config("text-align", **settings), RunContext(tmp_path / "a", models, cache, name="a"), split
+    )
+    assert [row["stage"] for row in result.history] == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]
+    arch_a = read_model_config(models / "a")["arch"]
+    weight = arch_a["attributes"][0]["weight"] if arch_a.get("attributes") else 0.0
+    merged = replace(split, train=split.train + split.val, val=[])
+    config_b = default_config("text-align", **settings, final_fit="train", attribute_weight=weight)
+    train_recipe(catalog, config_b, RunContext(tmp_path / "b", models, cache, name="b"), merged)
+    arch_b = read_model_config(models / "b")["arch"]
+    assert arch_a["vocabulary"] == arch_b["vocabulary"] and arch_a.get("attributes") == arch_b.get("attributes")
+    a, b = load_file(models / "a" / "model.safetensors"), load_file(models / "b" / "model.safetensors")
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=key)

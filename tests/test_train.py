@@ -324,9 +324,11 @@ def test_text_align_serves_text_and_image_text_queries(train_catalog, models_env
     enc = create_encoder("text-align")
     assert enc.spec.supports_text
     texts = enc.embed_texts(["red circle", "blue square item"])
-    # 32 projection coordinates, then the attribute blocks when validation chose a weight > 0 (one per class)
+    # 32 projection coordinates per ensemble member (4 by default), then the attribute blocks when validation chose
+    # a weight > 0 (one per class)
     blocks = sum(len(a["classes"]) for a in enc.arch.get("attributes") or [])
-    assert enc.dim == 32 + blocks and texts.shape == (2, enc.dim) and texts.dtype == np.float32
+    assert enc.arch["members"] == config.ensemble == 4
+    assert enc.dim == 32 * 4 + blocks and texts.shape == (2, enc.dim) and texts.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
     image = open_image(train_catalog.image_paths()[0])
     both = enc.embed_query(image, "blue", text_weight=0.5)
@@ -446,7 +448,7 @@ def test_recipe_defaults_are_the_documented_ones() -> None:
             epochs=20,
             batch_size=256,
             lr=1e-3,
-            weight_decay=1e-2,
+            weight_decay=1e-1,
             temperature=0.07,
             embedding_dim=256,
             backbone="concat-colour",
@@ -454,6 +456,8 @@ def test_recipe_defaults_are_the_documented_ones() -> None:
             vocab_min_count=2,
             bow_weight=1.0,
             attributes="gender,articleType,baseColour",
+            ensemble=4,
+            final_fit="train+val",
             attribute_weight=-1.0,
         ),
     }

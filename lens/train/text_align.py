@@ -4,13 +4,17 @@ A frozen image encoder (default ``concat-colour``: the three pretrained CNNs' po
 taken from the lens embedding cache when present) and a frozen text side (all-MiniLM-L6-v2's 384-d sentence vector
 beside a bag of the title's words over the training titles' vocabulary) are each followed by a trainable linear
 projection (:mod:`lens.encoders.trained.text_align`) into a shared ``embedding_dim`` space, trained with CLIP's
-symmetric InfoNCE and a learnable temperature on (photo, ``productDisplayName``) pairs of the training split. Why
-these choices (each measured on validation): docs/training.md, "4. Text side".
+symmetric InfoNCE and a learnable temperature on (photo, ``productDisplayName``) pairs of the training split; four
+such pairs with seeds ``seed..seed+3`` (``--ensemble``), served as one row per side (their unit vectors concatenated
+/ 2: the score is the mean cosine), then the attribute blocks (weight chosen on validation), then (``--final-fit
+train+val``) everything trained again on train + validation. Why these choices (each measured on validation):
+docs/training.md, "4. Text side" and "4b".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +56,8 @@ TEXT_COLUMN = "productDisplayName"
 HIDDEN = 512
 #: The attribute weights tried on validation when ``--attribute-weight`` is -1 (0 = no attribute blocks).
 ATTRIBUTE_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+#: What the saved model is trained on (``--final-fit``).
+FINAL_FITS = ("train+val", "train")
 #: Epochs, learning rate and weight decay of the attribute classifiers (full-batch AdamW on the training rows).
 ATTRIBUTE_EPOCHS, ATTRIBUTE_LR, ATTRIBUTE_DECAY = 100, 1e-2, 1e-3
 
@@ -65,7 +71,7 @@ class TextAlignConfig(TrainConfig):
     )
     epochs: int = setting(20, "passes over the training pairs", minimum=1)
     batch_size: int = setting(256, "(photo, title) pairs per step", flag="--batch", minimum=1)
-    weight_decay: float = setting(1e-2, "AdamW weight decay")
+    weight_decay: float = setting(1e-1, "AdamW weight decay of the projections")
     temperature: float = setting(0.07, "initial InfoNCE temperature (learnable)")
     embedding_dim: int = setting(256, "shared-space dimension", minimum=1)
     projection: str = setting(
@@ -78,6 +84,19 @@ class TextAlignConfig(TrainConfig):
     attributes: str = setting(
         "gender,articleType,baseColour",
         "catalog columns whose class probabilities both sides append (two-stage score; empty = none)",
+    )
+    ensemble: int = setting(
+        4,
+        "projection pairs trained with seeds seed, seed+1, ...; each unit length, concatenated / sqrt(M) (the score "
+        "is the mean of their cosines)",
+        minimum=1,
+    )
+    final_fit: str = setting(
+        "train+val",
+        "rows of the saved model: train+val (the settings fixed, the attribute weight chosen on validation, the "
+        "projections and classifiers are trained again on train + validation; the validation figures are the first "
+        "fit's) or train (the first fit is saved)",
+        choices=FINAL_FITS,
     )
     attribute_weight: float = setting(
         -1.0, "weight of each attribute block (-1 = chosen on validation text R@10; 0 = no attribute blocks)"
@@ -111,55 +130,25 @@ def train_text_align(
     ctx.log(f"text-align: embedding {len(titles)} titles with {MINILM_NAME}")
     minilm = load_minilm().embed(titles)
     parts = split_positions(ids, split)
-    train_idx, val_idx = parts["train"], parts["val"]
-    # the vocabulary comes from the training titles only (no held-out or validation word leaks into the model)
-    vocabulary = (
-        build_vocabulary([titles[i] for i in train_idx], config.vocab_min_count) if config.vocab_min_count else []
-    )
-    text_arch = {"vocabulary": vocabulary, "bow_weight": config.bow_weight} if vocabulary else {}
-    text_feats = text_features(minilm, titles, text_arch)
     image_feats = image_set.vectors
 
-    torch.manual_seed(config.seed)
-    arch = {
-        "type": "text-align",
-        "image_encoder": config.backbone,
-        "image_weights_id": base.weights_id,
-        "image_precision": base.precision,
-        "image_dim": base.dim,
-        "text_model": MINILM_NAME,
-        "text_dim": MINILM_DIM + len(vocabulary),
-        "dim": config.embedding_dim,
-        "hidden": HIDDEN,
-        "projection": config.projection,
-        **text_arch,
-    }
-    projections = build_projections(arch)
-    model = _Trainable(projections, SymmetricInfoNCE(config.temperature))
-    img_t, txt_t = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
+    def fit_all(fit_parts: dict[str, np.ndarray], fit_config: TextAlignConfig, first_stage: int) -> _Fitted:
+        return _fit_projections(
+            catalog, ids, titles, minilm, image_feats, base, fit_parts, fit_config, ctx, first_stage
+        )
 
-    def loss_step(batch: np.ndarray) -> torch.Tensor:
-        index = torch.from_numpy(batch)
-        return model.loss(projections.image(img_t[index]), projections.text(txt_t[index]))
-
-    def on_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
-        extra = {"temperature": model.loss.temperature}
-        if len(val_idx):
-            iv = inference_vectors(projections.image, img_t[torch.from_numpy(val_idx)])
-            tv = inference_vectors(projections.text, txt_t[torch.from_numpy(val_idx)])
-            extra["val_text_r@5"] = text_to_image_recall(tv, iv, np.arange(len(val_idx)), (5,))["text_r@5"]
-        return extra
-
-    history = fit_with_bar(
-        model, loss_step, lambda epoch: shuffled_epoch(train_idx, config, epoch), config, ctx, on_epoch=on_epoch
-    )
-    attributes, weight_rows = _attribute_blocks(
-        catalog, ids, parts, projections, arch, image_feats, text_feats, config, ctx
-    )
-    if attributes is not None:
-        arch["attributes"] = attributes
-        projections = attributes_model = build_projections(arch)
-        attributes_model.load_state_dict(weight_rows, strict=True)
+    fitted = fit_all(parts, config, 1)
+    if config.final_fit == "train+val" and len(parts["val"]):
+        # the settings are fixed now (the attribute weight chosen on validation): train once more on train +
+        # validation, 14 % more pairs on the sample catalog (docs/training.md, "4b")
+        weight = fitted.attributes[0]["weight"] if fitted.attributes else 0.0
+        ctx.log(f"text-align: training again on train + validation ({len(parts['train']) + len(parts['val'])} pairs)")
+        refit_parts = {**parts, "train": np.concatenate([parts["train"], parts["val"]]), "val": parts["val"][:0]}
+        refit = fit_all(refit_parts, replace(config, attribute_weight=weight), config.ensemble + 1)
+        refit.history = fitted.history + refit.history
+        fitted = refit
+    arch, projections, history, text_feats = fitted.arch, fitted.projections, fitted.history, fitted.text_feats
+    vocabulary, attributes, temperatures = arch.get("vocabulary") or [], fitted.attributes, fitted.temperatures
     train_seconds = elapsed()
 
     # the saved encoder's own projections (TextAlignEncoder.project_*_features run these same modules)
@@ -182,7 +171,7 @@ def train_text_align(
         f"projections trained with InfoNCE on {catalog.name} titles"
         + (f", + {', '.join(a['column'] for a in attributes)} probabilities" if attributes else ""),
         "license": "as the base weights (Apache-2.0)",
-        "temperature": model.loss.temperature,
+        "temperature": temperatures[0] if len(temperatures) == 1 else temperatures,
         **base_config(config, catalog, split, ctx),
         "history": history,
         "train_seconds": train_seconds,
@@ -190,6 +179,131 @@ def train_text_align(
     return save_run(
         ctx, catalog, projections.state_dict(), config_json, history, train_seconds, metrics, ids, image_vecs
     )
+
+
+@dataclass
+class _Fitted:
+    """The outcome of one fit: architecture, projections (with the attribute blocks when chosen), history, the text
+    projection's input rows and the members' temperatures."""
+
+    arch: dict
+    projections: Projections
+    history: list[dict[str, float]]
+    text_feats: np.ndarray
+    attributes: list[dict] | None
+    temperatures: list[float]
+
+
+def _fit_projections(
+    catalog: Catalog,
+    ids: list[str],
+    titles: list[str],
+    minilm: np.ndarray,
+    image_feats: np.ndarray,
+    base: Any,
+    parts: dict[str, np.ndarray],
+    config: TextAlignConfig,
+    ctx: RunContext,
+    first_stage: int,
+) -> _Fitted:
+    """The ensemble's members trained on the ``parts["train"]`` rows (validated on ``parts["val"]``), then the
+    attribute blocks (their weight chosen on ``parts["val"]`` unless ``config.attribute_weight`` fixes it). History rows
+    of member ``m`` get ``stage`` ``first_stage + m`` when there is more than one stage."""
+    train_idx, val_idx = parts["train"], parts["val"]
+    # the vocabulary comes from the fitted titles only (no held-out or validation word leaks into the first fit)
+    vocabulary = (
+        build_vocabulary([titles[i] for i in train_idx], config.vocab_min_count) if config.vocab_min_count else []
+    )
+    text_arch = {"vocabulary": vocabulary, "bow_weight": config.bow_weight} if vocabulary else {}
+    text_feats = text_features(minilm, titles, text_arch)
+    arch = {
+        "type": "text-align",
+        "image_encoder": config.backbone,
+        "image_weights_id": base.weights_id,
+        "image_precision": base.precision,
+        "image_dim": base.dim,
+        "text_model": MINILM_NAME,
+        "text_dim": MINILM_DIM + len(vocabulary),
+        "dim": config.embedding_dim,
+        "hidden": HIDDEN,
+        "projection": config.projection,
+        **text_arch,
+    }
+    img_t, txt_t = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
+    staged = config.ensemble > 1 or first_stage > 1 or config.final_fit == "train+val"
+    history: list[dict[str, float]] = []
+    members: list[Projections] = []
+    temperatures: list[float] = []
+    for m in range(config.ensemble):
+        stage = first_stage + m
+        member, member_history, temperature = _train_member(
+            arch, img_t, txt_t, train_idx, val_idx, config, m, stage, ctx
+        )
+        members.append(member)
+        temperatures.append(temperature)
+        history += [{**row, "stage": float(stage)} for row in member_history] if staged else member_history
+    if config.ensemble > 1:
+        arch["members"] = config.ensemble
+        projections = build_projections(arch)
+        for side in ("image", "text"):
+            for m, member in enumerate(members):
+                getattr(projections, side).members[m].load_state_dict(getattr(member, side).state_dict())
+        ctx.log(f"text-align: {config.ensemble} projections (seeds {config.seed}..{config.seed + config.ensemble - 1})")
+    else:
+        projections = members[0]
+    attributes, weight_rows = _attribute_blocks(
+        catalog, ids, parts, projections, arch, image_feats, text_feats, config, ctx
+    )
+    if attributes is not None:
+        arch["attributes"] = attributes
+        projections = build_projections(arch)
+        projections.load_state_dict(weight_rows, strict=True)
+    return _Fitted(arch, projections, history, text_feats, attributes, temperatures)
+
+
+def _train_member(
+    arch: dict,
+    img_t: torch.Tensor,
+    txt_t: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    config: TextAlignConfig,
+    m: int,
+    stage: int,
+    ctx: RunContext,
+) -> tuple[Projections, list[dict[str, float]], float]:
+    """Member ``m`` of the ensemble: one pair of projections trained with seed ``config.seed + m`` (its own
+    initialisation and batch order; member 0 is the single model of ``--ensemble 1``), as the run's ``stage``-th
+    training (stage 1 checkpoints to ``checkpoint.pt``, stage k > 1 to ``checkpoint-stage<k>.pt``). Returns the
+    projections, the history and the learned temperature."""
+    member_config = replace(config, seed=config.seed + m)
+    torch.manual_seed(member_config.seed)
+    projections = build_projections(arch)
+    model = _Trainable(projections, SymmetricInfoNCE(config.temperature))
+
+    def loss_step(batch: np.ndarray) -> torch.Tensor:
+        index = torch.from_numpy(batch)
+        return model.loss(projections.image(img_t[index]), projections.text(txt_t[index]))
+
+    def on_epoch(epoch: int, row: dict[str, float]) -> dict[str, float]:
+        extra = {"temperature": model.loss.temperature}
+        if len(val_idx):
+            iv = inference_vectors(projections.image, img_t[torch.from_numpy(val_idx)])
+            tv = inference_vectors(projections.text, txt_t[torch.from_numpy(val_idx)])
+            extra["val_text_r@5"] = text_to_image_recall(tv, iv, np.arange(len(val_idx)), (5,))["text_r@5"]
+        return extra
+
+    history = fit_with_bar(
+        model,
+        loss_step,
+        lambda epoch: shuffled_epoch(train_idx, member_config, epoch),
+        member_config,
+        ctx,
+        label=f"stage {stage}" if stage > 1 or config.ensemble > 1 else "",
+        checkpoint=ctx.out_dir / f"checkpoint-stage{stage}.pt" if stage > 1 else None,
+        on_epoch=on_epoch,
+    )
+    return projections, history, model.loss.temperature
 
 
 def _codes(values: np.ndarray, classes: list[str]) -> np.ndarray:

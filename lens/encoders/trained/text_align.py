@@ -59,8 +59,28 @@ def text_features(minilm: np.ndarray, texts: Sequence[str], arch: dict[str, Any]
 PROJECTIONS = ("linear", "mlp")
 
 
+class UnitEnsemble(nn.Module):
+    """``M`` projections of the same input, each row L2-normalised, concatenated and divided by ``sqrt(M)``.
+
+    Two such rows (of unit length) have as inner product the *mean* of the members' cosines, so an ensemble of
+    projections trained with different seeds is served by the one-vector index like a single projection.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = [F.normalize(member(x), dim=-1) for member in self.members]
+        return torch.cat(rows, dim=-1) / len(rows) ** 0.5
+
+
 class Projections(nn.Module):
     """``image``: d_img -> dim and ``text``: d_txt -> dim, each a Linear (``linear``) or Linear-GELU-Linear (``mlp``).
+
+    With ``members`` > 1, each side is a :class:`UnitEnsemble` of ``members`` such projections (state-dict keys
+    ``image.members.<m>.*``; the members are trained one by one with seeds ``seed + m``) and the rows are
+    ``members * dim`` wide: the score of a text and an image is the mean of the members' cosines.
 
     With ``attributes`` (``[(n_classes, weight), ...]``, e.g. gender / articleType / baseColour), each side also has
     one linear classifier per attribute (``image_heads`` / ``text_heads``), and :meth:`image_side` /
@@ -77,17 +97,25 @@ class Projections(nn.Module):
         hidden: int,
         kind: str = "mlp",
         attributes: Sequence[tuple[int, float]] = (),
+        members: int = 1,
     ) -> None:
         super().__init__()
         if kind not in PROJECTIONS:
             raise LensError(f"unknown text-align projection {kind!r}; known: {', '.join(PROJECTIONS)}.")
-        if kind == "linear":
-            self.image: nn.Module = nn.Linear(image_dim, dim)
-            self.text: nn.Module = nn.Linear(text_dim, dim)
+        if members < 1:
+            raise LensError(f"a text-align ensemble needs at least one member, not {members}.")
+
+        def projection(in_dim: int) -> nn.Module:
+            return nn.Linear(in_dim, dim) if kind == "linear" else mlp(in_dim, hidden, dim, nn.GELU)
+
+        if members == 1:
+            self.image: nn.Module = projection(image_dim)
+            self.text: nn.Module = projection(text_dim)
         else:
-            self.image = mlp(image_dim, hidden, dim, nn.GELU)
-            self.text = mlp(text_dim, hidden, dim, nn.GELU)
-        self.dim = dim + sum(int(n) for n, _ in attributes)  #: width of :meth:`image_side` / :meth:`text_side` rows
+            self.image = UnitEnsemble([projection(image_dim) for _ in range(members)])
+            self.text = UnitEnsemble([projection(text_dim) for _ in range(members)])
+        #: width of :meth:`image_side` / :meth:`text_side` rows
+        self.dim = dim * members + sum(int(n) for n, _ in attributes)
         self.attribute_weights = [float(w) for _, w in attributes]
         self.image_heads = nn.ModuleList(nn.Linear(image_dim, int(n)) for n, _ in attributes)
         self.text_heads = nn.ModuleList(nn.Linear(text_dim, int(n)) for n, _ in attributes)
@@ -111,7 +139,8 @@ class Projections(nn.Module):
 
 def build_projections(arch: dict[str, Any]) -> Projections:
     """``arch``: ``{"image_dim", "text_dim", "dim", "hidden", "projection"}`` (no ``projection``: ``mlp``, the kind of
-    every model saved before it was recorded), optionally ``"attributes": [{"column", "classes", "weight"}, ...]``."""
+    every model saved before it was recorded), optionally ``"members"`` (projections per side, default 1; ``dim`` is
+    each member's width) and ``"attributes": [{"column", "classes", "weight"}, ...]``."""
     return Projections(
         int(arch["image_dim"]),
         int(arch["text_dim"]),
@@ -119,6 +148,7 @@ def build_projections(arch: dict[str, Any]) -> Projections:
         int(arch["hidden"]),
         str(arch.get("projection", "mlp")),
         [(len(a["classes"]), float(a["weight"])) for a in arch.get("attributes") or []],
+        int(arch.get("members", 1)),
     )
 
 
