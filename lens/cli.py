@@ -294,8 +294,6 @@ def cmd_index(args: argparse.Namespace) -> int:
         )
     if args.no_rebuild and not args.update:
         raise LensError("--no-rebuild goes with --update (it keeps the delta past the threshold); add --update.")
-    if args.update and _sharding(args, catalog):
-        raise LensError("--update works on the single index; --shards builds shards anew: pick one.")
     if _sharding(args, catalog):
         return _index_sharded(args, catalog, run, trees, search_k)
     for model in _parse_models(args.models, run):
@@ -344,11 +342,24 @@ def _sharding(args: argparse.Namespace, catalog: Catalog) -> bool:
 
 
 def _index_sharded(args: argparse.Namespace, catalog: Catalog, run: RunOptions, trees: int, search_k: int) -> int:
-    from lens.sharded import build_sharded_index
+    from lens.sharded import build_sharded_index, update_sharded_index
 
     for model in _parse_models(args.models, run):
         _, embeddings = _embed(catalog, model, run, args.quiet)
         started = time.perf_counter()
+        if args.update:  # each shard of the older catalog's sharded index + its own delta and tombstones
+            update = update_sharded_index(
+                catalog,
+                embeddings,
+                args.shards,
+                by=args.by or "hash",
+                cache_dir=run.cache_dir,
+                n_trees=trees,
+                search_k=search_k,
+                rebuild="never" if args.no_rebuild else "now",
+            )
+            print(f"{model}: {update.describe()}")
+            continue
         index, built = build_sharded_index(
             catalog,
             embeddings,
@@ -425,11 +436,22 @@ def cmd_search(args: argparse.Namespace) -> int:
         from lens.sharded import build_sharded_index
 
         by = args.by or "hash"
-        index, _ = build_sharded_index(catalog, embeddings, args.shards, by=by, cache_dir=run.cache_dir, n_trees=trees)
+        # A catalog changed since its sharded index was built is served by the older shards + a delta per shard
+        # (shards past the threshold rebuilt), as `lens index --update --shards N` does.
+        index, _ = build_sharded_index(
+            catalog, embeddings, args.shards, by=by, cache_dir=run.cache_dir, n_trees=trees, update=True
+        )
         if by in filters:  # a filter on the shard column: only the shards that hold its values are searched
             index = index.restrict(filters[by])
+    elif args.exact:
+        index = build_index(embeddings, kind="exact", cache_dir=run.cache_dir, n_trees=trees)
     else:
-        index = build_index(embeddings, kind="exact" if args.exact else "annoy", cache_dir=run.cache_dir, n_trees=trees)
+        # The catalog's own index, or a delta written before (by the build, the dashboard, `index --update`); a
+        # catalog changed since its index was built gets a delta over the older index now instead of a full build
+        # (past the threshold, it is rebuilt in full at once, as `lens index --update` does).
+        from lens.delta import update_index
+
+        index = update_index(embeddings, cache_dir=run.cache_dir, n_trees=trees).index
     exclude: list[str] = []
     vector = None
     if args.image:
@@ -873,7 +895,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--update",
         action="store_true",
         help="the catalog changed: keep the index of its older version and add a delta (added and edited items, "
-        "searched exactly) and tombstones (removed and edited ones); rebuilt in full past lens.delta.DELTA_MAX_FRACTION",
+        "searched exactly) and tombstones (removed and edited ones); rebuilt in full past lens.delta.DELTA_MAX_FRACTION. "
+        "With --shards: each shard gets its own delta, and a shard past the threshold is rebuilt alone",
     )
     p.add_argument("--no-rebuild", action="store_true", help="with --update: keep the delta even past the threshold")
     _shard_flags(p)

@@ -258,3 +258,40 @@ def test_a_query_among_removed_items_still_gets_k_results(tmp_path: Path) -> Non
     assert isinstance(index, DeltaIndex) and len(index.tombstones) == 30
     hits = index.search(query, 5)
     assert [h.id for h in hits] == [h.id for h in ExactIndex.from_embeddings(new).search(query, 5)]
+
+
+def test_cli_search_serves_and_writes_a_delta(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, lens_cache_dir: Path
+) -> None:
+    """`lens search` after a catalog change: a delta over the older index (no full build), and it sees the delta
+    the build or `index --update` wrote."""
+    import pandas as pd
+
+    from lens.catalog import load_catalog
+    from lens.cli import main
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+    from lens.index import ExactIndex
+
+    folder = make_catalog(tmp_path / "cat", n_classes=3, per_class=20, size=40)
+    table = pd.read_csv(folder / "catalog.csv", dtype=str, keep_default_na=False)
+    table.head(58).to_csv(folder / "v1.csv", index=False)
+    indexes = lens_cache_dir / "indexes" / "tiny"
+
+    def search(catalog: Path) -> str:
+        code = main(["search", "--catalog", str(catalog), "--model", "tiny", "--trees", "4", "--id", "000159",
+                     "--k", "3", "--quiet"])  # fmt: skip
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return out
+
+    main(["index", "--catalog", str(folder / "v1.csv"), "--models", "tiny", "--trees", "4", "--quiet"])
+    capsys.readouterr()
+    assert len(list(indexes.glob("*.ann"))) == 1
+    out = search(folder)  # 2 products added since the index was built: one of them is the query
+    assert len(list(indexes.glob("*.ann"))) == 1 and len(list(indexes.glob("*.delta.npy"))) == 1
+    catalog = load_catalog(folder)
+    embeddings = embed_catalog(catalog, create_encoder("tiny"))
+    want = ExactIndex.from_embeddings(embeddings).search(embeddings.vectors[-1], 3, exclude=["000159"])
+    assert all(h.id in out for h in want)  # the exact answer over the new catalog, added products included
+    assert search(folder) == out  # the delta written by the first search is loaded, not computed again
