@@ -45,6 +45,7 @@ from lens.analysis import (  # noqa: F401  (compare_summary, per_category_matrix
     worst_queries,
 )
 from lens.catalog import Catalog, default_catalog_path, load_catalog
+from lens.delta import index_stamp as delta_index_stamp
 from lens.delta import update_index
 from lens.embed import EmbeddingSet, cached_embeddings, embed_catalog, embed_images, embedding_key
 from lens.encoders import (
@@ -531,13 +532,22 @@ def index_kind(path: str, load_label: str, model: str, cache_dir: str, n_items: 
     return "annoy" if cache_state(get_catalog(path, load_label), model, cache_dir or None, key=key).indexed else "exact"
 
 
+def index_stamp(path: str, load_label: str, model: str, cache_dir: str) -> str:
+    """What serves ``model``'s Annoy index on disk now (:func:`lens.delta.index_stamp`: two stats), for
+    :func:`get_index`'s cache key."""
+    return delta_index_stamp(cache_dir or None, model, embeddings_key(path, load_label, model, cache_dir))
+
+
 @st.cache_resource(max_entries=8, show_spinner="Loading index…")
-def get_index(path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, kind: str) -> VectorIndex:
+def get_index(
+    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, kind: str, stamp: str = ""
+) -> VectorIndex:
     """The search index of ``model``: Annoy (mmapped from the cache, built there if missing) or exact numpy.
 
     When the catalog changed since its index was built, the older index serves with a delta (:mod:`lens.delta`):
-    the same results, at once; past the threshold a full rebuild runs in a background thread meanwhile, and the
-    next server (or cache entry) loads it."""
+    the same results, at once; past the threshold a full rebuild runs in a background thread meanwhile. ``stamp``
+    (:func:`index_stamp`) changes when that rebuild (or the background build's) publishes the new index, so the
+    next rerun loads it instead of the cached main index + delta."""
     embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
     if kind == "exact":
         return ExactIndex.from_embeddings(embeddings)
@@ -880,7 +890,8 @@ def search(
 
     catalog = get_catalog(path, load_label)
     kind = index_kind(path, load_label, model, cache_dir, len(catalog))
-    index = get_index(path, load_label, model, fingerprint, cache_dir, kind)
+    stamp = index_stamp(path, load_label, model, cache_dir) if kind == "annoy" else ""
+    index = get_index(path, load_label, model, fingerprint, cache_dir, kind, stamp)
     if expand:
         embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
         vector = expand_query(

@@ -50,6 +50,7 @@ from lens.index import (
     AnnoyIndex,
     VectorIndex,
     _embeddings_rows_sha256,
+    annoy_path,
     build_annoy,
     delta_path,
     index_path,
@@ -291,6 +292,23 @@ class IndexUpdate:
         elif self.rebuild_needed:
             line += "; past the threshold: rebuild it with `python -m lens index --update`"
         return line
+
+
+def index_stamp(
+    cache_dir: str | os.PathLike | None, encoder: str, embedding_key: str, n_trees: int = DEFAULT_N_TREES
+) -> str:
+    """A token that changes whenever what serves the index of these embeddings changes: the modification times
+    (ns) of the catalog's own Annoy sidecar and of its delta's sidecar, ``-`` where absent. A full rebuild publishes
+    the sidecar (and then drops the delta), an update writes the delta's: a loader cached on this token (the
+    dashboard's ``st.cache_resource``) never serves a main index + delta after a rebuild replaced them. Two stats."""
+    ann = annoy_path(cache_dir, encoder, embedding_key, n_trees)
+    parts = []
+    for path in (ann.with_suffix(".json"), sidecar_path(delta_path(ann))):
+        try:
+            parts.append(str(path.stat().st_mtime_ns))
+        except OSError:
+            parts.append("-")
+    return ":".join(parts)
 
 
 def find_main_index(embeddings: EmbeddingSet, cache_dir: str | os.PathLike | None, n_trees: int) -> Path | None:
