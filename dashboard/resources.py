@@ -386,14 +386,36 @@ def build_views(
     }
 
 
+RAY_WORKERS = 2
+"""Encoder actors of a build started with the "Embed on Ray Data" toggle (Ray starts on this machine)."""
+
+
+def ray_available() -> bool:
+    """Whether Ray Data is installed here (no import of it: the Overview and Train pages ask on every rerun)."""
+    from lens.distributed import ray_installed
+
+    return ray_installed()
+
+
+def _build_options(cache_dir: str, on_ray: bool) -> lens_build.BuildOptions:
+    return lens_build.BuildOptions(cache_dir=cache_dir or None, ray_workers=RAY_WORKERS if on_ray else 0)
+
+
 def start_build(
-    path: str, load_label: str, cache_dir: str, *, models: str | None = None, recipes: str | None = None
+    path: str,
+    load_label: str,
+    cache_dir: str,
+    *,
+    models: str | None = None,
+    recipes: str | None = None,
+    on_ray: bool = False,
 ) -> int:
-    """Start ``python -m lens build`` in the background (raises ``JobRunningError`` when one runs); its pid."""
+    """Start ``python -m lens build`` in the background (raises ``JobRunningError`` when one runs); its pid.
+    ``on_ray``: the catalog is embedded on Ray Data (:data:`RAY_WORKERS` actors), and the status says so."""
     pid = lens_build.start_build(
         path,
         label=load_label,
-        options=lens_build.BuildOptions(cache_dir=cache_dir or None),
+        options=_build_options(cache_dir, on_ray),
         models=models,
         recipes=recipes,
     )
@@ -468,15 +490,18 @@ def start_training(
     recipe: str,
     settings: dict[str, Any],
     name: str = "",
+    *,
+    on_ray: bool = False,
 ) -> tuple[int, str]:
     """Check, then start training ``recipe`` in the background (:func:`lens.build.start_training`); pid and model
-    name. Raises ``LensError`` (nothing started) or ``JobRunningError``."""
+    name. ``on_ray``: the trained model embeds the catalog on Ray Data. Raises ``LensError`` (nothing started) or
+    ``JobRunningError``."""
     pid, step = lens_build.start_training(
         get_catalog(path, load_label),
         recipe,
         settings,
         name=name or None,
-        options=lens_build.BuildOptions(cache_dir=cache_dir or None),
+        options=_build_options(cache_dir, on_ray),
         label_column=label_column,
     )
     _forget_models()

@@ -732,7 +732,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _build_options(args: argparse.Namespace):  # noqa: ANN202 - lens.build.BuildOptions (imported lazily)
     from lens.build import BuildOptions
 
-    return BuildOptions(args.cache_dir, args.weights_dir, args.models_dir, args.batch_size, args.seed)
+    ray = getattr(args, "ray", False)
+    if not ray and (getattr(args, "address", None) or getattr(args, "workers", None) is not None):
+        raise LensError("--address and --workers go with --ray (embedding on Ray Data); add --ray or drop them.")
+    workers = _positive(getattr(args, "workers", None), "--workers", 2) if ray else 0
+    if ray:
+        from lens.distributed import check_ray
+
+        check_ray(workers, getattr(args, "address", None))  # before anything starts, in the foreground
+    return BuildOptions(
+        args.cache_dir,
+        args.weights_dir,
+        args.models_dir,
+        args.batch_size,
+        args.seed,
+        ray_workers=workers,
+        ray_address=getattr(args, "address", None) if ray else None,
+    )
 
 
 def _build_steps(args: argparse.Namespace):  # noqa: ANN202 - list[lens.build.BuildStep]
@@ -991,6 +1007,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "build":
             p.add_argument("--detach", action="store_true", help="start in the background and return at once")
             p.add_argument("--log-to-stderr", action="store_true", help=argparse.SUPPRESS)  # the detached runner's
+            p.add_argument(
+                "--ray", action="store_true", help="embed on Ray Data (as `embed --ray`); the status says which path"
+            )
+            p.add_argument("--address", default=None, help="with --ray: a running cluster (auto, ray://host:10001)")
+            p.add_argument("--workers", type=int, default=None, help="with --ray: encoder actors (default 2)")
         p.set_defaults(func=func)
     return parser
 
