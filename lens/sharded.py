@@ -773,11 +773,11 @@ _manifest_lock = threading.Lock()
 _shard_rebuilds: dict[Path, threading.Thread] = {}
 
 
-def _candidates(directory: Path, dim: int, n_shards: int, by: str) -> list[tuple[Path, dict[str, Any]]]:
+def _candidates(directory: Path, key: str, dim: int, n_shards: int, by: str) -> list[tuple[Path, dict[str, Any]]]:
     """Other sharded indexes of the same encoder, trees, shard count and partition kind: newest first."""
-    suffix = directory.name.split("-t", 1)[-1] if "-t" in directory.name else ""
+    suffix = directory.name[len(key) :]  # "-t<trees>-s<shards>-<by>" (sharded_path)
     found = []
-    for other in sorted(directory.parent.glob(f"*-t{suffix}")) if directory.parent.is_dir() else []:
+    for other in sorted(directory.parent.glob(f"*{suffix}")) if directory.parent.is_dir() else []:
         manifest = read_json(other / MANIFEST) if other != directory and other.is_dir() else None
         if (
             manifest is None
@@ -954,7 +954,7 @@ def update_sharded_index(
     else:
         if directory.exists():
             shutil.rmtree(directory)
-        candidates = _candidates(directory, embeddings.dim, n_shards, by) if update else []
+        candidates = _candidates(directory, embeddings.key, embeddings.dim, n_shards, by) if update else []
         if not candidates:
             partition = catalog_partition(catalog, embeddings, n_shards, by)
             index = build_sharded(embeddings, directory, partition, **build)
