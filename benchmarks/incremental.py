@@ -295,6 +295,106 @@ def index_update_synthetic(sizes: list[int], churn: float = 0.01, queries: int =
     return lines
 
 
+def index_update_sharded(
+    sizes: list[int], n_shards: int = 4, churn: float = 0.01, queries: int = 200, rebuild_up_to: int = 300_000
+) -> list[str]:
+    """A sharded index's update (:func:`lens.sharded.update_sharded_index`: a delta per shard) against its full
+    build, on the calibrated synthetic vectors (512-d, 50 trees per shard, one annoy build thread): ``churn`` of the
+    items changed (half added, 30 % removed, 20 % edited), routed to their hash shards. Measured: the full sharded
+    build of the older catalog, the update, one shard rebuilt alone (what a shard past the threshold costs), and up to
+    ``rebuild_up_to`` items a full sharded build of the new catalog; recall@10 against exact search and p50 latency
+    of the older index, the updated one and the rebuilt one. Markdown lines."""
+    import gc
+    import resource
+
+    from benchmarks.scale import clustered_vectors
+    from benchmarks.shards import _slices, exact_truth
+    from lens.catalog import Catalog
+    from lens.embed import EmbeddingSet, save_embeddings
+    from lens.sharded import _publish_shard, build_sharded_index, manifest_partition, update_sharded_index
+
+    no_catalog: Catalog = None  # type: ignore[assignment]  # sharding by hash reads no column
+
+    def recall(index: Any, vectors: np.ndarray, picked: np.ndarray) -> float:
+        # exact top 10 by streamed float32 products: ExactIndex would hold a float64 copy (4 GB at 1M x 512)
+        truth = exact_truth(_slices(vectors), vectors[picked], picked)
+        found = index.search_rows(vectors[picked], 10, exclude_rows=picked.tolist())
+        return float(np.mean([len(set(t.tolist()) & set(f[f >= 0].tolist())) / 10 for t, f in zip(truth, found)]))
+
+    rows = []
+    for n in sizes:
+        n_added, n_removed = round(n * churn * 0.5), round(n * churn * 0.3)
+        n_edited = round(n * churn) - n_added - n_removed
+        vectors = clustered_vectors(n + n_added + n_edited, seed=1)
+        ids = [f"{i:08d}" for i in range(n + n_added)]
+        base = EmbeddingSet(vectors=vectors[:n], ids=ids[:n], encoder="synthetic", key=f"synthetic-{n}-s-v1")
+        kept = n - n_removed
+        new_vectors = np.empty((kept + n_added, vectors.shape[1]), dtype=np.float32)
+        new_vectors[:kept] = vectors[n_removed:n]
+        new_vectors[:n_edited] = vectors[n + n_added :]  # the first n_edited kept items get another vector
+        new_vectors[kept:] = vectors[n : n + n_added]
+        new = EmbeddingSet(
+            vectors=new_vectors, ids=ids[n_removed:n] + ids[n:], encoder="synthetic", key=f"synthetic-{n}-s-v2"
+        )
+        rng = np.random.default_rng(0)
+        with tempfile.TemporaryDirectory(prefix="lens-sharded-update-", dir=os.environ.get("TMPDIR")) as cache:
+            save_embeddings(base, cache)  # the older catalog's vectors, read back by the update's diff
+            started = time.perf_counter()
+            older, _ = build_sharded_index(no_catalog, base, n_shards, cache_dir=cache, n_jobs=1)
+            build_seconds = time.perf_counter() - started
+            picked = rng.choice(n, queries, replace=False)
+            q = base.vectors[picked]
+            recall_older = recall(older, base.vectors, picked)
+            ms_older = _latencies({"older": older}, q)["older"]
+            older.unload()
+            del base, vectors, q
+            gc.collect()
+            started = time.perf_counter()
+            update = update_sharded_index(no_catalog, new, n_shards, cache_dir=cache, rebuild="never", n_jobs=1)
+            update_seconds = time.perf_counter() - started
+            picked = rng.choice(len(new), queries, replace=False)
+            q = new.vectors[picked]
+            recall_updated = recall(update.index, new.vectors, picked)
+            ms_updated = _latencies({"updated": update.index}, q)["updated"]
+            update.index.unload()
+            partition = manifest_partition(update.index.manifest, no_catalog, new)
+            started = time.perf_counter()
+            _publish_shard(update.index.directory, new, partition, 0, n_trees=50, search_k=1000, n_jobs=1)
+            shard_seconds = time.perf_counter() - started
+            row = {
+                "items": n,
+                "shards": n_shards,
+                "changed": sum(d.changed for d in update.deltas.values()),
+                "full sharded build s": round(build_seconds, 1),
+                "update s": round(update_seconds, 1),
+                "one shard rebuilt s": round(shard_seconds, 1),
+                "recall@10 older index": recall_older,
+                "recall@10 updated": recall_updated,
+                "p50 ms older": round(float(np.percentile(ms_older, 50)), 2),
+                "p50 ms updated": round(float(np.percentile(ms_updated, 50)), 2),
+            }
+            if n <= rebuild_up_to:
+                started = time.perf_counter()
+                rebuilt, _ = build_sharded_index(
+                    no_catalog, new, n_shards, cache_dir=Path(cache) / "full", rebuild=True, n_jobs=1
+                )
+                row["full rebuild s"] = round(time.perf_counter() - started, 1)
+                row["recall@10 rebuilt"] = recall(rebuilt, new.vectors, picked)
+                row["p50 ms rebuilt"] = round(float(np.percentile(_latencies({"r": rebuilt}, q)["r"], 50)), 2)
+                rebuilt.unload()
+            row["peak RSS MiB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            rows.append(row)
+            print(row, flush=True)
+    lines = [
+        f"# Sharded index update vs full build, synthetic 512-d vectors ({churn:.0%} of the items changed, "
+        f"{n_shards} hash shards, 50 trees, search_k 1,000 per shard, {queries} queries)",
+        "",
+        markdown_table(pd.DataFrame(rows)),
+    ]
+    print("\n".join(lines))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.incremental", description=__doc__)
     parser.add_argument("--catalog", default=os.environ.get("LENS_CATALOG", "../shared/data/fashion-products"))
@@ -311,10 +411,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--synthetic", default="", help="--index-update: comma-separated sizes of synthetic catalogs to measure instead"
     )
+    parser.add_argument(
+        "--sharded", type=int, default=0, help="--index-update --synthetic: a sharded index of this many shards"
+    )
     args = parser.parse_args(argv)
     if args.index_update:
         sizes = [int(v) for v in args.synthetic.split(",") if v.strip()]
-        lines = index_update_synthetic(sizes) if sizes else index_update(args)
+        if args.sharded and sizes:
+            lines = index_update_sharded(sizes, args.sharded)
+        else:
+            lines = index_update_synthetic(sizes) if sizes else index_update(args)
         if args.out:
             Path(args.out).write_text("\n".join(lines) + "\n")
         return 0

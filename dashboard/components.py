@@ -383,6 +383,20 @@ def build_watch(ctx: Context) -> None:
         watch()
 
 
+def ray_toggle(key: str) -> bool:
+    """The "Embed on Ray Data" toggle, off by default, shown only where Ray is installed (else ``False``)."""
+    if not resources.ray_available():
+        return False
+    return st.toggle(
+        "Embed on Ray Data",
+        value=False,
+        key=key,
+        help=f"Embed the catalog on Ray Data ({resources.RAY_WORKERS} encoder actors on this machine) instead of "
+        "this process's threads: the same vectors, in the same cache. On a laptop the local path is as fast or "
+        "faster (docs/scale.md); the status shows which path embedded each model.",
+    )
+
+
 def build_panel(ctx: Context, extra: Sequence[str] = ()) -> None:
     """The Overview's build section: the state of every model of the plan (and ``extra`` encoders), a button that
     starts the background build of what is missing, one that stops it, and the log; refreshes on its own while the
@@ -405,13 +419,16 @@ def build_panel(ctx: Context, extra: Sequence[str] = ()) -> None:
             help="Pretrained models: embeddings + index (about 4 minutes each for 8,000 photos on 2 CPU cores); "
             "trained models: training with the recipe's defaults, then embeddings + index. Finished ones are reused.",
         )
+        on_ray = ray_toggle("overview_build_ray")
         if cols[1].button(
             "Build missing models", key="overview_build", type="primary", disabled=not chosen, icon=":material/build:"
         ):
             models = ",".join(n for n in chosen if kinds.get(n) == "encoder") or "none"
             recipes = ",".join(n for n in chosen if kinds.get(n) == "recipe") or "none"
             try:
-                pid = resources.start_build(ctx.path, ctx.load_label, ctx.cache_dir, models=models, recipes=recipes)
+                pid = resources.start_build(
+                    ctx.path, ctx.load_label, ctx.cache_dir, models=models, recipes=recipes, on_ray=on_ray
+                )
             except JobRunningError as exc:
                 st.warning(str(exc))
             except LensError as exc:

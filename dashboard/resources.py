@@ -45,6 +45,7 @@ from lens.analysis import (  # noqa: F401  (compare_summary, per_category_matrix
     worst_queries,
 )
 from lens.catalog import Catalog, default_catalog_path, load_catalog
+from lens.delta import index_stamp as delta_index_stamp
 from lens.delta import update_index
 from lens.embed import EmbeddingSet, cached_embeddings, embed_catalog, embed_images, embedding_key
 from lens.encoders import (
@@ -385,14 +386,36 @@ def build_views(
     }
 
 
+RAY_WORKERS = 2
+"""Encoder actors of a build started with the "Embed on Ray Data" toggle (Ray starts on this machine)."""
+
+
+def ray_available() -> bool:
+    """Whether Ray Data is installed here (no import of it: the Overview and Train pages ask on every rerun)."""
+    from lens.distributed import ray_installed
+
+    return ray_installed()
+
+
+def _build_options(cache_dir: str, on_ray: bool) -> lens_build.BuildOptions:
+    return lens_build.BuildOptions(cache_dir=cache_dir or None, ray_workers=RAY_WORKERS if on_ray else 0)
+
+
 def start_build(
-    path: str, load_label: str, cache_dir: str, *, models: str | None = None, recipes: str | None = None
+    path: str,
+    load_label: str,
+    cache_dir: str,
+    *,
+    models: str | None = None,
+    recipes: str | None = None,
+    on_ray: bool = False,
 ) -> int:
-    """Start ``python -m lens build`` in the background (raises ``JobRunningError`` when one runs); its pid."""
+    """Start ``python -m lens build`` in the background (raises ``JobRunningError`` when one runs); its pid.
+    ``on_ray``: the catalog is embedded on Ray Data (:data:`RAY_WORKERS` actors), and the status says so."""
     pid = lens_build.start_build(
         path,
         label=load_label,
-        options=lens_build.BuildOptions(cache_dir=cache_dir or None),
+        options=_build_options(cache_dir, on_ray),
         models=models,
         recipes=recipes,
     )
@@ -467,15 +490,18 @@ def start_training(
     recipe: str,
     settings: dict[str, Any],
     name: str = "",
+    *,
+    on_ray: bool = False,
 ) -> tuple[int, str]:
     """Check, then start training ``recipe`` in the background (:func:`lens.build.start_training`); pid and model
-    name. Raises ``LensError`` (nothing started) or ``JobRunningError``."""
+    name. ``on_ray``: the trained model embeds the catalog on Ray Data. Raises ``LensError`` (nothing started) or
+    ``JobRunningError``."""
     pid, step = lens_build.start_training(
         get_catalog(path, load_label),
         recipe,
         settings,
         name=name or None,
-        options=lens_build.BuildOptions(cache_dir=cache_dir or None),
+        options=_build_options(cache_dir, on_ray),
         label_column=label_column,
     )
     _forget_models()
@@ -531,13 +557,22 @@ def index_kind(path: str, load_label: str, model: str, cache_dir: str, n_items: 
     return "annoy" if cache_state(get_catalog(path, load_label), model, cache_dir or None, key=key).indexed else "exact"
 
 
+def index_stamp(path: str, load_label: str, model: str, cache_dir: str) -> str:
+    """What serves ``model``'s Annoy index on disk now (:func:`lens.delta.index_stamp`: two stats), for
+    :func:`get_index`'s cache key."""
+    return delta_index_stamp(cache_dir or None, model, embeddings_key(path, load_label, model, cache_dir))
+
+
 @st.cache_resource(max_entries=8, show_spinner="Loading index…")
-def get_index(path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, kind: str) -> VectorIndex:
+def get_index(
+    path: str, load_label: str, model: str, fingerprint: str, cache_dir: str, kind: str, stamp: str = ""
+) -> VectorIndex:
     """The search index of ``model``: Annoy (mmapped from the cache, built there if missing) or exact numpy.
 
     When the catalog changed since its index was built, the older index serves with a delta (:mod:`lens.delta`):
-    the same results, at once; past the threshold a full rebuild runs in a background thread meanwhile, and the
-    next server (or cache entry) loads it."""
+    the same results, at once; past the threshold a full rebuild runs in a background thread meanwhile. ``stamp``
+    (:func:`index_stamp`) changes when that rebuild (or the background build's) publishes the new index, so the
+    next rerun loads it instead of the cached main index + delta."""
     embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
     if kind == "exact":
         return ExactIndex.from_embeddings(embeddings)
@@ -880,7 +915,8 @@ def search(
 
     catalog = get_catalog(path, load_label)
     kind = index_kind(path, load_label, model, cache_dir, len(catalog))
-    index = get_index(path, load_label, model, fingerprint, cache_dir, kind)
+    stamp = index_stamp(path, load_label, model, cache_dir) if kind == "annoy" else ""
+    index = get_index(path, load_label, model, fingerprint, cache_dir, kind, stamp)
     if expand:
         embeddings = get_embeddings(path, load_label, model, fingerprint, cache_dir)
         vector = expand_query(

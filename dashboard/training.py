@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, config, resources
-from dashboard.components import Context, escape_md
+from dashboard.components import Context, escape_md, ray_toggle
 from lens.build import JobRunningError, RunInfo, format_state
 from lens.errors import LensError
 from lens.jobs import format_duration
@@ -121,10 +121,11 @@ def recipe_form(ctx: Context) -> None:
             "not stop it."
         )
     )
+    on_ray = ray_toggle("train_ray")
     if st.button("Start training", key="train_start", type="primary", icon=":material/model_training:"):
         try:
             pid, model = resources.start_training(
-                ctx.path, ctx.load_label, ctx.cache_dir, label, recipe, settings, name
+                ctx.path, ctx.load_label, ctx.cache_dir, label, recipe, settings, name, on_ray=on_ray
             )
         except JobRunningError as exc:
             st.warning(str(exc))

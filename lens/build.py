@@ -116,13 +116,24 @@ class BuildStep:
 
 @dataclass
 class BuildOptions:
-    """Where a build reads and writes, and its seed (the same defaults as ``python -m lens train``)."""
+    """Where a build reads and writes, its seed (the same defaults as ``python -m lens train``), and which path
+    embeds the catalog: this process (``ray_workers`` 0, the default) or Ray Data with ``ray_workers`` encoder
+    actors (:mod:`lens.distributed`; Ray starts on this machine, or joins ``ray_address``)."""
 
     cache_dir: str | os.PathLike | None = None
     weights_dir: str | os.PathLike | None = None
     models_dir: str | os.PathLike | None = None
     batch_size: int = 32
     seed: int = 0
+    ray_workers: int = 0
+    ray_address: str | None = None
+
+    def embedding_path(self) -> str:
+        """How this build embeds: ``local``, or ``Ray Data, N workers`` (``at ADDRESS``)."""
+        if not self.ray_workers:
+            return "local"
+        where = f" at {self.ray_address}" if self.ray_address else ""
+        return f"Ray Data, {self.ray_workers} worker{'s' if self.ray_workers > 1 else ''}{where}"
 
     def cache(self) -> Path:
         return resolve_cache_dir(self.cache_dir)
@@ -335,6 +346,7 @@ class _Runner:
             "finished": None,
             "message": "",
             "log": str(log_path(options.cache_dir)),
+            "embedding": options.embedding_path(),
             "steps": [
                 {"name": s.name, "kind": s.kind, "recipe": s.recipe, "needs": list(s.needs), "state": "queued"}
                 for s in steps
@@ -464,14 +476,32 @@ def _embed_and_index(
     from lens.encoders import create_encoder
 
     encoder = create_encoder(step.name, weights_dir=options.weights_dir)
+    compute = None
+    if options.ray_workers:
+        from lens.distributed import ray_compute
+
+        compute = ray_compute(
+            workers=options.ray_workers,
+            address=options.ray_address,
+            encoder_options={"weights_dir": options.weights_dir, "cache_dir": options.cache_dir},
+            models_dir=options.models(),
+        )
     update, close = progress(f"embed {step.name}")
     try:
         embeddings = embed_catalog(
-            catalog, encoder, cache_dir=options.cache_dir, batch_size=options.batch_size, progress=update
+            catalog,
+            encoder,
+            cache_dir=options.cache_dir,
+            batch_size=options.batch_size,
+            progress=update,
+            compute=compute,
         )
     finally:
         close()
-    how = "from cache" if embeddings.from_cache else f"in {embeddings.seconds:.0f}s"
+    # Which path embedded this model, in the status (the Overview and `lens status` show it) and the log.
+    path = "cache" if embeddings.from_cache else options.embedding_path()
+    progress.run.entry(step.name)["embedded_by"] = path
+    how = "from cache" if embeddings.from_cache else f"in {embeddings.seconds:.0f}s ({path})"
     log(f"{step.name}: {len(embeddings)} vectors {how}; {len(embeddings.failed)} unreadable images; building the index")
     progress.cancel.check()
     progress.run.entry(step.name).update(phase="index", percent=99.0, eta_s=None)
@@ -672,6 +702,10 @@ def start_build(
         args += ["--weights-dir", str(options.weights_dir)]
     if options.models_dir:
         args += ["--models-dir", str(options.models_dir)]
+    if options.ray_workers:
+        args += ["--ray", "--workers", str(options.ray_workers)]
+        if options.ray_address:
+            args += ["--address", options.ray_address]
     if models is not None:
         args += ["--models", models]
     if recipes is not None:
@@ -719,6 +753,7 @@ class StepView:
     percent: float | None = None
     eta_s: float | None = None
     phase: str = ""
+    embedded_by: str = ""  #: ``local``, ``cache`` or ``Ray Data, N workers``: the path that embedded it, when known
 
 
 def plan_status(
@@ -745,7 +780,7 @@ def plan_status(
         if reason:
             views.append(StepView(step.name, step.kind, "missing", reason))
         elif _is_ready(step, catalog, options):
-            views.append(StepView(step.name, step.kind, "ready"))
+            views.append(StepView(step.name, step.kind, "ready", embedded_by=str(entry.get("embedded_by", ""))))
         elif alive and entry.get("state") == "running":
             views.append(
                 StepView(
@@ -756,6 +791,7 @@ def plan_status(
                     entry.get("percent"),
                     entry.get("eta_s"),
                     entry.get("phase", ""),
+                    str(entry.get("embedded_by", "") or (status or {}).get("embedding", "")),
                 )
             )
         elif entry.get("state") in ("failed", "skipped"):
@@ -766,12 +802,17 @@ def plan_status(
 
 
 def format_state(view: StepView) -> str:
-    """``ready`` | ``building 40 % (ETA 1m20s)`` | ``queued`` | ``failed: why`` | ``weights missing``."""
+    """``ready`` | ``building 40 % (ETA 1m20s)`` | ``queued`` | ``failed: why`` | ``weights missing``; a model
+    embedded on Ray says so: ``ready (embedded on Ray Data, 2 workers)``, ``building 40 % (on Ray Data, ...)``."""
+    ray = view.embedded_by.startswith("Ray")
     if view.state == "building":
         pct = f"{view.percent:.0f} %" if view.percent is not None else "…"
         eta = f"ETA {format_duration(view.eta_s)}" if view.eta_s is not None else "ETA ?"
         phase = f"{view.phase}, " if view.phase and view.phase not in ("embed", "train") else ""
-        return f"building {pct} ({phase}{eta})"
+        where = f"on {view.embedded_by}, " if ray and view.phase == "embed" else ""
+        return f"building {pct} ({where}{phase}{eta})"
+    if view.state == "ready" and ray:
+        return f"ready (embedded on {view.embedded_by})"
     if view.state == "failed":
         return f"failed: {view.reason.splitlines()[0] if view.reason else '?'}"
     if view.state == "missing":

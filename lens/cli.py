@@ -294,8 +294,6 @@ def cmd_index(args: argparse.Namespace) -> int:
         )
     if args.no_rebuild and not args.update:
         raise LensError("--no-rebuild goes with --update (it keeps the delta past the threshold); add --update.")
-    if args.update and _sharding(args, catalog):
-        raise LensError("--update works on the single index; --shards builds shards anew: pick one.")
     if _sharding(args, catalog):
         return _index_sharded(args, catalog, run, trees, search_k)
     for model in _parse_models(args.models, run):
@@ -344,11 +342,24 @@ def _sharding(args: argparse.Namespace, catalog: Catalog) -> bool:
 
 
 def _index_sharded(args: argparse.Namespace, catalog: Catalog, run: RunOptions, trees: int, search_k: int) -> int:
-    from lens.sharded import build_sharded_index
+    from lens.sharded import build_sharded_index, update_sharded_index
 
     for model in _parse_models(args.models, run):
         _, embeddings = _embed(catalog, model, run, args.quiet)
         started = time.perf_counter()
+        if args.update:  # each shard of the older catalog's sharded index + its own delta and tombstones
+            update = update_sharded_index(
+                catalog,
+                embeddings,
+                args.shards,
+                by=args.by or "hash",
+                cache_dir=run.cache_dir,
+                n_trees=trees,
+                search_k=search_k,
+                rebuild="never" if args.no_rebuild else "now",
+            )
+            print(f"{model}: {update.describe()}")
+            continue
         index, built = build_sharded_index(
             catalog,
             embeddings,
@@ -425,11 +436,22 @@ def cmd_search(args: argparse.Namespace) -> int:
         from lens.sharded import build_sharded_index
 
         by = args.by or "hash"
-        index, _ = build_sharded_index(catalog, embeddings, args.shards, by=by, cache_dir=run.cache_dir, n_trees=trees)
+        # A catalog changed since its sharded index was built is served by the older shards + a delta per shard
+        # (shards past the threshold rebuilt), as `lens index --update --shards N` does.
+        index, _ = build_sharded_index(
+            catalog, embeddings, args.shards, by=by, cache_dir=run.cache_dir, n_trees=trees, update=True
+        )
         if by in filters:  # a filter on the shard column: only the shards that hold its values are searched
             index = index.restrict(filters[by])
+    elif args.exact:
+        index = build_index(embeddings, kind="exact", cache_dir=run.cache_dir, n_trees=trees)
     else:
-        index = build_index(embeddings, kind="exact" if args.exact else "annoy", cache_dir=run.cache_dir, n_trees=trees)
+        # The catalog's own index, or a delta written before (by the build, the dashboard, `index --update`); a
+        # catalog changed since its index was built gets a delta over the older index now instead of a full build
+        # (past the threshold, it is rebuilt in full at once, as `lens index --update` does).
+        from lens.delta import update_index
+
+        index = update_index(embeddings, cache_dir=run.cache_dir, n_trees=trees).index
     exclude: list[str] = []
     vector = None
     if args.image:
@@ -710,7 +732,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _build_options(args: argparse.Namespace):  # noqa: ANN202 - lens.build.BuildOptions (imported lazily)
     from lens.build import BuildOptions
 
-    return BuildOptions(args.cache_dir, args.weights_dir, args.models_dir, args.batch_size, args.seed)
+    ray = getattr(args, "ray", False)
+    if not ray and (getattr(args, "address", None) or getattr(args, "workers", None) is not None):
+        raise LensError("--address and --workers go with --ray (embedding on Ray Data); add --ray or drop them.")
+    workers = _positive(getattr(args, "workers", None), "--workers", 2) if ray else 0
+    if ray:
+        from lens.distributed import check_ray
+
+        check_ray(workers, getattr(args, "address", None))  # before anything starts, in the foreground
+    return BuildOptions(
+        args.cache_dir,
+        args.weights_dir,
+        args.models_dir,
+        args.batch_size,
+        args.seed,
+        ray_workers=workers,
+        ray_address=getattr(args, "address", None) if ray else None,
+    )
 
 
 def _build_steps(args: argparse.Namespace):  # noqa: ANN202 - list[lens.build.BuildStep]
@@ -873,7 +911,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--update",
         action="store_true",
         help="the catalog changed: keep the index of its older version and add a delta (added and edited items, "
-        "searched exactly) and tombstones (removed and edited ones); rebuilt in full past lens.delta.DELTA_MAX_FRACTION",
+        "searched exactly) and tombstones (removed and edited ones); rebuilt in full past lens.delta.DELTA_MAX_FRACTION. "
+        "With --shards: each shard gets its own delta, and a shard past the threshold is rebuilt alone",
     )
     p.add_argument("--no-rebuild", action="store_true", help="with --update: keep the delta even past the threshold")
     _shard_flags(p)
@@ -968,6 +1007,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "build":
             p.add_argument("--detach", action="store_true", help="start in the background and return at once")
             p.add_argument("--log-to-stderr", action="store_true", help=argparse.SUPPRESS)  # the detached runner's
+            p.add_argument(
+                "--ray", action="store_true", help="embed on Ray Data (as `embed --ray`); the status says which path"
+            )
+            p.add_argument("--address", default=None, help="with --ray: a running cluster (auto, ray://host:10001)")
+            p.add_argument("--workers", type=int, default=None, help="with --ray: encoder actors (default 2)")
         p.set_defaults(func=func)
     return parser
 

@@ -50,6 +50,7 @@ from lens.index import (
     AnnoyIndex,
     VectorIndex,
     _embeddings_rows_sha256,
+    annoy_path,
     build_annoy,
     delta_path,
     index_path,
@@ -293,6 +294,23 @@ class IndexUpdate:
         return line
 
 
+def index_stamp(
+    cache_dir: str | os.PathLike | None, encoder: str, embedding_key: str, n_trees: int = DEFAULT_N_TREES
+) -> str:
+    """A token that changes whenever what serves the index of these embeddings changes: the modification times
+    (ns) of the catalog's own Annoy sidecar and of its delta's sidecar, ``-`` where absent. A full rebuild publishes
+    the sidecar (and then drops the delta), an update writes the delta's: a loader cached on this token (the
+    dashboard's ``st.cache_resource``) never serves a main index + delta after a rebuild replaced them. Two stats."""
+    ann = annoy_path(cache_dir, encoder, embedding_key, n_trees)
+    parts = []
+    for path in (ann.with_suffix(".json"), sidecar_path(delta_path(ann))):
+        try:
+            parts.append(str(path.stat().st_mtime_ns))
+        except OSError:
+            parts.append("-")
+    return ":".join(parts)
+
+
 def find_main_index(embeddings: EmbeddingSet, cache_dir: str | os.PathLike | None, n_trees: int) -> Path | None:
     """The Annoy index of ``embeddings.encoder`` (same trees and dimension, another catalog version) whose ids differ
     least from ``embeddings.ids`` (added + removed), or ``None`` when none shares an id. Reads sidecars only."""
@@ -336,6 +354,27 @@ def main_vectors(main: AnnoyIndex, cache_dir: str | os.PathLike | None) -> np.nd
     return np.array([annoy.get_item_vector(row) for row in range(len(main))], dtype=np.float32).reshape(-1, main.dim)
 
 
+def _main_name_ok(name: str) -> bool:
+    """A delta's main index is named relative to the delta's folder: ``<name>.ann`` beside it (the single index),
+    or ``../<folder>/<name>.ann`` in a sibling folder (a shard of an older catalog's sharded index,
+    :mod:`lens.sharded`); nothing else, so a sidecar never points outside the cache's index folder."""
+    parts = Path(name).parts
+    plain = [p for p in parts if p not in ("..", ".", "") and "/" not in p and "\\" not in p]
+    return name.endswith(".ann") and (
+        (len(parts) == 1 and plain == list(parts))
+        or (len(parts) == 3 and parts[0] == ".." and plain == list(parts[1:]))
+    )
+
+
+def _main_name(main: Path, delta_folder: Path) -> str:
+    """The name :func:`load_delta` resolves back to ``main`` from ``delta_folder`` (see :func:`_main_name_ok`)."""
+    if main.parent == delta_folder:
+        return main.name
+    if main.parent.parent == delta_folder.parent:
+        return f"../{main.parent.name}/{main.name}"
+    raise IndexMismatchError(f"A delta in {delta_folder} cannot apply to {main}: the main index must be beside it.")
+
+
 def load_delta(path: str | os.PathLike, embeddings: EmbeddingSet, *, search_k: int | None = None) -> DeltaIndex | None:
     """The :class:`DeltaIndex` written for ``embeddings`` beside ``path`` (their Annoy index's path), or ``None``
     when there is none or anything about it does not verify: the delta's checksum and fields, the new rows it was
@@ -355,8 +394,7 @@ def load_delta(path: str | os.PathLike, embeddings: EmbeddingSet, *, search_k: i
     if (
         not all(isinstance(ids, list) and all(isinstance(i, str) for i in ids) for ids in lists)
         or not isinstance(main_name, str)
-        or Path(main_name).name != main_name
-        or not main_name.endswith(".ann")
+        or not _main_name_ok(main_name)
         or meta.get("rows_sha256") != _embeddings_rows_sha256(embeddings)
         or vectors.dtype != np.float32
         or vectors.ndim != 2
@@ -369,7 +407,7 @@ def load_delta(path: str | os.PathLike, embeddings: EmbeddingSet, *, search_k: i
     if not np.array_equal(vectors, embeddings.vectors[[embeddings.position(i) for i in diff.delta_ids]]):
         return None
     try:
-        main = load_annoy(npy.parent / main_name, expect_dim=embeddings.dim)
+        main = load_annoy(Path(os.path.normpath(npy.parent / main_name)), expect_dim=embeddings.dim)
     except IndexMismatchError:
         return None
     if main.meta["file_sha256"] != meta.get("main_sha256") or main.meta["rows_sha256"] != meta.get("main_rows_sha256"):
@@ -396,7 +434,7 @@ def write_delta(path: Path, embeddings: EmbeddingSet, main: AnnoyIndex, diff: Ca
         "dim": embeddings.dim,
         "n_items": len(embeddings),
         "rows_sha256": _embeddings_rows_sha256(embeddings),
-        "main": main.path.name,
+        "main": _main_name(main.path, delta_path(path).parent),
         "main_items": len(main),
         "main_sha256": main.meta["file_sha256"],
         "main_rows_sha256": main.meta["rows_sha256"],

@@ -69,11 +69,15 @@ class EmbedActor:
     """Ray actor: one encoder, built once; embeds decoded crops (or, for encoders with their own preprocessing,
     opens the files itself)."""
 
-    def __init__(self, name: str, options: dict[str, Any], threads: int) -> None:
+    def __init__(self, name: str, options: dict[str, Any], threads: int, models_dir: str | None = None) -> None:
         os.environ[THREADS_ENV] = str(threads)  # ONNX Runtime's intra-op threads: this actor's share of the cores
         import torch
 
         torch.set_num_threads(threads)
+        if models_dir:  # a model trained on this catalog (the build's models folder) is known by name here too
+            from lens.encoders.trained import refresh_trained_models
+
+            refresh_trained_models(models_dir)
         self.encoder = create_encoder(name, **options)
         self.preprocess = pixel_preprocess(self.encoder)
 
@@ -103,14 +107,36 @@ class EmbedActor:
         return {"row": rows, "vector": vectors, "ok": ok, "reason": reasons}
 
 
+def check_ray(workers: int, address: str | None = None) -> None:
+    """What :func:`ray_compute` checks before any work: Ray Data importable, ``workers`` >= 1, ``address`` answers.
+
+    Raises:
+        LensError: Ray is not installed, ``workers`` < 1, or nothing answers at ``address``.
+    """
+    _ray()
+    if workers < 1:
+        raise LensError(f"--workers must be at least 1, got {workers}.")
+    if address:
+        _reachable(address)  # before any work, whether or not Ray is already running in this process
+
+
+def ray_installed() -> bool:
+    """Whether Ray Data can be imported here (checked without importing it: the dashboard asks on every rerun)."""
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
 def ray_compute(
     *,
     workers: int = 2,
     address: str | None = None,
     encoder_options: dict[str, Any] | None = None,
     gpus_per_worker: float | None = None,
+    models_dir: str | os.PathLike | None = None,
 ) -> Callable[..., tuple[np.ndarray, list[str], list[tuple[str, str]]]]:
-    """A ``compute`` for :func:`lens.embed.embed_catalog` that runs the catalog pass on Ray Data."""
+    """A ``compute`` for :func:`lens.embed.embed_catalog` that runs the catalog pass on Ray Data (``models_dir``:
+    trained models the actors must know by name, as the build's)."""
     if workers < 1:
         raise LensError(f"--workers must be at least 1, got {workers}.")
     if address:
@@ -124,7 +150,17 @@ def ray_compute(
         if started_here:
             _init(ray, address, workers)
         try:
-            return _run(ray, catalog, encoder, batch_size, progress, workers, encoder_options or {}, gpus_per_worker)
+            return _run(
+                ray,
+                catalog,
+                encoder,
+                batch_size,
+                progress,
+                workers,
+                encoder_options or {},
+                gpus_per_worker,
+                str(models_dir) if models_dir is not None else None,
+            )
         finally:
             if started_here:
                 ray.shutdown()
@@ -196,6 +232,7 @@ def _run(
     workers: int,
     options: dict[str, Any],
     gpus_per_worker: float | None,
+    models_dir: str | None = None,
 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     ids = catalog.ids
     paths = catalog.image_paths()
@@ -213,7 +250,7 @@ def _run(
     threads = 1 if gpus == 0 else 4
     dataset = dataset.map_batches(
         EmbedActor,
-        fn_constructor_kwargs={"name": encoder.name, "options": options, "threads": threads},
+        fn_constructor_kwargs={"name": encoder.name, "options": options, "threads": threads, "models_dir": models_dir},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,8 +36,21 @@ from typing import Any
 import numpy as np
 
 from lens.catalog import Catalog
-from lens.embed import EmbeddingSet
-from lens.errors import CatalogError, IndexMismatchError, LensError
+from lens.delta import (
+    DELTA_MAX_FRACTION,
+    DELTA_MAX_ITEMS,
+    UNRELATED_FRACTION,
+    CatalogDiff,
+    Rebuild,
+    diff_rows,
+    drop_delta,
+    load_delta,
+    main_vectors,
+    over_threshold,
+    write_delta,
+)
+from lens.embed import EmbeddingSet, load_embeddings
+from lens.errors import CacheError, CatalogError, IndexMismatchError, LensError
 from lens.index import (
     DEFAULT_N_TREES,
     DEFAULT_SEARCH_K,
@@ -259,9 +273,15 @@ def write_manifest(
     encoder: str = "",
     embedding_key: str = "",
     rows_sha256: str = "",
+    shard_fields: Sequence[dict[str, Any]] | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> None:
-    """The manifest that makes a folder of shards one index; written last, atomically."""
+    """The manifest that makes a folder of shards one index; written last, atomically.
+
+    ``shard_fields[s]`` are more fields of shard ``s``'s entry (``main``: the older catalog's shard a delta applies
+    to, :func:`update_sharded_index`); ``fields`` more top-level fields."""
     counts = np.bincount(partition.shard_of, minlength=partition.n_shards)
+    extra = list(shard_fields) if shard_fields is not None else [{} for _ in range(partition.n_shards)]
     write_json(
         directory / MANIFEST,
         {
@@ -277,10 +297,11 @@ def write_manifest(
             "embedding_key": embedding_key,
             "rows_sha256": rows_sha256,
             "shards": [
-                {"name": _shard_name(s), "n_items": int(counts[s]), "values": partition.values[s]}
+                {"name": _shard_name(s), "n_items": int(counts[s]), "values": partition.values[s], **extra[s]}
                 for s in range(partition.n_shards)
             ],
             "created": utc_now(),
+            **(fields or {}),
         },
     )
 
@@ -361,7 +382,13 @@ class ShardedIndex(VectorIndex):
     _all_ids: list[str] | None = None
 
     def __init__(
-        self, directory: Path, manifest: dict[str, Any], shards: Sequence[int] | None = None, *, parent: Any = None
+        self,
+        directory: Path,
+        manifest: dict[str, Any],
+        shards: Sequence[int] | None = None,
+        *,
+        parent: Any = None,
+        embeddings: EmbeddingSet | None = None,
     ) -> None:
         self.directory = directory
         self.manifest = manifest
@@ -372,7 +399,8 @@ class ShardedIndex(VectorIndex):
         self.shards = list(range(self.n_shards)) if shards is None else sorted(shards)
         self._root: ShardedIndex = parent if parent is not None else self
         if parent is None:
-            self._open: dict[int, AnnoyIndex] = {}
+            self._embeddings = embeddings  # a shard served by a delta (lens.delta) verifies against its rows
+            self._open: dict[int, VectorIndex] = {}
             self._rows: dict[int, np.ndarray] = {}
             self._lock = threading.Lock()
             self._pool = ThreadPoolExecutor(max_workers=max(1, min(self.n_shards, os.cpu_count() or 1)))
@@ -385,8 +413,14 @@ class ShardedIndex(VectorIndex):
         """The shards whose Annoy files have been opened (verified and mapped) so far."""
         return set(self._root._open)
 
-    def shard(self, shard: int) -> AnnoyIndex:
-        """Shard ``shard``'s Annoy index, verified (size, SHA-256, dimension, row count) and mmapped on first use.
+    def is_delta(self, shard: int) -> bool:
+        """Whether shard ``shard`` is served by an older catalog's shard + a delta (:func:`update_sharded_index`)."""
+        return bool(self.manifest["shards"][shard].get("main"))
+
+    def shard(self, shard: int) -> VectorIndex:
+        """Shard ``shard``'s index, verified and mmapped on first use: its Annoy file (size, SHA-256, dimension, row
+        count), or for a shard updated with a delta, the older catalog's shard + the delta (:func:`lens.delta.
+        load_delta`'s checks, against the rows of the embeddings this index was opened with).
 
         Raises:
             IndexMismatchError: the shard file or its sidecar is missing, damaged or of another index.
@@ -396,30 +430,50 @@ class ShardedIndex(VectorIndex):
             index = root._open.get(shard)
             if index is None:
                 name = _shard_name(shard)
-                index = load_annoy(
-                    self.directory / f"{name}.ann",
-                    expect_key=str(self.manifest.get("embedding_key", "")),
-                    expect_dim=self.dim,
-                )
                 expected = int(self.manifest["shards"][shard]["n_items"])
-                if len(index) != expected or index.meta.get("shard", shard) != shard:
-                    index.unload()
-                    raise IndexMismatchError(
-                        f"{self.directory / name}.ann is not shard {shard} of this index ({len(index)} items, "
-                        f"the manifest says {expected}): rebuild it with `python -m lens index --shards "
-                        f"{self.n_shards} --rebuild`."
-                    )
                 loaded = load_array(self.directory / f"{name}.rows.npy", expect={"shard": shard})
-                if loaded is None or len(loaded[0]) != len(index):
-                    index.unload()
+                if loaded is None or len(loaded[0]) != expected:
                     raise IndexMismatchError(
                         f"{self.directory / name}.rows.npy is missing or damaged: rebuild the index with "
                         f"`python -m lens index --shards {self.n_shards} --rebuild`."
                     )
-                index.search_k = root.search_k
-                root._rows[shard] = loaded[0].astype(np.int64, copy=False)
+                rows = loaded[0].astype(np.int64, copy=False)
+                if self.is_delta(shard):
+                    index = self._open_delta(shard, rows)
+                else:
+                    annoy = load_annoy(
+                        self.directory / f"{name}.ann",
+                        expect_key=str(self.manifest.get("embedding_key", "")),
+                        expect_dim=self.dim,
+                    )
+                    if len(annoy) != expected or annoy.meta.get("shard", shard) != shard:
+                        annoy.unload()
+                        raise IndexMismatchError(
+                            f"{self.directory / name}.ann is not shard {shard} of this index ({len(annoy)} items, "
+                            f"the manifest says {expected}): rebuild it with `python -m lens index --shards "
+                            f"{self.n_shards} --rebuild`."
+                        )
+                    index = annoy
+                index.search_k = root.search_k  # type: ignore[attr-defined]
+                root._rows[shard] = rows
                 root._open[shard] = index
             return index
+
+    def _open_delta(self, shard: int, rows: np.ndarray) -> VectorIndex:
+        embeddings = self._root._embeddings
+        where = self.directory / f"{_shard_name(shard)}.ann"
+        if embeddings is None or embeddings.key != self.manifest.get("embedding_key") or rows.max() >= len(embeddings):
+            raise IndexMismatchError(
+                f"Shard {shard} at {self.directory} is an older catalog's shard plus a delta: open it with the "
+                "catalog's embeddings (`python -m lens search --shards N`, lens.sharded.build_sharded_index)."
+            )
+        delta = load_delta(where, shard_set(embeddings, rows), search_k=self._root.search_k)
+        if delta is None:
+            raise IndexMismatchError(
+                f"The delta of shard {shard} at {self.directory} (or the older shard it applies to) is missing or "
+                f"damaged: update the index again with `python -m lens index --update --shards {self.n_shards}`."
+            )
+        return delta
 
     def restrict(self, values: Iterable[str]) -> ShardedIndex:
         """A view that searches only the shards holding ``values`` of the ``by`` column (a column partition only).
@@ -459,7 +513,7 @@ class ShardedIndex(VectorIndex):
     def search_k(self, value: int) -> None:
         self._root._search_k = int(value)
         for index in self._root._open.values():
-            index.search_k = int(value)
+            index.search_k = int(value)  # type: ignore[attr-defined]
 
     # -- search ------------------------------------------------------------------------------------------------
 
@@ -499,7 +553,7 @@ class ShardedIndex(VectorIndex):
         allowed = allowed if isinstance(allowed, (set, frozenset)) else set(allowed)
         return self._merged(vector, k, lambda index, v: index.search_filtered(v, k, allowed, exclude=excluded))
 
-    def _merged(self, vector: np.ndarray, k: int, search: Callable[[AnnoyIndex, np.ndarray], list[Hit]]) -> list[Hit]:
+    def _merged(self, vector: np.ndarray, k: int, search: Callable[[VectorIndex, np.ndarray], list[Hit]]) -> list[Hit]:
         if k < 1:
             raise LensError(f"k must be a positive integer, got {k}.")
         vector = self._check_vector(vector)
@@ -521,14 +575,19 @@ class ShardedIndex(VectorIndex):
         root = self._root
         with root._lock:
             for index in root._open.values():
-                index.unload()
+                index.unload()  # type: ignore[attr-defined]
             root._open.clear()
 
 
 def load_sharded(
-    directory: str | os.PathLike, *, expect_key: str | None = None, expect_dim: int | None = None
+    directory: str | os.PathLike,
+    *,
+    expect_key: str | None = None,
+    expect_dim: int | None = None,
+    embeddings: EmbeddingSet | None = None,
 ) -> ShardedIndex:
-    """Open a sharded index from its manifest; each shard is verified and mapped when first searched.
+    """Open a sharded index from its manifest; each shard is verified and mapped when first searched (a shard
+    served by a delta needs ``embeddings``, the catalog's, to verify against).
 
     Raises:
         IndexMismatchError: no or malformed manifest, or one of other embeddings / dimension.
@@ -548,7 +607,7 @@ def load_sharded(
         raise IndexMismatchError(f"The sharded index at {directory} was built from other embeddings: {hint}.")
     if expect_dim is not None and manifest.get("dim") != expect_dim:
         raise IndexMismatchError(f"The sharded index at {directory} holds {manifest.get('dim')}-d vectors: {hint}.")
-    return ShardedIndex(directory, manifest)
+    return ShardedIndex(directory, manifest, embeddings=embeddings)
 
 
 def sharded_path(
@@ -574,50 +633,429 @@ def build_sharded_index(
     n_trees: int = DEFAULT_N_TREES,
     search_k: int = DEFAULT_SEARCH_K,
     rebuild: bool = False,
+    update: bool = False,
     n_jobs: int = -1,
 ) -> tuple[ShardedIndex, list[int]]:
     """The sharded index of ``embeddings`` in the cache: loaded and verified when it is there, else built.
 
     Every shard is opened and verified on load (as :func:`lens.index.build_index` verifies the single index); a shard
     that does not verify is rebuilt alone, the others are kept. A manifest of other embeddings or of another
-    partition (a catalog whose ``by`` column changed) rebuilds everything.
+    partition (a catalog whose ``by`` column changed) rebuilds everything. With ``update``, a catalog that has no
+    sharded index of its own but an older version that has one is served by that one's shards plus a delta per shard
+    (:func:`update_sharded_index`, shards past the threshold rebuilt at once) instead of building every shard.
 
     Returns:
-        The index and the shards built by this call (empty when everything was loaded).
+        The index and the shards built in full by this call (empty when everything was loaded or updated).
     """
-    partition = catalog_partition(catalog, embeddings, n_shards, by)
-    directory = sharded_path(cache_dir, embeddings, n_trees, partition.n_shards, by)
-    if not rebuild:
-        try:
-            index = load_sharded(directory, expect_key=embeddings.key, expect_dim=embeddings.dim)
-        except IndexMismatchError:
-            index = None
-        same = index is not None and (
-            index.manifest.get("rows_sha256") == _embeddings_rows_sha256(embeddings)
-            and [s["values"] for s in index.manifest["shards"]] == partition.values
-            and [s["n_items"] for s in index.manifest["shards"]]
-            == np.bincount(partition.shard_of, minlength=partition.n_shards).tolist()
-        )
-        if index is not None and same:
-            bad = []
-            for s in range(partition.n_shards):
-                try:
-                    shard = index.shard(s)
-                except IndexMismatchError:
-                    bad.append(s)
-                    continue
-                rows = index._rows[s]
-                if not np.array_equal(rows, partition.rows(s)) or shard.ids != [embeddings.ids[r] for r in rows]:
-                    bad.append(s)
-            if not bad:
-                index.search_k = search_k
-                return index, []
-            index.unload()
-            rebuilt = build_sharded(
-                embeddings, directory, partition, n_trees=n_trees, search_k=search_k, n_jobs=n_jobs, only=bad
+    if rebuild:
+        partition = catalog_partition(catalog, embeddings, n_shards, by)
+        directory = sharded_path(cache_dir, embeddings, n_trees, partition.n_shards, by)
+        if directory.exists():
+            shutil.rmtree(directory)
+        index = build_sharded(embeddings, directory, partition, n_trees=n_trees, search_k=search_k, n_jobs=n_jobs)
+        index._root._embeddings = embeddings
+        return index, list(range(partition.n_shards))
+    done = update_sharded_index(
+        catalog,
+        embeddings,
+        n_shards,
+        by=by,
+        cache_dir=cache_dir,
+        n_trees=n_trees,
+        search_k=search_k,
+        rebuild="now",
+        update=update,
+        n_jobs=n_jobs,
+    )
+    return done.index, done.built
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Updates: each shard of an older catalog's sharded index + its own delta and tombstones (lens.delta)
+
+
+def shard_set(embeddings: EmbeddingSet, rows: np.ndarray) -> EmbeddingSet:
+    """The rows ``rows`` of ``embeddings`` as an embedding set of their own (same encoder and key): the "catalog"
+    of one shard, the one its delta is computed for and verified against."""
+    rows = np.asarray(rows, dtype=np.int64)
+    vectors = np.ascontiguousarray(embeddings.vectors[rows], dtype=np.float32).reshape(len(rows), embeddings.dim)
+    return EmbeddingSet(
+        vectors,
+        [embeddings.ids[r] for r in rows.tolist()],
+        embeddings.encoder,
+        key=embeddings.key,
+        identity=embeddings.identity,
+        catalog=embeddings.catalog,
+    )
+
+
+def manifest_partition(manifest: dict[str, Any], catalog: Catalog, embeddings: EmbeddingSet) -> Partition:
+    """The partition of ``embeddings``' rows that keeps ``manifest``'s placement, so that an updated item lands in the
+    shard that held it: by hash, the same hash; by a column, each value in the shard the manifest puts it in, and a
+    value the manifest does not know on the shard with the fewest rows (largest value first, as
+    :func:`partition_rows` places them).
+
+    Raises:
+        CatalogError: the manifest's column is not in the catalog.
+    """
+    n_shards, by = int(manifest["n_shards"]), str(manifest["by"])
+    if by == BY_HASH:
+        return partition_rows(embeddings.ids, n_shards)
+    if by not in catalog.table.columns:
+        raise CatalogError(f"Cannot shard by '{by}': the catalog has no such column. Use --by hash.")
+    by_id = dict(zip(catalog.table["id"].astype(str), catalog.table[by].astype(str)))
+    labels = [by_id[i] for i in embeddings.ids]
+    values = [list(entry["values"]) for entry in manifest["shards"]]
+    value_shard = {v: shard for shard, held in enumerate(values) for v in held}
+    shard_of = np.array([value_shard.get(v, -1) for v in labels], dtype=np.int64).reshape(-1)
+    load = np.bincount(shard_of[shard_of >= 0], minlength=n_shards)
+    unknown, counts = np.unique([v for v in labels if v not in value_shard], return_counts=True)
+    for u in sorted(range(len(unknown)), key=lambda u: (-counts[u], unknown[u])):
+        shard = int(np.argmin(load))
+        value_shard[str(unknown[u])] = shard
+        load[shard] += counts[u]
+        values[shard].append(str(unknown[u]))
+        shard_of[[row for row, v in enumerate(labels) if v == unknown[u]]] = shard
+    return Partition(by, shard_of, [sorted(v) for v in values])
+
+
+@dataclass(frozen=True)
+class ShardedUpdate:
+    """What :func:`update_sharded_index` did.
+
+    Attributes:
+        index: the index to search.
+        action: ``current`` (every shard is the catalog's own), ``delta`` (an update written before was loaded),
+            ``updated`` (deltas were computed and written now), or ``built`` (built in full: no older index).
+        built: shards built in full by this call (damaged ones, ones past the threshold, ones with no older shard).
+        deltas: the shards served by an older shard + a delta after this call, and their changes.
+        pending: shards past the threshold that still serve a delta (``rebuild="never"``, or while the background
+            rebuild runs).
+        rebuilding: the background rebuild's thread (``rebuild="background"``), else ``None``.
+        seconds: wall time of the call.
+    """
+
+    index: ShardedIndex
+    action: str
+    built: list[int]
+    deltas: dict[int, CatalogDiff]
+    pending: list[int]
+    rebuilding: threading.Thread | None = None
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        """One line for the CLI."""
+        idx = self.index
+        head = f"{idx.n_shards} annoy shards by {idx.by} of {len(idx):,} items"
+        if self.action == "built":
+            return f"{head}: built in full in {self.seconds:.1f}s ({idx.directory})"
+        parts = []
+        if self.deltas:
+            added = sum(len(d.added) for d in self.deltas.values())
+            edited = sum(len(d.edited) for d in self.deltas.values())
+            removed = sum(len(d.removed) for d in self.deltas.values())
+            changed = sum(1 for d in self.deltas.values() if d.changed)
+            parts.append(
+                f"{len(self.deltas)} shard(s) served by an older shard + a delta (+{added} added, {edited} edited, "
+                f"-{removed} removed, in {changed} of them)"
             )
-            return rebuilt, bad
-    if directory.exists():
-        shutil.rmtree(directory)
-    index = build_sharded(embeddings, directory, partition, n_trees=n_trees, search_k=search_k, n_jobs=n_jobs)
-    return index, list(range(partition.n_shards))
+        if self.built:
+            parts.append(f"{len(self.built)} shard(s) built in full ({', '.join(map(str, self.built))})")
+        if self.pending:
+            how = "rebuilding in the background" if self.rebuilding is not None else "rebuild with --update"
+            parts.append(f"{len(self.pending)} past the threshold ({how})")
+        what = "; ".join(parts) if parts else "up to date"
+        verb = {"updated": "updated", "delta": "loaded the update", "current": "loaded"}.get(self.action, self.action)
+        return f"{head}: {verb} in {self.seconds:.1f}s: {what} ({idx.directory})"
+
+
+_manifest_lock = threading.Lock()
+_shard_rebuilds: dict[Path, threading.Thread] = {}
+
+
+def _candidates(directory: Path, key: str, dim: int, n_shards: int, by: str) -> list[tuple[Path, dict[str, Any]]]:
+    """Other sharded indexes of the same encoder, trees, shard count and partition kind: newest first."""
+    suffix = directory.name[len(key) :]  # "-t<trees>-s<shards>-<by>" (sharded_path)
+    found = []
+    for other in sorted(directory.parent.glob(f"*{suffix}")) if directory.parent.is_dir() else []:
+        manifest = read_json(other / MANIFEST) if other != directory and other.is_dir() else None
+        if (
+            manifest is None
+            or manifest.get("kind") != "sharded-annoy"
+            or manifest.get("format") != FORMAT_VERSION
+            or manifest.get("dim") != dim
+            or manifest.get("n_shards") != n_shards
+            or manifest.get("by") != by
+            or not isinstance(manifest.get("shards"), list)
+            or len(manifest["shards"]) != n_shards
+        ):
+            continue
+        found.append((other, manifest))
+    found.sort(key=lambda c: str(c[1].get("created", "")), reverse=True)
+    return found
+
+
+def _main_shard(candidates: list[tuple[Path, dict[str, Any]]], shard: int, ids: Sequence[str]) -> Path | None:
+    """Of the candidates' own (not delta) shard ``shard`` files, the one whose ids differ least from ``ids`` (the
+    newest among equals), or ``None`` when none shares an id. Reads sidecars only."""
+    wanted = set(ids)
+    best: tuple[int, Path] | None = None
+    for other, manifest in candidates:  # newest first: a strict < keeps the newest of equal churn
+        if manifest["shards"][shard].get("main"):
+            continue  # itself an older shard + a delta: the update is diffed against that older shard instead
+        path = other / f"{_shard_name(shard)}.ann"
+        held = set(map(str, (read_json(path.with_suffix(".json")) or {}).get("ids", [])))
+        if not held & wanted:
+            continue
+        churn = len(wanted - held) + len(held - wanted)
+        if best is None or churn < best[0]:
+            best = (churn, path)
+    return None if best is None else best[1]
+
+
+def _main_rows_vectors(main: AnnoyIndex, cache_dir: str | os.PathLike | None, memo: dict[str, Any]) -> np.ndarray:
+    """The vectors ``main`` (an older catalog's shard) was built from: its rows of that catalog's cached embeddings
+    (one checksummed read per older catalog), else from Annoy item by item (:func:`lens.delta.main_vectors`)."""
+    key = str(main.meta.get("embedding_key", ""))
+    if key not in memo:
+        try:
+            memo[key] = load_embeddings(cache_dir, main.encoder, key)
+        except CacheError:
+            memo[key] = None
+    older = memo[key]
+    assert main.path is not None
+    loaded = load_array(main.path.with_name(f"{main.path.stem}.rows.npy"), expect={"shard": main.meta.get("shard")})
+    if older is not None and loaded is not None and len(loaded[0]) == len(main):
+        rows = loaded[0].astype(np.int64, copy=False)
+        if len(rows) and int(rows.max()) < len(older) and [older.ids[r] for r in rows.tolist()] == main.ids:
+            return np.asarray(older.vectors[rows], dtype=np.float32)
+    return main_vectors(main, cache_dir)
+
+
+def _publish_shard(
+    directory: Path,
+    embeddings: EmbeddingSet,
+    partition: Partition,
+    shard: int,
+    *,
+    n_trees: int,
+    search_k: int,
+    n_jobs: int,
+) -> None:
+    """Build shard ``shard`` in full for ``embeddings``, then mark it so in the manifest, then drop its delta: the
+    manifest goes on naming the older shard + delta until the new file is published, so a kill at any point
+    leaves a shard that serves."""
+    rows = partition.rows(shard)
+    name = _shard_name(shard)
+    save_array(directory / f"{name}.rows.npy", rows, {"shard": shard, "embedding_key": embeddings.key})
+    build_shard(
+        directory / f"{name}.ann",
+        embeddings.vectors,
+        [embeddings.ids[r] for r in rows.tolist()],
+        rows=rows,
+        n_trees=n_trees,
+        search_k=search_k,
+        encoder=embeddings.encoder,
+        embedding_key=embeddings.key,
+        n_jobs=n_jobs,
+        extra={"shard": shard, "n_shards": partition.n_shards, "by": partition.by},
+    )
+    with _manifest_lock:
+        manifest = read_json(directory / MANIFEST)
+        if manifest is not None:
+            entry = manifest["shards"][shard]
+            for key in ("main", "added", "edited", "removed", "main_items"):
+                entry.pop(key, None)
+            write_json(directory / MANIFEST, manifest)
+    drop_delta(directory / f"{name}.ann")
+
+
+def _open_own(directory: Path, catalog: Catalog, embeddings: EmbeddingSet) -> tuple[ShardedIndex, Partition] | None:
+    """The catalog's own sharded index at ``directory`` when its manifest matches the embeddings' rows and the
+    catalog's placement, else ``None`` (nothing verified per shard yet)."""
+    try:
+        index = load_sharded(directory, expect_key=embeddings.key, expect_dim=embeddings.dim, embeddings=embeddings)
+        partition = manifest_partition(index.manifest, catalog, embeddings)
+    except (IndexMismatchError, CatalogError, KeyError):
+        return None
+    same = (
+        index.manifest.get("rows_sha256") == _embeddings_rows_sha256(embeddings)
+        and [sorted(s["values"]) for s in index.manifest["shards"]] == partition.values
+        and [s["n_items"] for s in index.manifest["shards"]]
+        == np.bincount(partition.shard_of, minlength=partition.n_shards).tolist()
+    )
+    return (index, partition) if same else None
+
+
+def _shard_diff(entry: dict[str, Any]) -> CatalogDiff:
+    return CatalogDiff(list(entry.get("added", [])), list(entry.get("edited", [])), list(entry.get("removed", [])))
+
+
+def update_sharded_index(
+    catalog: Catalog,
+    embeddings: EmbeddingSet,
+    n_shards: int,
+    *,
+    by: str = BY_HASH,
+    cache_dir: str | os.PathLike | None = None,
+    n_trees: int = DEFAULT_N_TREES,
+    search_k: int = DEFAULT_SEARCH_K,
+    rebuild: Rebuild = "now",
+    update: bool = True,
+    n_jobs: int = -1,
+    max_fraction: float = DELTA_MAX_FRACTION,
+    max_items: int = DELTA_MAX_ITEMS,
+) -> ShardedUpdate:
+    """The sharded index of ``embeddings``, updated shard by shard from an older catalog's sharded index.
+
+    In order: the catalog's own sharded index when its manifest matches (``current``, or ``delta`` when some of its
+    shards are an older shard + a delta); damaged shards are rebuilt alone. Else, with ``update``, the newest sharded
+    index of the same encoder, trees, shard count and ``by`` gives the placement (:func:`manifest_partition`: an
+    added, edited or removed item goes to the shard its hash or column value names), and each shard gets a delta
+    and tombstones over the older version of that shard whose ids differ least (:func:`lens.delta.diff_rows`,
+    :func:`lens.delta.write_delta`; ``updated``); a shard with no older version is built in full. The manifest is
+    written last. Without ``update``, or with no older index, every shard is built (``built``).
+
+    A shard past the threshold (``max_fraction`` of its older version changed, or ``max_items``; or more than
+    :data:`lens.delta.UNRELATED_FRACTION` of it: always at once) is rebuilt alone: at once (``rebuild="now"``), in
+    a background thread while its delta serves (``"background"``), or not (``"never"``: ``pending`` says which).
+    A rebuilt shard is published before the manifest stops naming its delta, so a kill leaves every shard serving.
+
+    Raises:
+        LensError: a shard would be empty (more shards than the catalog fills).
+    """
+    started = time.perf_counter()
+    directory = sharded_path(cache_dir, embeddings, n_trees, n_shards, by)
+    build: dict[str, Any] = {"n_trees": n_trees, "search_k": search_k, "n_jobs": n_jobs}
+    own = _open_own(directory, catalog, embeddings)
+    built: list[int] = []
+    if own is not None:
+        index, partition = own
+        action = "current"
+        bad = []
+        for s in range(partition.n_shards):
+            try:
+                shard = index.shard(s)
+            except IndexMismatchError:
+                bad.append(s)
+                continue
+            if not np.array_equal(index._rows[s], partition.rows(s)) or shard.ids != [
+                embeddings.ids[r] for r in index._rows[s].tolist()
+            ]:
+                bad.append(s)
+        if bad:
+            index.unload()
+            for s in bad:
+                _publish_shard(directory, embeddings, partition, s, **build)
+            built += bad
+        manifest = read_json(directory / MANIFEST) or index.manifest
+        if any(entry.get("main") for entry in manifest["shards"]):
+            action = "delta"
+    else:
+        if directory.exists():
+            shutil.rmtree(directory)
+        candidates = _candidates(directory, embeddings.key, embeddings.dim, n_shards, by) if update else []
+        if not candidates:
+            partition = catalog_partition(catalog, embeddings, n_shards, by)
+            index = build_sharded(embeddings, directory, partition, **build)
+            index._root._embeddings = embeddings
+            index.search_k = search_k
+            elapsed = time.perf_counter() - started
+            return ShardedUpdate(index, "built", list(range(n_shards)), {}, [], seconds=elapsed)
+        partition = manifest_partition(candidates[0][1], catalog, embeddings)
+        empty = [s for s in range(partition.n_shards) if not (partition.shard_of == s).any()]
+        if empty:
+            raise LensError(
+                f"{len(empty)} of {partition.n_shards} shards would be empty after the update ({len(embeddings)} "
+                "items): rebuild with fewer --shards."
+            )
+        directory.mkdir(parents=True)
+        memo: dict[str, Any] = {}
+        fields: list[dict[str, Any]] = []
+        for s in range(partition.n_shards):
+            rows = partition.rows(s)
+            name = _shard_name(s)
+            sub = shard_set(embeddings, rows)
+            main_path = _main_shard(candidates, s, sub.ids)
+            main = None
+            if main_path is not None:
+                try:
+                    main = load_annoy(main_path, expect_dim=embeddings.dim)
+                except IndexMismatchError:
+                    main = None
+            if main is None:
+                _publish_shard(directory, embeddings, partition, s, **build)  # no manifest yet: nothing to mark
+                built.append(s)
+                fields.append({})
+                continue
+            assert main_path is not None
+            save_array(directory / f"{name}.rows.npy", rows, {"shard": s, "embedding_key": embeddings.key})
+            diff = diff_rows(main.ids, _main_rows_vectors(main, cache_dir, memo), sub)
+            write_delta(directory / f"{name}.ann", sub, main, diff)
+            main.unload()
+            fields.append(
+                {
+                    "main": f"../{main_path.parent.name}/{main_path.name}",
+                    "main_items": len(main.ids),
+                    "added": diff.added,
+                    "edited": diff.edited,
+                    "removed": diff.removed,
+                }
+            )
+        write_manifest(
+            directory,
+            partition,
+            dim=embeddings.dim,
+            n_items=len(embeddings),
+            n_trees=n_trees,
+            search_k=search_k,
+            encoder=embeddings.encoder,
+            embedding_key=embeddings.key,
+            rows_sha256=_embeddings_rows_sha256(embeddings),
+            shard_fields=fields,
+            fields={"updated_from": candidates[0][0].name},
+        )
+        action = "updated"
+        manifest = read_json(directory / MANIFEST) or {}
+    # Shards past the threshold: rebuilt alone, each published before its delta is dropped.
+    deltas = {s: _shard_diff(e) for s, e in enumerate(manifest["shards"]) if e.get("main")}
+    over = []
+    for s, diff in deltas.items():
+        n_main = int(manifest["shards"][s].get("main_items", 0)) or 1
+        if over_threshold(n_main, diff, max_fraction=max_fraction, max_items=max_items):
+            over.append((s, diff.changed > UNRELATED_FRACTION * n_main))
+    now = [s for s, unrelated in over if unrelated or rebuild == "now"]
+    later = [s for s, _ in over if s not in now]
+    for s in now:
+        _publish_shard(directory, embeddings, partition, s, **build)
+        built.append(s)
+        deltas.pop(s)
+    thread = None
+    if later and rebuild == "background":
+        thread = _rebuild_shards_in_background(directory, embeddings, partition, later, build)
+    index = load_sharded(directory, expect_key=embeddings.key, expect_dim=embeddings.dim, embeddings=embeddings)
+    index.search_k = search_k
+    elapsed = time.perf_counter() - started
+    return ShardedUpdate(index, action, sorted(built), deltas, later, thread, seconds=elapsed)
+
+
+def _rebuild_shards_in_background(
+    directory: Path, embeddings: EmbeddingSet, partition: Partition, shards: list[int], build: dict[str, Any]
+) -> threading.Thread:
+    """One background thread per sharded index in this process that rebuilds ``shards`` one after another."""
+    with _manifest_lock:
+        running = _shard_rebuilds.get(directory)
+        if running is not None and running.is_alive():
+            return running
+
+        def work() -> None:
+            for s in shards:
+                try:
+                    _publish_shard(directory, embeddings, partition, s, **build)
+                except Exception:  # noqa: BLE001 - the delta keeps serving; the next update tries again
+                    return
+
+        thread = threading.Thread(target=work, name=f"lens-rebuild-{directory.name}", daemon=True)
+        _shard_rebuilds[directory] = thread
+        thread.start()
+        return thread

@@ -258,3 +258,77 @@ def test_a_query_among_removed_items_still_gets_k_results(tmp_path: Path) -> Non
     assert isinstance(index, DeltaIndex) and len(index.tombstones) == 30
     hits = index.search(query, 5)
     assert [h.id for h in hits] == [h.id for h in ExactIndex.from_embeddings(new).search(query, 5)]
+
+
+def test_cli_search_serves_and_writes_a_delta(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, lens_cache_dir: Path
+) -> None:
+    """`lens search` after a catalog change: a delta over the older index (no full build), and it sees the delta
+    the build or `index --update` wrote."""
+    import pandas as pd
+
+    from lens.catalog import load_catalog
+    from lens.cli import main
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+    from lens.index import ExactIndex
+
+    folder = make_catalog(tmp_path / "cat", n_classes=3, per_class=20, size=40)
+    table = pd.read_csv(folder / "catalog.csv", dtype=str, keep_default_na=False)
+    table.head(58).to_csv(folder / "v1.csv", index=False)
+    indexes = lens_cache_dir / "indexes" / "tiny"
+
+    def search(catalog: Path) -> str:
+        code = main(["search", "--catalog", str(catalog), "--model", "tiny", "--trees", "4", "--id", "000159",
+                     "--k", "3", "--quiet"])  # fmt: skip
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return out
+
+    main(["index", "--catalog", str(folder / "v1.csv"), "--models", "tiny", "--trees", "4", "--quiet"])
+    capsys.readouterr()
+    assert len(list(indexes.glob("*.ann"))) == 1
+    out = search(folder)  # 2 products added since the index was built: one of them is the query
+    assert len(list(indexes.glob("*.ann"))) == 1 and len(list(indexes.glob("*.delta.npy"))) == 1
+    catalog = load_catalog(folder)
+    embeddings = embed_catalog(catalog, create_encoder("tiny"))
+    want = ExactIndex.from_embeddings(embeddings).search(embeddings.vectors[-1], 3, exclude=["000159"])
+    assert all(h.id in out for h in want)  # the exact answer over the new catalog, added products included
+    assert search(folder) == out  # the delta written by the first search is loaded, not computed again
+
+
+def test_the_dashboard_serves_the_rebuilt_index_not_its_cached_delta(tmp_path: Path, lens_cache_dir: Path) -> None:
+    """The dashboard caches its index (st.cache_resource): after a background rebuild replaced the main index +
+    delta by the catalog's own index, the next query must get the new index, not the cached main + delta."""
+    pytest.importorskip("streamlit")
+    import pandas as pd
+
+    from dashboard import resources
+    from lens.delta import DeltaIndex, rebuild_index
+    from lens.index import AnnoyIndex
+
+    folder = make_catalog(tmp_path / "cat", n_classes=3, per_class=20, size=40)
+    table = pd.read_csv(folder / "catalog.csv", dtype=str, keep_default_na=False)
+    table.head(58).to_csv(folder / "v1.csv", index=False)
+    cache, label = str(lens_cache_dir), "articleType"
+    resources.clear_caches()
+    try:
+        for path in (str(folder / "v1.csv"), str(folder)):  # the index of the 58, then the 60 served with a delta
+            fingerprint = resources.get_catalog(path, label).fingerprint()
+            resources.build_model(path, label, "tiny", cache)
+            resources.build_annoy(path, label, "tiny", fingerprint, cache)
+        path = str(folder)
+        before = resources.index_stamp(path, label, "tiny", cache)
+        served = resources.get_index(path, label, "tiny", fingerprint, cache, "annoy", before)
+        assert isinstance(served, DeltaIndex)
+        embeddings = resources.get_embeddings(path, label, "tiny", fingerprint, cache)
+        query = embeddings.vectors[-1]
+        hits = resources.search(path, label, "tiny", fingerprint, cache, query, 3)
+        rebuild_index(embeddings, cache_dir=cache)  # what the background build does past the threshold
+        after = resources.index_stamp(path, label, "tiny", cache)
+        assert after != before
+        served = resources.get_index(path, label, "tiny", fingerprint, cache, "annoy", after)
+        assert isinstance(served, AnnoyIndex) and len(served) == 60
+        assert resources.search(path, label, "tiny", fingerprint, cache, query, 3)["id"].tolist() == hits["id"].tolist()
+    finally:
+        resources.clear_caches()

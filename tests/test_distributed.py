@@ -90,3 +90,63 @@ def test_a_dead_cluster_address_is_one_clear_error(catalog_with_a_broken_image, 
     with pytest.raises(LensError, match="reach the Ray cluster|is not a Ray address"):
         embed_catalog_ray(catalog_with_a_broken_image, "tiny", address=address, cache_dir=tmp_path)
     assert not list(tmp_path.glob("embeddings/tiny/*.npy"))  # nothing published
+
+
+def test_the_build_embeds_on_ray_and_its_status_says_so(
+    ray_local: None, catalog_with_a_broken_image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lens.build as build
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+
+    monkeypatch.setenv("LENS_OFFLINE", "1")
+    monkeypatch.setattr(build, "_precompute_map", lambda *args, **kwargs: None)  # UMAP is not what this tests
+    catalog, lines = catalog_with_a_broken_image, []
+    steps = [build.BuildStep("tiny")]
+    options = build.BuildOptions(cache_dir=tmp_path, ray_workers=2)
+    status = build.run_build(catalog, steps, options, log=lines.append)
+    entry = status["steps"][0]
+    assert entry["state"] == "ready", lines
+    assert entry["embedded_by"] == "Ray Data, 2 workers" and status["embedding"] == "Ray Data, 2 workers"
+    assert any("tiny: 39 vectors in" in line and "(Ray Data, 2 workers)" in line for line in lines)
+    views, _ = build.plan_status(catalog, steps, options)
+    assert build.format_state(views[0]) == "ready (embedded on Ray Data, 2 workers)"
+    local = embed_catalog(catalog, create_encoder("tiny"), use_cache=False)
+    cached = embed_catalog(catalog, create_encoder("tiny"), cache_dir=tmp_path)  # what Ray wrote, read back
+    assert cached.from_cache and cached.ids == local.ids
+    assert np.sum(cached.vectors * local.vectors, axis=1).min() >= 0.9999
+    # Built again: nothing to embed, and the status says where the vectors came from.
+    local_options = build.BuildOptions(cache_dir=tmp_path)
+    status = build.run_build(catalog, steps, local_options, log=lines.append)
+    assert status["embedding"] == "local" and status["steps"][0]["reason"] == "already built"
+    assert build.format_state(build.plan_status(catalog, steps, local_options)[0][0]) == "ready"
+
+
+def test_build_ray_flags_are_checked_before_anything_starts(
+    catalog_with_a_broken_image, tmp_path: Path, capsys
+) -> None:
+    from lens.build import BuildOptions, start_build
+    from lens.cli import main
+
+    folder = str(Path(catalog_with_a_broken_image.root))
+    code = main(["build", "--catalog", folder, "--models", "tiny", "--recipes", "none", "--workers", "2",
+                 "--cache-dir", str(tmp_path), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "go with --ray" in err and not (tmp_path / "build").exists()
+    # The background build gets the same flags on its command line (the dashboard's toggle starts it this way).
+    argv: list[str] = []
+
+    def fake_start(args, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        argv.extend(args)
+        raise RuntimeError("not started")
+
+    import lens.build
+
+    real = lens.build.start_detached
+    lens.build.start_detached = fake_start  # type: ignore[assignment]
+    try:
+        with pytest.raises(RuntimeError):
+            start_build(folder, options=BuildOptions(cache_dir=tmp_path, ray_workers=2), models="tiny")
+    finally:
+        lens.build.start_detached = real  # type: ignore[assignment]
+    assert argv[argv.index("--ray") :][:3] == ["--ray", "--workers", "2"]

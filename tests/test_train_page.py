@@ -151,3 +151,36 @@ def test_delete_a_model_from_the_page(dashboard_env: dict[str, Path], monkeypatc
     at.switch_page("pages/search.py").run()
     assert_clean(at)
     assert "doomed" not in at.selectbox(key="search_model").options
+
+
+def test_the_ray_toggles_are_off_by_default_and_start_the_build_on_ray(
+    dashboard_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Train page and Overview: "Embed on Ray Data" shows where Ray is installed, is off by default, and hands
+    ``ray_workers`` to lens.build (the status then says which path embedded each model: tests/test_distributed.py)."""
+    pytest.importorskip("ray")
+    import lens.build as build
+
+    asked: list[int] = []
+
+    def refuse(options: build.BuildOptions) -> None:
+        asked.append(options.ray_workers)
+        raise build.JobRunningError("a build is already running (pid 1, since now)")
+
+    monkeypatch.setattr(build, "start_training", lambda *args, options, **kwargs: refuse(options))
+    monkeypatch.setattr(build, "start_build", lambda *args, options, **kwargs: refuse(options))
+    at = start("train")
+    assert at.toggle(key="train_ray").value is False
+    at.button(key="train_start").click().run()
+    at.toggle(key="train_ray").set_value(True).run()
+    at.button(key="train_start").click().run()
+    assert asked == [0, 2] and any("already running" in w.value for w in at.warning)
+    at = start("overview")
+    assert at.toggle(key="overview_build_ray").value is False
+    at.multiselect(key="overview_build_models").set_value(["tiny"])
+    at.toggle(key="overview_build_ray").set_value(True).run()
+    at.button(key="overview_build").click().run()
+    assert asked == [0, 2, 2]
+    monkeypatch.setattr("lens.distributed.ray_installed", lambda: False)  # a machine without Ray: no toggle
+    at = start("train")
+    assert not [t for t in at.toggle if t.key == "train_ray"]
