@@ -684,9 +684,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_recipe(catalog, config, ctx, split)
     for row in result.history:
         extras = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "loss", "seconds", "stage"))
-        print(
-            f"epoch {int(row['epoch'])}: loss {row['loss']:.4f}, {row['seconds']:.1f}s{', ' + extras if extras else ''}"
-        )
+        loss = f"loss {row['loss']:.4f}, " if "loss" in row else ""  # proxy-ensemble trains nothing at its join
+        print(f"epoch {int(row['epoch'])}: {loss}{row.get('seconds', 0.0):.1f}s{', ' + extras if extras else ''}")
     shown = {
         k: v
         for k, v in result.metrics.items()

@@ -61,6 +61,7 @@ def test_default_plan_order_matches_the_recipe_registry() -> None:
     assert names[3:] == [
         "text-align",
         "proxy-efficientnet-lite2",
+        "proxy-ensemble",
         "triplet-efficientnet-lite0",
         "triplet-mobilenet-v2",
         "triplet-efficientnet-lite2",

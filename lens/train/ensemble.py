@@ -33,7 +33,7 @@ from lens.train.common import (
     timer,
 )
 from lens.train.loop import TrainConfig, setting
-from lens.train.registry import RECIPES, default_config, register_recipe
+from lens.train.registry import RECIPES, default_config, parse_recipe, register_recipe
 from lens.train.split import Split
 
 #: The default members: the Proxy-Anchor heads on the three pretrained CNNs lens builds (docs/training.md, issue 12
@@ -50,6 +50,19 @@ class EnsembleConfig(TrainConfig):
         "comma-separated trained head models to join; a missing one is trained first by the recipe of the same "
         "name with its defaults",
     )
+
+    def backbones(self) -> tuple[str, ...]:
+        """The pretrained encoders the members run on, read from their recipe spellings (``proxy-mobilenet-v2`` ->
+        ``mobilenet-v2``): what the build must have embedded before this step."""
+        found = []
+        for name in self.member_names():
+            try:
+                backbone = parse_recipe(name)[1]
+            except LensError:  # a model saved under another name: its backbone is known once it is trained
+                continue
+            if backbone and backbone not in found:
+                found.append(backbone)
+        return tuple(found)
 
     def member_names(self) -> list[str]:
         names = [n.strip() for n in self.members.split(",") if n.strip()]
@@ -122,7 +135,7 @@ def train_ensemble(catalog: Catalog, split: Split, config: EnsembleConfig, ctx: 
     if len(positions["val"]):
         queries = np.arange(len(positions["train"]), len(gallery))
         val = precision_at(vectors[gallery], labels[gallery], queries, 5)
-        history.append({"epoch": 1.0, "val_p@5": val})
+        history.append({"epoch": 1.0, "seconds": elapsed(), "val_p@5": val})
         ctx.log(f"proxy-ensemble: {', '.join(names)}: validation P@5 {val:.4f}")
     metrics = heldout_metrics(vectors, ids, catalog, split)
     train_seconds = elapsed()
