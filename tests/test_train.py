@@ -324,7 +324,7 @@ def test_proxy_ensemble_is_the_mean_cosine_of_its_members(
     from lens.encoders.trained import refresh_trained_models
     from lens.errors import LensError
     from lens.images import open_image
-    from lens.train import RunContext, default_config, make_split, train_recipe
+    from lens.train import RunContext, default_config, make_split, save_split, train_recipe
 
     cache, models = models_env
     split = make_split(train_catalog, seed=0)
@@ -361,6 +361,22 @@ def test_proxy_ensemble_is_the_mean_cosine_of_its_members(
     np.testing.assert_allclose(catalog_set.vectors[:6], v, atol=2e-3)
     with pytest.raises(LensError, match="two or more"):
         default_config("proxy-ensemble", members="ens").member_names()
+    # a member trained with another split (it may have trained on this split's held-out queries) is refused
+    other = make_split(train_catalog, seed=1)
+    other_path = save_split(other, tmp_path / "other-split.json")
+    train_recipe(
+        train_catalog, member, RunContext(tmp_path / "c", models, cache, name="ens-c", split_path=other_path), other
+    )
+    train_recipe(
+        train_catalog, member, RunContext(tmp_path / "d", models, cache, name="ens-d", split_path=other_path), other
+    )
+    with pytest.raises(LensError, match="another catalog or split"):
+        train_recipe(
+            train_catalog,
+            default_config("proxy-ensemble", members="ens-c,ens-d"),
+            RunContext(tmp_path / "run2", models, cache, name="ens2"),
+            split,
+        )
 
 
 def test_text_align_serves_text_and_image_text_queries(train_catalog, models_env, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ safetensors (:mod:`lens.encoders.trained.ensemble`): its vector is the members' 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from lens.train.common import (
 )
 from lens.train.loop import TrainConfig, setting
 from lens.train.registry import RECIPES, default_config, parse_recipe, register_recipe
-from lens.train.split import Split
+from lens.train.split import Split, load_split
 
 #: The default members: the Proxy-Anchor heads on the three pretrained CNNs lens builds (docs/training.md, issue 12
 #: section 6).
@@ -86,6 +87,21 @@ def _train_member(name: str, catalog: Catalog, split: Split, config: EnsembleCon
     RECIPES[member_config.recipe].run(catalog, split, member_config, member_ctx)
 
 
+def _same_split(member: dict, catalog: Catalog, split: Split) -> bool:
+    """Whether a member model was trained on ``catalog`` with ``split``'s held-out queries (its saved split file when
+    it is still there, else its catalog fingerprint and part sizes)."""
+    if member.get("catalog_fingerprint") != catalog.fingerprint():
+        return False
+    path = Path(str(member.get("split") or ""))
+    if member.get("split") and path.is_file():
+        try:
+            return set(load_split(path).query) == set(split.query)
+        except LensError:
+            return False
+    counts = {"train": len(split.train), "val": len(split.val), "query": len(split.query)}
+    return member.get("split_counts") == counts
+
+
 @register_recipe(
     "proxy-ensemble",
     EnsembleConfig,
@@ -109,6 +125,12 @@ def train_ensemble(catalog: Catalog, split: Split, config: EnsembleConfig, ctx: 
                 f"proxy-ensemble member {name!r} is a {member.get('kind')!r} model; members must be heads on a frozen "
                 "encoder (proxy-<backbone>, triplet-<backbone>)."
             )
+        if not _same_split(member, catalog, split):
+            # a member trained on another split may have trained on this split's held-out queries
+            raise LensError(
+                f"proxy-ensemble member {name!r} was trained on another catalog or split than this run's "
+                f"({catalog.name}); retrain it on this split or leave it out of --members."
+            )
         member_configs.append(member)
         parts.append(dict(member["arch"]))
         state.update({f"parts.{i}.{k}": v for k, v in load_file(str(folders[name] / WEIGHTS_NAME)).items()})
@@ -120,8 +142,8 @@ def train_ensemble(catalog: Catalog, split: Split, config: EnsembleConfig, ctx: 
     base_sets = [
         embed_catalog(catalog, create_encoder(part["base_encoder"]), cache_dir=ctx.cache_dir) for part in parts
     ]
-    ids = [i for i in base_sets[0].ids if all(i in set(s.ids) for s in base_sets[1:])]
     rows = [{item_id: r for r, item_id in enumerate(s.ids)} for s in base_sets]
+    ids = [i for i in base_sets[0].ids if all(i in row for row in rows[1:])]  # photos every base could read
     vectors = join_parts(
         [
             project_rows(head, torch.from_numpy(s.vectors[[row[i] for i in ids]]))
