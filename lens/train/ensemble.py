@@ -53,16 +53,27 @@ class EnsembleConfig(TrainConfig):
     )
 
     def backbones(self) -> tuple[str, ...]:
-        """The pretrained encoders the members run on, read from their recipe spellings (``proxy-mobilenet-v2`` ->
-        ``mobilenet-v2``): what the build must have embedded before this step."""
-        found = []
+        """The pretrained encoders the members run on: a saved member's base encoder, else the backbone its recipe
+        spelling names (``proxy-mobilenet-v2`` -> ``mobilenet-v2``); what the build must have embedded first."""
+        from lens.encoders._registry import registered_names
+
+        saved = find_trained_models()
+        known = set(registered_names())
+        found: list[str] = []
         for name in self.member_names():
-            try:
-                backbone = parse_recipe(name)[1]
-            except LensError:  # a model saved under another name: its backbone is known once it is trained
-                continue
-            if backbone and backbone not in found:
-                found.append(backbone)
+            backbone = None
+            if name in saved:
+                try:
+                    backbone = read_model_config(saved[name]).get("arch", {}).get("base_encoder")
+                except LensError:
+                    backbone = None
+            if backbone is None:
+                try:
+                    backbone = parse_recipe(name)[1]
+                except LensError:  # neither saved nor a recipe: training it will say so
+                    continue
+            if backbone and backbone in known and backbone not in found:
+                found.append(str(backbone))
         return tuple(found)
 
     def member_names(self) -> list[str]:
