@@ -440,6 +440,8 @@ def _train_step(
     config = step_config(step, seed=options.seed)
     check_training(catalog, config, weights_dir=options.weights_dir, seed=options.seed)
     progress.total_epochs = int(config.epochs) + int(getattr(config, "head_epochs", 0) or 0)
+    if hasattr(config, "member_epochs"):  # proxy-ensemble: the epochs of the members it trains first, + the join
+        progress.total_epochs = int(config.member_epochs(options.models()))
     split, split_path = get_split(
         catalog, None, seed=options.seed, label_column=catalog.label_column, cache_dir=options.cache_dir
     )

@@ -10,6 +10,7 @@ safetensors (:mod:`lens.encoders.trained.ensemble`): its vector is the members' 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -75,6 +76,19 @@ class EnsembleConfig(TrainConfig):
             if backbone and backbone in known and backbone not in found:
                 found.append(str(backbone))
         return tuple(found)
+
+    def member_epochs(self, models_dir: str | os.PathLike | None = None) -> int:
+        """Training epochs this run will go through: those of every member not saved in ``models_dir`` yet (by its
+        recipe's defaults), plus one for the join (the build's progress counts them)."""
+        saved = find_trained_models(models_dir)
+        total = 1
+        for name in self.member_names():
+            if name not in saved:
+                try:
+                    total += int(default_config(name, seed=self.seed).epochs)
+                except LensError:
+                    continue
+        return total
 
     def member_names(self) -> list[str]:
         names = [n.strip() for n in self.members.split(",") if n.strip()]
