@@ -194,7 +194,8 @@ def training_curves(history: pd.DataFrame, *, title: str) -> Any:
 
     x = list(range(1, len(history) + 1))
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=x, y=history["loss"], name="training loss", mode="lines+markers"))
+    if "loss" in history:  # proxy-ensemble's one row has none: nothing trains at its join
+        fig.add_trace(go.Scatter(x=x, y=history["loss"], name="training loss", mode="lines+markers"))
     if "val_p@5" in history and history["val_p@5"].notna().any():
         fig.add_trace(go.Scatter(x=x, y=history["val_p@5"], name="validation P@5", mode="lines+markers", yaxis="y2"))
     if "stage" in history and history["stage"].nunique() > 1:

@@ -2,8 +2,9 @@
 
 A build plan is an ordered list of steps. The default (:data:`DEFAULT_PLAN`): the default model's embeddings and
 Annoy index first (the first search), then the other pretrained encoders, then every recipe trained on the catalog
-with its default settings: ``text-align`` first (text search), ``proxy-efficientnet-lite2`` (the best image
-model), the triplet heads, ``vae`` and ``autoencoder``, ``simclr-mobilenet-v2``, ``mobilenet-small``. A step whose weights (or whose backbone's) are not on this machine is
+with its default settings: ``text-align`` first (text search), ``proxy-efficientnet-lite2``, ``proxy-ensemble``
+(the best image model: it trains ``proxy-mobilenet-v2`` and ``proxy-efficientnet-lite0`` and joins the three), the
+triplet heads, ``vae`` and ``autoencoder``, ``simclr-mobilenet-v2``, ``mobilenet-small``. A step whose weights (or whose backbone's) are not on this machine is
 skipped, with that reason.
 
 The job (:func:`run_build`) runs the steps in order under one lock per cache (:class:`lens.jobs.JobLock`), and keeps
@@ -84,6 +85,13 @@ DEFAULT_PLAN: dict[str, Any] = {
         {"name": "text-align", "recipe": "text-align", "needs": ["concat-colour", MINILM]},
         # the best image model (docs/training.md): a Proxy-Anchor head on the frozen efficientnet-lite2
         {"name": "proxy-efficientnet-lite2", "recipe": "proxy-efficientnet-lite2", "needs": ["efficientnet-lite2"]},
+        # the best image model (docs/training.md, issue 12 section 6): the Proxy-Anchor heads on the three CNNs
+        # joined into one vector (mean cosine); trains proxy-mobilenet-v2 and proxy-efficientnet-lite0 first
+        {
+            "name": "proxy-ensemble",
+            "recipe": "proxy-ensemble",
+            "needs": ["mobilenet-v2", "efficientnet-lite0", "efficientnet-lite2"],
+        },
         {"name": "triplet-efficientnet-lite0", "recipe": "triplet-efficientnet-lite0", "needs": ["efficientnet-lite0"]},
         {"name": "triplet-mobilenet-v2", "recipe": "triplet-mobilenet-v2", "needs": ["mobilenet-v2"]},
         {"name": "triplet-efficientnet-lite2", "recipe": "triplet-efficientnet-lite2", "needs": ["efficientnet-lite2"]},
@@ -171,6 +179,8 @@ def recipe_step(spelling: str, settings: Mapping[str, Any] | None = None) -> Bui
     config = step_config(BuildStep(spelling, "recipe", spelling, dict(settings or {})))
     backbone = getattr(config, "backbone", None)
     needs: tuple[str, ...] = (str(backbone),) if backbone else ()
+    if hasattr(config, "backbones"):  # proxy-ensemble: every member's backbone
+        needs = tuple(config.backbones())
     if config.recipe == "text-align":
         needs += (MINILM,)
     return BuildStep(config.model_name(), "recipe", spelling, dict(settings or {}), needs)
@@ -442,6 +452,8 @@ def _train_step(
     config = step_config(step, seed=options.seed)
     check_training(catalog, config, weights_dir=options.weights_dir, seed=options.seed)
     progress.total_epochs = int(config.epochs) + int(getattr(config, "head_epochs", 0) or 0)
+    if hasattr(config, "member_epochs"):  # proxy-ensemble: the epochs of the members it trains first, + the join
+        progress.total_epochs = int(config.member_epochs(options.models()))
     split, split_path = get_split(
         catalog, None, seed=options.seed, label_column=catalog.label_column, cache_dir=options.cache_dir
     )

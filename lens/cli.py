@@ -528,7 +528,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _, embeddings = _embed(catalog, model, run, args.quiet)
         usable = None if query_ids is None else [i for i in query_ids if i not in dict(embeddings.failed)]
         reports[model] = evaluate_embeddings(
-            embeddings, catalog, label_column=args.label, ks=ks, query_ids=usable, expand=args.expand, alpha=args.alpha
+            embeddings,
+            catalog,
+            label_column=args.label,
+            ks=ks,
+            query_ids=usable,
+            expand=args.expand,
+            alpha=args.alpha,
+            kreciprocal=getattr(args, "k_reciprocal", False),
         )
     table = summary_table(reports, macro=args.macro)
     _write_table(table, args.csv)
@@ -555,8 +562,10 @@ def _evaluate_text(catalog, models: list[str], run: RunOptions, args, ks, query_
     from lens.encoders import get_spec
     from lens.evaluate import evaluate_text_to_image
 
-    if args.expand or args.macro or args.per_category:
-        raise LensError("--text reports text -> image recall; it takes no --expand, --macro or --per-category.")
+    if args.expand or args.macro or args.per_category or getattr(args, "k_reciprocal", False):
+        raise LensError(
+            "--text reports text -> image recall; it takes no --expand, --k-reciprocal, --macro or --per-category."
+        )
     for model in models:  # refuse an image-only model before any catalog is embedded
         if not get_spec(model).supports_text:
             raise LensError(
@@ -697,9 +706,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_recipe(catalog, config, ctx, split)
     for row in result.history:
         extras = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "loss", "seconds", "stage"))
-        print(
-            f"epoch {int(row['epoch'])}: loss {row['loss']:.4f}, {row['seconds']:.1f}s{', ' + extras if extras else ''}"
-        )
+        loss = f"loss {row['loss']:.4f}, " if "loss" in row else ""  # proxy-ensemble trains nothing at its join
+        print(f"epoch {int(row['epoch'])}: {loss}{row.get('seconds', 0.0):.1f}s{', ' + extras if extras else ''}")
     shown = {
         k: v
         for k, v in result.metrics.items()
@@ -960,6 +968,11 @@ def build_parser() -> argparse.ArgumentParser:
         "searches for its own photo, among the query photos and against the whole catalog (text_r@k)",
     )
     _expansion_flags(p)
+    p.add_argument(
+        "--k-reciprocal",
+        action="store_true",
+        help="re-rank each query's top 100 by k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3; evaluation only)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -972,7 +985,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "recipe",
         nargs="?",
-        help="autoencoder, triplet-<backbone>, simclr-<backbone>, mobilenet-small, "
+        help="autoencoder, triplet-<backbone>, simclr-<backbone>, proxy-<backbone>, proxy-ensemble, mobilenet-small, "
         "text-align (backbones: mobilenet-v2, efficientnet-lite0, efficientnet-lite2)",
     )
     p.add_argument(

@@ -12,7 +12,7 @@ from lens.embed import EmbeddingSet
 from lens.encoders.base import Encoder
 from lens.errors import LensError
 from lens.metrics import RetrievalReport, evaluate_neighbors, evaluate_retrieval, text_to_image_recall
-from lens.rerank import DEFAULT_ALPHA, expand_queries
+from lens.rerank import DEFAULT_ALPHA, expand_queries, kreciprocal_rerank
 from lens.vectors import l2_normalize, rank_by_cosine
 
 
@@ -25,19 +25,21 @@ def evaluate_embeddings(
     query_ids: Sequence[str] | None = None,
     expand: int = 0,
     alpha: float = DEFAULT_ALPHA,
+    kreciprocal: bool = False,
 ) -> RetrievalReport:
     """Exact retrieval metrics of ``embeddings``: each query against the rest of the catalog, relevant = same label.
 
     Items whose image failed have no vector and take part neither as queries nor in the gallery. ``expand`` > 0
     re-ranks with alpha-QE (:mod:`lens.rerank`): each query is expanded with its top ``expand`` neighbours (itself
-    excluded) before the ranking that is scored.
+    excluded) before the ranking that is scored. ``kreciprocal`` then re-ranks each query's top candidates by
+    k-reciprocal re-ranking (:func:`lens.rerank.kreciprocal_rerank`, its defaults).
     """
     column = label_column or catalog.label_column
     labels = catalog.labels(column, ids=embeddings.ids)
     query_indices = None
     if query_ids is not None:
         query_indices = [embeddings.position(item_id) for item_id in query_ids]
-    if not expand:
+    if not expand and not kreciprocal:
         return evaluate_retrieval(
             embeddings.vectors, labels, embeddings.ids, ks=ks, query_indices=query_indices, label_column=column
         )
@@ -47,7 +49,10 @@ def evaluate_embeddings(
     # deep enough for MAP@R: the largest number of relevant items any query has (its label's count minus itself)
     counts = pd.Series(labels).value_counts()
     depth = max(max(ks), int(counts.max()) if len(counts) else 0)
-    ranked, _ = rank_by_cosine(expanded, vectors, depth, exclude=queries)
+    if kreciprocal:
+        ranked = kreciprocal_rerank(expanded, vectors, depth, exclude=queries)
+    else:
+        ranked, _ = rank_by_cosine(expanded, vectors, depth, exclude=queries)
     return evaluate_neighbors(ranked, queries.tolist(), list(labels), embeddings.ids, ks=ks, label_column=column)
 
 

@@ -391,6 +391,7 @@ def test_pages_start_with_the_best_ready_model(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("LENS_DEFAULT_MODEL", raising=False)
     ready = ["efficientnet-lite0", "mobilenet-v2", "proxy-efficientnet-lite2", "text-align"]
     assert config.pick_default_model(ready, ready) == "proxy-efficientnet-lite2"
+    assert config.pick_default_model([*ready, "proxy-ensemble"], [*ready, "proxy-ensemble"]) == "proxy-ensemble"
     assert config.pick_default_model(ready, ["mobilenet-v2", "efficientnet-lite0"]) == "efficientnet-lite0"
     assert config.pick_default_model(ready, ["text-align"]) == "text-align"  # nothing better is ready
     monkeypatch.setenv("LENS_DEFAULT_MODEL", "mobilenet-v2")

@@ -61,6 +61,7 @@ def test_default_plan_order_matches_the_recipe_registry() -> None:
     assert names[3:] == [
         "text-align",
         "proxy-efficientnet-lite2",
+        "proxy-ensemble",
         "triplet-efficientnet-lite0",
         "triplet-mobilenet-v2",
         "triplet-efficientnet-lite2",
@@ -418,3 +419,25 @@ def test_a_model_save_that_dies_half_way_leaves_the_previous_model(build_env, mo
     assert list(find_trained_models(models)) == ["unit-model"] and [p.name for p in models.iterdir()] == ["unit-model"]
     save_trained_model("unit-model", {"w": torch.ones(2)}, {**config, "version": 2}, models_dir=models)
     assert read_model_config(models / "unit-model")["version"] == 2 and len(list(models.iterdir())) == 1
+
+
+@pytest.mark.slow  # ~20 s: the two members train with their recipes' defaults (40 and 20 epochs)
+def test_the_ensemble_step_trains_its_members_then_joins_them(build_env) -> None:
+    """The default plan's proxy-ensemble step on the tiny encoder: its missing members are trained by their own
+    recipes (defaults), saved under their names, and the joined model is ready and embeds like its members."""
+    from lens.build import make_plan, run_build
+    from lens.encoders import create_encoder
+    from lens.encoders.trained import find_trained_models
+
+    catalog, cache = build_env
+    plan = {
+        "encoders": ["tiny"],
+        "recipes": [{"recipe": "proxy-ensemble", "settings": {"members": "proxy-tiny,triplet-tiny"}}],
+    }
+    steps = make_plan(plan)
+    assert steps[-1].needs == ("tiny",)
+    status = run_build(catalog, steps, options(cache))
+    assert states(status) == {"tiny": "ready", "proxy-ensemble": "ready"}
+    assert {"proxy-tiny", "triplet-tiny", "proxy-ensemble"} <= set(find_trained_models())
+    ensemble = create_encoder("proxy-ensemble")
+    assert ensemble.dim == create_encoder("proxy-tiny").dim + create_encoder("triplet-tiny").dim

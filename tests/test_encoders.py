@@ -88,6 +88,7 @@ def _n_batchnorms(module: torch.nn.Module) -> int:
         ("mobilenet-v2", 1280, 224),
         ("efficientnet-lite0", 1280, 224),
         ("efficientnet-lite2", 1280, 260),
+        ("efficientnet-lite2-ml", 1488, 260),
     ],
 )
 def test_registry_specs(name: str, dim: int, input_size: int) -> None:
@@ -373,3 +374,34 @@ def test_family_fold_functions_match_unfolded() -> None:
         with torch.inference_mode():
             got = folded(x)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4, msg=family)
+
+
+# ------------------------------------------------------------------------------------------ multi-layer pooling
+
+
+def test_multi_layer_efficientnet_is_the_head_average_beside_the_stage_gem() -> None:
+    """efficientnet-lite2-ml's module, known answer: [unit avg(head conv), unit GeM_3(block 19's output)], from the
+    plain pooled model and a forward hook on block 19 (random weights: the arithmetic, not the checkpoint)."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from lens.encoders.efficientnet_lite import MULTI_LAYER_GEM_P, MULTI_LAYER_TAP
+    from lens.encoders.wrappers import _MultiLayerEfficientNet, _PooledEfficientNet
+
+    torch.manual_seed(0)
+    net = EfficientNet.from_name("efficientnet-lite2").eval()
+    _randomise_batchnorms(net)
+    x = torch.randn(2, 3, 64, 64)
+    tapped: list[torch.Tensor] = []
+    hook = net._blocks[MULTI_LAYER_TAP].register_forward_hook(lambda _m, _i, out: tapped.append(out))
+    with torch.no_grad():
+        pooled = _PooledEfficientNet(net)(x)
+        hook.remove()
+        out = _MultiLayerEfficientNet(net, MULTI_LAYER_TAP, MULTI_LAYER_GEM_P)(x)
+    assert tapped[0].shape[1] == 208 and out.shape == (2, 1280 + 208)
+    gem = tapped[0].clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3)
+    expected = torch.cat([torch.nn.functional.normalize(pooled, dim=1), torch.nn.functional.normalize(gem, dim=1)], 1)
+    assert torch.allclose(out, expected, atol=1e-5)
+    # each part weighs the same: both halves are unit length before the encoder normalises the whole
+    assert torch.allclose(out[:, :1280].norm(dim=1), torch.ones(2)) and torch.allclose(
+        out[:, 1280:].norm(dim=1), torch.ones(2)
+    )

@@ -257,7 +257,7 @@ def test_random_weight_zoo_on_onnx_matches_torch_fp32(name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mobilenet-v2", "efficientnet-lite0", "efficientnet-lite2"])
+@pytest.mark.parametrize("name", ["mobilenet-v2", "efficientnet-lite0", "efficientnet-lite2", "efficientnet-lite2-ml"])
 def test_pretrained_cnns_on_onnx_match_torch_fp32(name: str) -> None:
     images = _photos()
     try:

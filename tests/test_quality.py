@@ -214,3 +214,63 @@ def test_evaluate_with_expansion_oracles(small_catalog_dir: Path) -> None:
         assert same.summary[key] == pytest.approx(plain.summary[key]), key
     expanded = evaluate_embeddings(emb, catalog, ks=(1, 5), expand=3, alpha=1.0, query_ids=catalog.ids[:6])
     assert expanded.summary["n_queries"] == 6 and 0 <= expanded.summary["precision@1"] < 1.0
+
+
+# ------------------------------------------------------------------------------------------ k-reciprocal re-ranking
+
+
+def _two_clusters() -> tuple[np.ndarray, np.ndarray]:
+    """A query from cluster A (8 photos around e0), 7 more of A, 8 of B (around e1), and X between A and B: X is
+    nearer the query by cosine than one A photo, but X's own neighbours are B's."""
+    from lens.vectors import l2_normalize
+
+    e = np.eye(8, dtype=np.float32)
+    rng = np.random.default_rng(1)
+    a = l2_normalize(e[0] + 0.15 * rng.standard_normal((8, 8)).astype(np.float32))
+    b = l2_normalize(e[1] + 0.15 * rng.standard_normal((8, 8)).astype(np.float32))
+    x = l2_normalize((e[0] + e[1])[None, :])
+    return a[:1], np.vstack([a[1:], b, x])  # gallery rows 0-6 = A, 7-14 = B, 15 = X
+
+
+def test_kreciprocal_rerank_known_answer() -> None:
+    from lens.rerank import kreciprocal_rerank
+    from lens.vectors import rank_by_cosine
+
+    query, gallery = _two_clusters()
+    by_cosine, _ = rank_by_cosine(query, gallery, len(gallery))
+    assert list(by_cosine[0]).index(15) == 6  # X is 7th by cosine, ahead of the A photo ranked 8th
+    reranked = kreciprocal_rerank(query, gallery, len(gallery), k1=4, k2=2, lam=0.3, candidates=len(gallery))
+    assert set(reranked[0, :7]) == set(range(7))  # k-reciprocal: the whole cluster A first, X behind it
+    assert sorted(reranked[0]) == list(range(len(gallery)))  # a permutation
+    # lambda = 1 is the original distance: the cosine order; rows beyond the candidates keep it too
+    same = kreciprocal_rerank(query, gallery, len(gallery), k1=4, k2=2, lam=1.0, candidates=len(gallery))
+    np.testing.assert_array_equal(same, by_cosine)
+    tail = kreciprocal_rerank(query, gallery, len(gallery), k1=4, k2=2, lam=0.3, candidates=8)
+    np.testing.assert_array_equal(tail[0, 8:], by_cosine[0, 8:])
+    # the excluded row never comes back
+    assert 3 not in kreciprocal_rerank(query, gallery, 10, k1=4, k2=2, candidates=12, exclude=np.array([3]))[0]
+
+
+def test_kreciprocal_misuse_says_what_to_pass() -> None:
+    from lens.errors import LensError
+    from lens.rerank import kreciprocal_rerank
+
+    v = np.eye(3, dtype=np.float32)
+    with pytest.raises(LensError, match="k2 <= k1 <= candidates"):
+        kreciprocal_rerank(v, v, 2, k1=2, k2=3, candidates=3)
+    with pytest.raises(LensError, match="lambda"):
+        kreciprocal_rerank(v, v, 2, k1=2, k2=1, lam=2.0, candidates=3)
+
+
+def test_evaluate_with_kreciprocal_runs_on_the_catalog(small_catalog_dir: Path) -> None:
+    from lens.catalog import load_catalog
+    from lens.embed import EmbeddingSet
+    from lens.evaluate import evaluate_embeddings
+
+    catalog = load_catalog(small_catalog_dir)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(len(catalog), 6)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    emb = EmbeddingSet(vectors=vectors, ids=catalog.ids, encoder="random")
+    report = evaluate_embeddings(emb, catalog, ks=(1, 5), kreciprocal=True, query_ids=catalog.ids[:6])
+    assert report.summary["n_queries"] == 6 and 0 <= report.summary["precision@5"] <= 1

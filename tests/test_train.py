@@ -310,6 +310,76 @@ def test_head_models_embed_a_catalog_from_the_base_vectors(
     assert embed_catalog(train_catalog, encoder, cache_dir=cache).from_cache
 
 
+def test_proxy_ensemble_is_the_mean_cosine_of_its_members(
+    train_catalog, models_env, tmp_path: Path, monkeypatch
+) -> None:
+    """Known answer: the joined vector is [a, b] / sqrt(2) of the members' unit vectors, so the inner product of two
+    photos is the mean of the members' cosines; a missing member is trained first; the catalog's vectors come from
+    the base's cached vectors (no image decoded); the model loads from its own safetensors."""
+    import shutil
+
+    import lens.embed as embed_module
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+    from lens.encoders.trained import refresh_trained_models
+    from lens.errors import LensError
+    from lens.images import open_image
+    from lens.train import RunContext, default_config, make_split, save_split, train_recipe
+
+    cache, models = models_env
+    split = make_split(train_catalog, seed=0)
+    member = default_config("proxy-tiny", epochs=2, batch_size=20, hidden=64, seed=3)
+    train_recipe(train_catalog, member, RunContext(tmp_path / "b", models, cache, name="ens-b"), split)
+    # "proxy-tiny" is not saved: the ensemble trains it with its recipe's defaults first
+    config = default_config("proxy-ensemble", members="proxy-tiny,ens-b")
+    assert config.member_epochs(models) == 40 + 1  # the build's progress: the missing member's epochs + the join
+    result = train_recipe(train_catalog, config, RunContext(tmp_path / "run", models, cache, name="ens"), split)
+    assert (models / "proxy-tiny" / "model.safetensors").is_file()
+    assert 0 <= result.history[0]["val_p@5"] <= 1 and 0 <= result.metrics["precision@5"] <= 1
+
+    images = [open_image(p) for p in train_catalog.image_paths()[:6]]
+    a = create_encoder("proxy-tiny").embed_images(images)
+    b = create_encoder("ens-b").embed_images(images)
+    ens = create_encoder("ens")
+    v = ens.embed_images(images)
+    assert ens.dim == a.shape[1] + b.shape[1]
+    np.testing.assert_allclose(v, np.concatenate([a, b], axis=1) / np.sqrt(2), atol=1e-5)
+    np.testing.assert_allclose(v @ v.T, (a @ a.T + b @ b.T) / 2, atol=1e-5)
+
+    # the members can go: the ensemble carries their heads
+    shutil.rmtree(models / "proxy-tiny")
+    shutil.rmtree(models / "ens-b")
+    refresh_trained_models(models)
+    np.testing.assert_allclose(create_encoder("ens").embed_images(images), v, atol=1e-6)
+
+    def no_images(catalog, enc, *args):  # noqa: ANN001, ANN002, ANN202
+        raise AssertionError(f"{enc.name} decoded images although the base's vectors are cached")
+
+    shutil.rmtree(cache / "embeddings" / "ens")  # the vectors training published: rebuilt from the base's
+    monkeypatch.setattr(embed_module, "embed_files", no_images)
+    catalog_set = embed_catalog(train_catalog, create_encoder("ens"), cache_dir=cache)
+    assert not catalog_set.from_cache and catalog_set.ids == train_catalog.ids
+    np.testing.assert_allclose(catalog_set.vectors[:6], v, atol=2e-3)
+    with pytest.raises(LensError, match="two or more"):
+        default_config("proxy-ensemble", members="ens").member_names()
+    # a member trained with another split (it may have trained on this split's held-out queries) is refused
+    other = make_split(train_catalog, seed=1)
+    other_path = save_split(other, tmp_path / "other-split.json")
+    train_recipe(
+        train_catalog, member, RunContext(tmp_path / "c", models, cache, name="ens-c", split_path=other_path), other
+    )
+    train_recipe(
+        train_catalog, member, RunContext(tmp_path / "d", models, cache, name="ens-d", split_path=other_path), other
+    )
+    with pytest.raises(LensError, match="another catalog or split"):
+        train_recipe(
+            train_catalog,
+            default_config("proxy-ensemble", members="ens-c,ens-d"),
+            RunContext(tmp_path / "run2", models, cache, name="ens2"),
+            split,
+        )
+
+
 def test_text_align_serves_text_and_image_text_queries(train_catalog, models_env, tmp_path: Path) -> None:
     from lens.encoders import create_encoder
     from lens.errors import LensError
@@ -381,7 +451,15 @@ def test_recipe_defaults_are_the_documented_ones() -> None:
 
     from lens.train import RECIPES, default_config
 
-    assert sorted(RECIPES) == ["autoencoder", "mobilenet-small", "proxy", "simclr", "text-align", "triplet"]
+    assert sorted(RECIPES) == [
+        "autoencoder",
+        "mobilenet-small",
+        "proxy",
+        "proxy-ensemble",
+        "simclr",
+        "text-align",
+        "triplet",
+    ]
     expected = {
         "triplet": dict(
             epochs=20,
@@ -444,6 +522,7 @@ def test_recipe_defaults_are_the_documented_ones() -> None:
             variant="ae",
             beta=1e-3,
         ),
+        "proxy-ensemble": dict(members="proxy-mobilenet-v2,proxy-efficientnet-lite0,proxy-efficientnet-lite2"),
         "text-align": dict(
             epochs=20,
             batch_size=256,

@@ -29,6 +29,35 @@ class _PooledEfficientNet(nn.Module):
         return self.pool(self.net.extract_features(x)).flatten(1)
 
 
+class _MultiLayerEfficientNet(nn.Module):
+    """EfficientNet-Lite features pooled at two depths: ``[avg(head conv), GeM_p(block tap's output)]``, each part
+    L2-normalised (so both weigh the same once the encoder normalises the whole). ``tap`` = the index of the block
+    whose output is pooled (efficientnet-lite2: 19, the end of the 208-channel stage, 9 x 9 at 260 px)."""
+
+    def __init__(self, net: nn.Module, tap: int, p: float = 3.0) -> None:
+        super().__init__()
+        self.net = net
+        self.tap = tap
+        self.p = p
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        tapped = x
+        for idx, block in enumerate(net._blocks):
+            x = block(x)
+            if idx == self.tap:
+                tapped = x
+        x = net._swish(net._bn1(net._conv_head(x)))
+        pooled = self.pool(x).flatten(1)
+        gem = tapped.clamp(min=1e-6).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+        return torch.cat(
+            [nn.functional.normalize(pooled, dim=1), nn.functional.normalize(gem, dim=1)],
+            dim=1,
+        )
+
+
 class _PooledFeatures(nn.Module):
     """``features`` trunk + global average pooling: the classifier head is dropped (torchvision CNNs)."""
 

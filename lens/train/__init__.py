@@ -4,7 +4,8 @@
 (safetensors + config.json), evaluates on the split's held-out queries and returns a :class:`TrainResult`.
 
 Recipes (:data:`RECIPES`, each with its own config dataclass): ``autoencoder`` (``variant="vae"`` for the VAE),
-``triplet-<backbone>``, ``simclr-<backbone>``, ``mobilenet-small``, ``text-align``; backbones: mobilenet-v2,
+``triplet-<backbone>``, ``simclr-<backbone>``, ``proxy-<backbone>``, ``proxy-ensemble``, ``mobilenet-small``,
+``text-align``; backbones: mobilenet-v2,
 efficientnet-lite0, efficientnet-lite2 (text-align: any image encoder). The models' architectures live in
 :mod:`lens.encoders.trained`; this package imports them, never the reverse.
 """
@@ -18,7 +19,7 @@ from lens.encoders.trained import check_model_name
 from lens.errors import LensError
 
 # The recipe modules register themselves on import.
-from lens.train import autoencoder, mobilenet_small, proxy, simclr, text_align, triplet  # noqa: F401
+from lens.train import autoencoder, ensemble, mobilenet_small, proxy, simclr, text_align, triplet  # noqa: F401
 from lens.train.common import RunContext, TrainResult
 from lens.train.loop import TrainConfig, fit
 from lens.train.registry import RECIPES, Recipe, default_config, parse_recipe, register_recipe

@@ -152,8 +152,10 @@ def _counts(labels: Any) -> tuple[list[str], list[int]]:
 def _check_backbone(config: TrainConfig, weights_dir: str | os.PathLike | None) -> None:
     from lens.encoders import encoder_status
 
-    backbone = getattr(config, "backbone", None)
-    if backbone:
+    backbones = [getattr(config, "backbone", None)]
+    if hasattr(config, "backbones"):  # proxy-ensemble: every member's backbone
+        backbones = list(config.backbones())
+    for backbone in (b for b in backbones if b):
         try:
             status = encoder_status(str(backbone), weights_dir)
         except UnknownEncoderError as exc:

@@ -61,6 +61,8 @@ def parse_recipe(recipe: str, backbone: str | None = None) -> tuple[str, str | N
     Raises:
         LensError: unknown recipe (the message lists them).
     """
+    if recipe in RECIPES and not RECIPES[recipe].backbone_suffix:  # an exact name first: ``proxy-ensemble``
+        return recipe, backbone or _default_backbone(RECIPES[recipe])
     for entry in RECIPES.values():
         if entry.backbone_suffix and (recipe == entry.name or recipe.startswith(entry.name + "-")):
             named = recipe[len(entry.name) + 1 :] or None

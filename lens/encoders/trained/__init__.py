@@ -10,7 +10,8 @@ the small json files; weights load in ``create_encoder``.
 
 The architectures live beside this module, one per ``arch["type"]`` (:data:`ARCHITECTURES`): ``embedder``
 (fine-tuned pretrained CNN), ``autoencoder``, ``mobilenet-small``, and the two kinds that run on a frozen pretrained
-encoder, ``head`` (:mod:`.heads`) and ``text-align`` (:mod:`.text_align`). The training recipes build their models
+encoder, ``head`` (:mod:`.heads`) and ``text-align`` (:mod:`.text_align`), and ``ensemble`` (:mod:`.ensemble`: several
+heads on different frozen encoders, one vector). The training recipes build their models
 from these modules; nothing here imports the training package (inference needs no losses, samplers or splits).
 """
 
@@ -247,6 +248,10 @@ def load_trained_encoder(
         from lens.encoders.trained.heads import HeadEncoder
 
         return HeadEncoder(spec, config, state, weights_id, precision=precision)
+    if config["kind"] == "ensemble":
+        from lens.encoders.trained.ensemble import EnsembleEncoder
+
+        return EnsembleEncoder(spec, config, state, weights_id, precision=precision)
     model = build_image_model(config["arch"])
     model.load_state_dict(_upgrade_state(config["arch"], state), strict=True)
     return TorchImageEncoder(spec, model.eval(), weights_id, precision=precision or "fp32", fold_bn=True)
