@@ -20,6 +20,10 @@ How an encoder reaches ONNX Runtime:
 
 The engine is not part of the embedding cache key: fp32 torch and fp32 ONNX Runtime agree row by row to cosine
 >= 0.9999 (tested on every exported encoder), i.e. within float rounding. The precision is (bf16 vectors differ).
+
+On a machine with an NVIDIA GPU (:func:`visible_gpu`), the image families of :data:`GPU_FAMILIES` run on it in fp32:
+torch on CUDA or ONNX Runtime's CUDA provider, whichever measures faster (:mod:`lens.encoders.gpu`); the same vectors
+up to float rounding, so the same cache keys as the CPU's fp32 path.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -79,6 +84,59 @@ QUANTIZATION = f"onnxruntime-static-qdq-int8-v{INT8_RECIPE}"
 """What an int8 encoder's identity says under ``quantization``: int8 vectors are cached apart from fp32 ones."""
 
 
+#: Families that run on a visible GPU (fp32, torch on CUDA or ONNX Runtime's CUDA provider, :mod:`lens.encoders.gpu`):
+#: the torch image encoders with lens's own pixel pipeline, and the test encoder (so the GPU path is testable).
+GPU_FAMILIES = ONNX_FASTER_FAMILIES | {"test"}
+DEVICE_ENV = "LENS_DEVICE"
+"""``cpu`` hides the GPU from lens (``auto``, the default, uses one when the driver shows one)."""
+Device = Literal["cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """An NVIDIA GPU as the driver describes it (read without importing torch)."""
+
+    name: str
+    driver: str
+
+
+@lru_cache(maxsize=1)
+def _driver_gpu(root: str = "/proc/driver/nvidia") -> GpuInfo | None:
+    folder = Path(root)
+    infos = sorted((folder / "gpus").glob("*/information"))
+    if not infos and not Path("/dev/nvidia0").exists():
+        return None
+    name = "NVIDIA GPU"
+    for line in infos[0].read_text(errors="replace").splitlines() if infos else []:
+        if line.startswith("Model:"):
+            name = line.split(":", 1)[1].strip() or name
+    driver = "unknown"
+    try:
+        version = (folder / "version").read_text(errors="replace")
+    except OSError:
+        version = ""
+    for word in version.split():
+        if word.count(".") >= 1 and word.replace(".", "").isdigit():
+            driver = word
+            break
+    return GpuInfo(name, driver)
+
+
+def visible_gpu() -> GpuInfo | None:
+    """The NVIDIA GPU this process may use (the driver's ``/proc/driver/nvidia`` files, or ``/dev/nvidia0``), or
+    ``None``: no driver, ``$LENS_DEVICE=cpu``, or ``$CUDA_VISIBLE_DEVICES`` empty / ``-1``. Cheap, torch-free: the
+    encoders listing calls it. Whether torch or onnxruntime can use the GPU is found when a model is built."""
+    if os.environ.get(DEVICE_ENV, "").strip().lower() == "cpu":
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return None
+    try:
+        return _driver_gpu()
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class EngineChoice:
     """Which engine runs an encoder, in which precision, and why (shown by ``python -m lens encoders``)."""
@@ -90,10 +148,18 @@ class EngineChoice:
     """``True`` when the user asked for this engine explicitly: a failure then raises instead of falling back."""
     variant: str = "fp32"
     """The ONNX graph: ``"fp32"``, or ``"int8"`` (``engine="onnx-int8"`` on an encoder of :data:`INT8_ENCODERS`)."""
+    device: Device = "cpu"
+    """``"cuda"``: the forward pass runs on the GPU (:mod:`lens.encoders.gpu`), fp32."""
+    measure: bool = False
+    """On a GPU with ``engine="auto"``: torch and ONNX Runtime are measured on the first batch, the faster runs
+    (``engine`` is then only the provisional one)."""
 
     @property
     def label(self) -> str:
-        """The engine as ``python -m lens encoders`` lists it: ``torch``, ``onnx`` or ``onnx-int8``."""
+        """The engine as ``python -m lens encoders`` lists it: ``torch``, ``onnx`` or ``onnx-int8`` on the CPU;
+        ``auto-cuda`` (measured on first use), ``torch-cuda`` or ``onnx-cuda`` on a GPU."""
+        if self.device == "cuda":
+            return "auto-cuda" if self.measure else f"{self.engine}-cuda"
         return "onnx-int8" if self.engine == "onnx" and self.variant == "int8" else self.engine
 
 
@@ -115,18 +181,47 @@ def onnxruntime_installed() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def choose_engine(spec: EncoderSpec, *, engine: str | None = None, precision: Precision | None = None) -> EngineChoice:
+def choose_engine(
+    spec: EncoderSpec,
+    *,
+    engine: str | None = None,
+    precision: Precision | None = None,
+    device: Device | None = None,
+) -> EngineChoice:
     """The engine and precision an encoder will run with.
 
     Args:
         spec: the registered spec (its ``precision`` is torch's measured default).
         engine: ``"auto"``, ``"torch"`` or ``"onnx"``; ``None`` reads ``$LENS_ENGINE`` (default ``auto``).
-        precision: an explicit precision; ``None`` takes the engine's default (fp32 on ONNX Runtime).
+        precision: an explicit precision; ``None`` takes the engine's default (fp32 on ONNX Runtime and on a GPU).
+        device: ``"cpu"`` ignores a GPU; ``None`` uses one when :func:`visible_gpu` finds it (families of
+            :data:`GPU_FAMILIES`, fp32, engines ``auto`` / ``torch`` / ``onnx``).
 
     Raises:
         LensError: an unknown engine; ``onnx`` with ``bf16``; ``onnx`` without onnxruntime installed.
     """
     wanted = requested_engine(engine)
+    if (
+        device != "cpu"
+        and wanted in ("auto", "torch", "onnx")
+        and precision != "bf16"
+        and spec.family in GPU_FAMILIES
+        and (gpu := visible_gpu()) is not None
+    ):
+        if wanted == "onnx" and not onnxruntime_installed():
+            raise LensError(
+                f"engine onnx needs onnxruntime, which is not installed: `pip install {ONNXRUNTIME_PIN}` "
+                "(onnxruntime-gpu for its CUDA provider), or use engine torch."
+            )
+        if wanted == "auto":
+            return EngineChoice(
+                "torch",
+                "fp32",
+                f"{gpu.name}: torch or ONNX Runtime CUDA, measured on first use",
+                device="cuda",
+                measure=True,
+            )
+        return EngineChoice(wanted, "fp32", f"requested, on {gpu.name}", device="cuda")  # type: ignore[arg-type]
     if wanted == "onnx-int8":
         if spec.name in INT8_ENCODERS and precision != "bf16" and onnxruntime_installed():
             return EngineChoice(
@@ -162,8 +257,21 @@ def choose_engine(spec: EncoderSpec, *, engine: str | None = None, precision: Pr
 def attach_engine(encoder: Any, choice: EngineChoice, cache_dir: str | os.PathLike | None = None) -> None:
     """Make ``encoder`` run on ``choice.engine``; the ONNX session is built lazily, on the first batch.
 
-    Encoders that are not a plain :class:`TorchImageEncoder` forward stay on torch (with the reason recorded).
+    Encoders that are not a plain :class:`TorchImageEncoder` forward stay on torch (with the reason recorded). On a
+    GPU (``choice.device == "cuda"``) the runner comes from :func:`lens.encoders.gpu.gpu_runner`, also on the first
+    batch (measuring torch against ONNX Runtime there when ``choice.measure``).
     """
+    if choice.device == "cuda" and isinstance(encoder, TorchImageEncoder):
+        from lens.encoders import gpu
+
+        wanted = "auto" if choice.measure else choice.engine
+        encoder.set_engine(
+            choice.engine,
+            choice.reason,
+            loader=lambda: gpu.gpu_runner(encoder, wanted, cache_dir=cache_dir),
+            device="cuda",
+        )
+        return
     if choice.engine == "torch":
         if isinstance(encoder, TorchImageEncoder):
             encoder.set_engine("torch", choice.reason)
