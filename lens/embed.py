@@ -20,7 +20,7 @@ from lens.encoders.base import (
     Preprocess,
     ProgressCallback,
     TorchImageEncoder,
-    pixels_to_batch,
+    normalize_into,
     preprocess_images,
     resize_crop,
 )
@@ -134,7 +134,7 @@ def embed_catalog(
     *,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: ProgressCallback | None = None,
     compute: Compute | None = None,
 ) -> EmbeddingSet:
@@ -148,7 +148,7 @@ def embed_catalog(
         encoder: any registered encoder.
         cache_dir: cache root (default ``$LENS_CACHE_DIR`` or ``~/.cache/lens``).
         use_cache: read and write the cache; ``False`` computes and writes nothing.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass; ``None``: :func:`default_batch_size` (32 on the CPU, 128 on a GPU).
         progress: ``progress(done, total)`` after each batch.
         compute: what embeds the files when the cache misses: ``compute(catalog, encoder, batch_size, progress)
             -> (vectors, kept ids, failed)``; default: this process (decoding in threads). ``lens.distributed``
@@ -195,9 +195,11 @@ def embed_catalog(
         ]
         vectors, kept, failed = _join_sets(part_sets, join)
     elif use_cache:  # only the images the per-item store has not seen (a catalog update costs what changed)
-        vectors, kept, failed = _embed_new_items(catalog, encoder, root, batch_size, progress, compute or embed_files)
+        size = batch_size or default_batch_size(encoder)
+        vectors, kept, failed = _embed_new_items(catalog, encoder, root, size, progress, compute or embed_files)
     else:
-        vectors, kept, failed = (compute or embed_files)(catalog, encoder, batch_size, progress)
+        size = batch_size or default_batch_size(encoder)
+        vectors, kept, failed = (compute or embed_files)(catalog, encoder, size, progress)
     result = EmbeddingSet(
         vectors=vectors,
         ids=kept,
@@ -212,6 +214,13 @@ def embed_catalog(
         save_embeddings(result, root)
         remember_identity(encoder, root)  # the next process finds these vectors without building the encoder
     return result
+
+
+def default_batch_size(encoder: Encoder) -> int:
+    """Images per forward pass when the caller does not say: the encoder's own (``TorchImageEncoder.batch_size``:
+    32 on the CPU, 128 on a GPU), else 32."""
+    size = getattr(encoder, "batch_size", None)
+    return size if isinstance(size, int) and size > 0 else 32
 
 
 def _embed_new_items(
@@ -303,23 +312,93 @@ def embed_files(
     """Decode, preprocess and embed every catalog image, decoding ahead in threads while the forward pass runs.
 
     For torch image encoders (their own preprocessing, ``TorchImageEncoder._embed_batch``) each worker thread turns a
-    file into its ``(S, S, 3)`` uint8 crop (draft decode, one resize on uint8); the main thread stacks a batch,
-    normalises it in one vectorised pass and runs the forward pass. Pillow's decoder and resize release the GIL, so
-    the decoding of the next batches overlaps the forward pass. Other encoders get decoded PIL images.
+    file into its normalised ``(3, S, S)`` float32 pixels (draft decode, one resize on uint8, then
+    :func:`~lens.encoders.base.normalize_into`) written straight into a ring of batch buffers; the main thread only
+    runs the forward pass on a batch's rows, a view of the ring when they are contiguous (always, unless a file
+    failed). Pillow's decoder and resize and numpy's arithmetic release the GIL, so the next batches are prepared
+    while the forward pass runs, and nothing but the forward pass waits on the main thread. Other encoders get
+    decoded PIL images.
     """
+    preprocess = pixel_preprocess(encoder)
+    if preprocess is None:
+        return _embed_images_files(catalog, encoder, batch_size, progress)
     ids = catalog.ids
     paths = catalog.image_paths()
     total = len(ids)
-    preprocess = pixel_preprocess(encoder)
+    size = preprocess.input_size
+    workers = max(1, min(_decode_threads(), total))
+    ahead = max(2 * batch_size, 4 * workers)  # images prepared ahead of the forward pass (bounded memory)
+    # Row i goes to slot i % slots, and only once every row before `first` (the first row of the batch being gathered
+    # or embedded) is done: `fill` submits a row only while it is less than `first + slots` ahead. A whole number of
+    # batches: without failures every batch is a contiguous slice.
+    capacity = batch_size * (-(-ahead // batch_size) + 2)
+    ring = np.empty((min(capacity, max(total, 1)), 3, size, size), dtype=np.float32)
+    slots = len(ring)
 
-    def prepare(i: int) -> tuple[Any, str | None]:
-        return prepare_image(paths[i], f"{ids[i]} ({paths[i]})", preprocess)
+    def prepare(i: int) -> str | None:
+        crop, reason = prepare_image(paths[i], f"{ids[i]} ({paths[i]})", preprocess)
+        if crop is None:
+            return reason or "unreadable"
+        normalize_into(crop, ring[i % slots], preprocess)
+        return None
 
     out = np.empty((total, encoder.dim), dtype=np.float32)
     kept_rows: list[int] = []
     failed: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lens-decode") as pool:
+        pending: deque[tuple[int, Future]] = deque()
+        next_row = 0
+
+        def fill() -> None:
+            nonlocal next_row
+            while next_row < total and len(pending) < ahead + batch_size and next_row < first + slots:
+                pending.append((next_row, pool.submit(prepare, next_row)))
+                next_row += 1
+
+        first = 0  # the first row of the batch being gathered: its slot must not be reused yet
+        fill()
+        done = 0
+        while pending:
+            rows: list[int] = []
+            first = pending[0][0]
+            while pending and len(rows) < batch_size:
+                i, future = pending.popleft()
+                reason = future.result()
+                done += 1
+                if reason is not None:
+                    failed.append((ids[i], reason))
+                else:
+                    rows.append(i)
+                fill()
+            if rows:
+                start = rows[0] % slots
+                if rows[-1] - rows[0] == len(rows) - 1 and start + len(rows) <= slots:
+                    batch = ring[start : start + len(rows)]  # contiguous: a view, no copy
+                else:
+                    batch = ring[[i % slots for i in rows]]
+                out[rows] = encoder.embed_tensor(batch)  # type: ignore[attr-defined]
+                kept_rows.extend(rows)
+            first = next_row if not pending else pending[0][0]
+            fill()
+            if progress is not None:
+                progress(done, total)
+    kept_rows.sort()
+    return out[kept_rows], [ids[i] for i in kept_rows], failed
+
+
+def _embed_images_files(
+    catalog: Catalog, encoder: Encoder, batch_size: int, progress: ProgressCallback | None
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """The catalog pass of an encoder with its own preprocessing: decoded PIL images (in threads), then
+    ``encoder.embed_images`` batch by batch."""
+    ids = catalog.ids
+    paths = catalog.image_paths()
+    total = len(ids)
+    out = np.empty((total, encoder.dim), dtype=np.float32)
+    kept_rows: list[int] = []
+    failed: list[tuple[str, str]] = []
     workers = max(1, min(_decode_threads(), total))
-    ahead = max(2 * batch_size, 4 * workers)  # images decoded ahead of the forward pass (bounded memory)
+    ahead = max(2 * batch_size, 4 * workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lens-decode") as pool:
         pending: deque[tuple[int, Future]] = deque()
         next_row = 0
@@ -327,7 +406,12 @@ def embed_files(
         def fill() -> None:
             nonlocal next_row
             while next_row < total and len(pending) < ahead + batch_size:
-                pending.append((next_row, pool.submit(prepare, next_row)))
+                pending.append(
+                    (
+                        next_row,
+                        pool.submit(prepare_image, paths[next_row], f"{ids[next_row]} ({paths[next_row]})", None),
+                    )
+                )
                 next_row += 1
 
         fill()
@@ -346,11 +430,7 @@ def embed_files(
                     rows.append(i)
                     items.append(item)
             if rows:
-                if preprocess is not None:
-                    vectors = encoder.embed_tensor(pixels_to_batch(np.stack(items), preprocess))  # type: ignore[attr-defined]
-                else:
-                    vectors = encoder.embed_images(items, batch_size=len(items))
-                out[rows] = vectors
+                out[rows] = encoder.embed_images(items, batch_size=len(items))
                 kept_rows.extend(rows)
             if progress is not None:
                 progress(done, total)

@@ -327,3 +327,30 @@ def test_int8_tiny_is_calibrated_on_the_catalog_cached_and_keyed_apart(
         graph.unlink()
     with pytest.raises(LensError, match=r"embed --engine onnx-int8 --models tiny"):
         create_encoder("tiny", engine="onnx-int8").embed_images(_images())
+
+
+# ------------------------------------------------------------------------------------------------ the catalog pass
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 32])
+def test_catalog_pass_ring_gives_each_rows_own_vector_with_failures(
+    small_catalog_copy: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int
+) -> None:
+    """The decode threads write normalised pixels into a ring of batch buffers: with unreadable files among them
+    (non-contiguous batches) and more rows than the ring has slots, every row still gets its own image's vector."""
+    from lens import embed
+    from lens.catalog import load_catalog
+
+    catalog = load_catalog(small_catalog_copy)
+    paths = catalog.image_paths()
+    for broken in (3, 4, 11):  # a truncated, an empty and a missing file
+        data = paths[broken].read_bytes()
+        paths[broken].write_bytes(data[: len(data) // 2] if broken == 3 else b"")
+    paths[11].unlink()
+    monkeypatch.setattr(embed, "_decode_threads", lambda: 3)
+    encoder = create_encoder("tiny", engine="torch")
+    vectors, kept, failed = embed.embed_files(catalog, encoder, batch_size=batch_size)
+    assert [item for item, _ in failed] == [catalog.ids[i] for i in (3, 4, 11)]
+    assert kept == [item for i, item in enumerate(catalog.ids) if i not in (3, 4, 11)]
+    one_by_one = np.concatenate([embed.embed_images(encoder, [paths[catalog.ids.index(item)]]) for item in kept])
+    np.testing.assert_allclose(vectors, one_by_one, atol=1e-5)  # float rounding of other batch sizes only
