@@ -20,7 +20,7 @@ from lens.encoders.base import (
     Preprocess,
     ProgressCallback,
     TorchImageEncoder,
-    normalize_into,
+    pixels_to_batch,
     preprocess_images,
     resize_crop,
 )
@@ -312,93 +312,23 @@ def embed_files(
     """Decode, preprocess and embed every catalog image, decoding ahead in threads while the forward pass runs.
 
     For torch image encoders (their own preprocessing, ``TorchImageEncoder._embed_batch``) each worker thread turns a
-    file into its normalised ``(3, S, S)`` float32 pixels (draft decode, one resize on uint8, then
-    :func:`~lens.encoders.base.normalize_into`) written straight into a ring of batch buffers; the main thread only
-    runs the forward pass on a batch's rows, a view of the ring when they are contiguous (always, unless a file
-    failed). Pillow's decoder and resize and numpy's arithmetic release the GIL, so the next batches are prepared
-    while the forward pass runs, and nothing but the forward pass waits on the main thread. Other encoders get
-    decoded PIL images.
+    file into its ``(S, S, 3)`` uint8 crop (draft decode, one resize on uint8); the main thread stacks a batch,
+    normalises it in one vectorised pass and runs the forward pass. Pillow's decoder and resize release the GIL, so
+    the decoding of the next batches overlaps the forward pass. Other encoders get decoded PIL images.
     """
+    ids = catalog.ids
+    paths = catalog.image_paths()
+    total = len(ids)
     preprocess = pixel_preprocess(encoder)
-    if preprocess is None:
-        return _embed_images_files(catalog, encoder, batch_size, progress)
-    ids = catalog.ids
-    paths = catalog.image_paths()
-    total = len(ids)
-    size = preprocess.input_size
-    workers = max(1, min(_decode_threads(), total))
-    ahead = max(2 * batch_size, 4 * workers)  # images prepared ahead of the forward pass (bounded memory)
-    # Row i goes to slot i % slots, and only once every row before `first` (the first row of the batch being gathered
-    # or embedded) is done: `fill` submits a row only while it is less than `first + slots` ahead. A whole number of
-    # batches: without failures every batch is a contiguous slice.
-    capacity = batch_size * (-(-ahead // batch_size) + 2)
-    ring = np.empty((min(capacity, max(total, 1)), 3, size, size), dtype=np.float32)
-    slots = len(ring)
 
-    def prepare(i: int) -> str | None:
-        crop, reason = prepare_image(paths[i], f"{ids[i]} ({paths[i]})", preprocess)
-        if crop is None:
-            return reason or "unreadable"
-        normalize_into(crop, ring[i % slots], preprocess)
-        return None
+    def prepare(i: int) -> tuple[Any, str | None]:
+        return prepare_image(paths[i], f"{ids[i]} ({paths[i]})", preprocess)
 
     out = np.empty((total, encoder.dim), dtype=np.float32)
     kept_rows: list[int] = []
     failed: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lens-decode") as pool:
-        pending: deque[tuple[int, Future]] = deque()
-        next_row = 0
-
-        def fill() -> None:
-            nonlocal next_row
-            while next_row < total and len(pending) < ahead + batch_size and next_row < first + slots:
-                pending.append((next_row, pool.submit(prepare, next_row)))
-                next_row += 1
-
-        first = 0  # the first row of the batch being gathered: its slot must not be reused yet
-        fill()
-        done = 0
-        while pending:
-            rows: list[int] = []
-            first = pending[0][0]
-            while pending and len(rows) < batch_size:
-                i, future = pending.popleft()
-                reason = future.result()
-                done += 1
-                if reason is not None:
-                    failed.append((ids[i], reason))
-                else:
-                    rows.append(i)
-                fill()
-            if rows:
-                start = rows[0] % slots
-                if rows[-1] - rows[0] == len(rows) - 1 and start + len(rows) <= slots:
-                    batch = ring[start : start + len(rows)]  # contiguous: a view, no copy
-                else:
-                    batch = ring[[i % slots for i in rows]]
-                out[rows] = encoder.embed_tensor(batch)  # type: ignore[attr-defined]
-                kept_rows.extend(rows)
-            first = next_row if not pending else pending[0][0]
-            fill()
-            if progress is not None:
-                progress(done, total)
-    kept_rows.sort()
-    return out[kept_rows], [ids[i] for i in kept_rows], failed
-
-
-def _embed_images_files(
-    catalog: Catalog, encoder: Encoder, batch_size: int, progress: ProgressCallback | None
-) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
-    """The catalog pass of an encoder with its own preprocessing: decoded PIL images (in threads), then
-    ``encoder.embed_images`` batch by batch."""
-    ids = catalog.ids
-    paths = catalog.image_paths()
-    total = len(ids)
-    out = np.empty((total, encoder.dim), dtype=np.float32)
-    kept_rows: list[int] = []
-    failed: list[tuple[str, str]] = []
     workers = max(1, min(_decode_threads(), total))
-    ahead = max(2 * batch_size, 4 * workers)
+    ahead = max(2 * batch_size, 4 * workers)  # images decoded ahead of the forward pass (bounded memory)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lens-decode") as pool:
         pending: deque[tuple[int, Future]] = deque()
         next_row = 0
@@ -406,12 +336,7 @@ def _embed_images_files(
         def fill() -> None:
             nonlocal next_row
             while next_row < total and len(pending) < ahead + batch_size:
-                pending.append(
-                    (
-                        next_row,
-                        pool.submit(prepare_image, paths[next_row], f"{ids[next_row]} ({paths[next_row]})", None),
-                    )
-                )
+                pending.append((next_row, pool.submit(prepare, next_row)))
                 next_row += 1
 
         fill()
@@ -430,7 +355,11 @@ def _embed_images_files(
                     rows.append(i)
                     items.append(item)
             if rows:
-                out[rows] = encoder.embed_images(items, batch_size=len(items))
+                if preprocess is not None:
+                    vectors = encoder.embed_tensor(pixels_to_batch(np.stack(items), preprocess))  # type: ignore[attr-defined]
+                else:
+                    vectors = encoder.embed_images(items, batch_size=len(items))
+                out[rows] = vectors
                 kept_rows.extend(rows)
             if progress is not None:
                 progress(done, total)

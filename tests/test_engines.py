@@ -333,11 +333,11 @@ def test_int8_tiny_is_calibrated_on_the_catalog_cached_and_keyed_apart(
 
 
 @pytest.mark.parametrize("batch_size", [1, 5, 32])
-def test_catalog_pass_ring_gives_each_rows_own_vector_with_failures(
+def test_catalog_pass_gives_each_row_its_own_vector_with_failures(
     small_catalog_copy: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int
 ) -> None:
-    """The decode threads write normalised pixels into a ring of batch buffers: with unreadable files among them
-    (non-contiguous batches) and more rows than the ring has slots, every row still gets its own image's vector."""
+    """Decode threads run ahead of the forward pass: with unreadable files among the rows and batches of 1, 5 and
+    32, every row still gets its own image's vector, in catalog order (an oracle for any change to the pass)."""
     from lens import embed
     from lens.catalog import load_catalog
 

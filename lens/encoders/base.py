@@ -330,28 +330,18 @@ def pixels_to_batch(pixels: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
     """
     if pixels.ndim != 4 or pixels.shape[-1] != 3 or pixels.dtype != np.uint8:
         raise LensError(f"pixels_to_batch takes (N, S, S, 3) uint8 pixels, got {pixels.dtype} {pixels.shape}.")
-    n, height, width, _ = pixels.shape
-    out = np.empty((n, 3, height, width), dtype=np.float32)
-    normalize_into(pixels, out, preprocess)
-    import torch
-
-    return torch.from_numpy(out)
-
-
-def normalize_into(pixels: np.ndarray, out: np.ndarray, preprocess: Preprocess) -> None:
-    """Write ``(x / 255 - mean) / std`` of ``(N, S, S, 3)`` (or one ``(S, S, 3)``) uint8 pixels into ``out``,
-    ``(N, 3, S, S)`` (or ``(3, S, S)``) float32, as ``x * (1 / (255 std)) - mean / std``: the arithmetic of
-    :func:`pixels_to_batch`, so one image normalised alone gives the same bits as in a batch. The catalog pass calls
-    it per image in its decode threads, straight into the batch buffer the forward pass reads."""
     mean = np.asarray(preprocess.mean, dtype=np.float64)
     std = np.asarray(preprocess.std, dtype=np.float64)
     scale = (1.0 / (255.0 * std)).astype(np.float32)
     shift = (mean / std).astype(np.float32)
-    axis = out.ndim - 3  # the channel axis of out
+    n, height, width, _ = pixels.shape
+    out = np.empty((n, 3, height, width), dtype=np.float32)
     for channel in range(3):
-        plane = out[:, channel] if axis else out[channel]
-        np.multiply(pixels[..., channel], scale[channel], out=plane, dtype=np.float32)
-        plane -= shift[channel]
+        np.multiply(pixels[..., channel], scale[channel], out=out[:, channel], dtype=np.float32)
+        out[:, channel] -= shift[channel]
+    import torch
+
+    return torch.from_numpy(out)
 
 
 def preprocess_images(images: Sequence[Image.Image], preprocess: Preprocess) -> torch.Tensor:
