@@ -354,3 +354,18 @@ def test_catalog_pass_gives_each_row_its_own_vector_with_failures(
     assert kept == [item for i, item in enumerate(catalog.ids) if i not in (3, 4, 11)]
     one_by_one = np.concatenate([embed.embed_images(encoder, [paths[catalog.ids.index(item)]]) for item in kept])
     np.testing.assert_allclose(vectors, one_by_one, atol=1e-5)  # float rounding of other batch sizes only
+
+
+def test_batch_split_over_single_threaded_sessions_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    encoder = create_encoder("tiny", engine="onnx")
+    graph = encoder.onnx_runner().path.read_bytes()
+    one = engines.OnnxRunner(graph)
+    split = engines.OnnxRunner(graph, replicas=3)
+    assert len(split.sessions) == 3 and split.sessions[0].get_session_options().intra_op_num_threads == 1
+    pixels = np.random.default_rng(0).standard_normal((7, 3, 32, 32), dtype=np.float32)
+    for n in (1, 2, 7):  # fewer rows than sessions, and a slice of 3, 2, 2
+        np.testing.assert_array_equal(split(pixels[:n]), one(pixels[:n]))
+    # the CNN families get one session per core, the rest one session on every core
+    monkeypatch.setenv(engines.THREADS_ENV, "2")
+    assert engines._replicas(create_encoder("mobilenet-v2", pretrained=False, engine="torch")) == 2
+    assert engines._replicas(encoder) == 1

@@ -133,6 +133,7 @@ class OrtCudaRunner(engines.OnnxRunner):
             "CPUExecutionProvider",
         ]
         self.session = ort.InferenceSession(graph, options, providers=providers)
+        self.sessions, self._pool = [self.session], None
         if self.session.get_providers()[0] != "CUDAExecutionProvider":  # ORT falls back to the CPU silently
             raise LensError(
                 "ONNX Runtime could not start its CUDA provider (CUDA or cuDNN libraries missing or not matching "
