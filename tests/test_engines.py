@@ -332,9 +332,9 @@ def test_int8_tiny_is_calibrated_on_the_catalog_cached_and_keyed_apart(
 # ------------------------------------------------------------------------------------------------ the catalog pass
 
 
-@pytest.mark.parametrize("batch_size", [1, 5, 32])
+@pytest.mark.parametrize(("batch_size", "sessions"), [(1, 1), (5, 1), (32, 1), (5, 3)])
 def test_catalog_pass_gives_each_row_its_own_vector_with_failures(
-    small_catalog_copy: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int
+    small_catalog_copy: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int, sessions: int
 ) -> None:
     """Decode threads run ahead of the forward pass: with unreadable files among the rows and batches of 1, 5 and
     32, every row still gets its own image's vector, in catalog order (an oracle for any change to the pass)."""
@@ -348,8 +348,17 @@ def test_catalog_pass_gives_each_row_its_own_vector_with_failures(
         paths[broken].write_bytes(data[: len(data) // 2] if broken == 3 else b"")
     paths[11].unlink()
     monkeypatch.setattr(embed, "_decode_threads", lambda: 3)
-    encoder = create_encoder("tiny", engine="torch")
-    vectors, kept, failed = embed.embed_files(catalog, encoder, batch_size=batch_size)
+    if sessions > 1:  # batches split over single-threaded ONNX Runtime sessions, as the CNNs run on the CPU
+        monkeypatch.setattr(engines, "BATCH_PARALLEL_FAMILIES", frozenset({"test"}))
+        monkeypatch.setenv(engines.THREADS_ENV, str(sessions))
+    encoder = create_encoder("tiny", engine="torch" if sessions == 1 else "onnx")
+    if sessions > 1:
+        assert len(encoder.onnx_runner().sessions) == sessions
+    progress: list[tuple[int, int]] = []
+    vectors, kept, failed = embed.embed_files(
+        catalog, encoder, batch_size=batch_size, progress=lambda d, t: progress.append((d, t))
+    )
+    assert progress[-1] == (len(catalog), len(catalog)) and progress == sorted(progress)
     assert [item for item, _ in failed] == [catalog.ids[i] for i in (3, 4, 11)]
     assert kept == [item for i, item in enumerate(catalog.ids) if i not in (3, 4, 11)]
     one_by_one = np.concatenate([embed.embed_images(encoder, [paths[catalog.ids.index(item)]]) for item in kept])
