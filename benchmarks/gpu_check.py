@@ -206,6 +206,7 @@ def main() -> int:
     report["catalog"] = f"{catalog_dir} ({len(catalog)} photos)"
 
     rows, passes = [], []
+    body: list[str] = []
     for name in [m for m in args.models.split(",") if m]:
         pretrained = pretrained_available(name)
         try:

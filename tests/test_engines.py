@@ -376,5 +376,8 @@ def test_batch_split_over_single_threaded_sessions_gives_the_same_bits(monkeypat
         np.testing.assert_array_equal(split(pixels[:n]), one(pixels[:n]))
     # the CNN families get one session per core, the rest one session on every core
     monkeypatch.setenv(engines.THREADS_ENV, "2")
-    assert engines._replicas(create_encoder("mobilenet-v2", pretrained=False, engine="torch")) == 2
-    assert engines._replicas(encoder) == 1
+    cnn = create_encoder("mobilenet-v2", pretrained=False, engine="torch")
+    assert engines._replicas(cnn) == 2 and engines._replicas(encoder) == 1
+    monkeypatch.setenv(engines.THREADS_ENV, "16")  # a big machine: 4 sessions of 4 threads
+    assert engines._replicas(cnn) == engines.MAX_REPLICAS == 4
+    assert engines.OnnxRunner(graph, replicas=4).sessions[0].get_session_options().intra_op_num_threads == 4

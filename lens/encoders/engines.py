@@ -444,6 +444,9 @@ def _probe_batch(input_size: int, n: int = 4) -> torch.Tensor:
 #: batch 32, interleaved rounds on the shared 2-core machine (load 5-6): 1.21x the images per second at 17 % less CPU
 #: per image, the same bits (max abs difference 0). Transformers (few, large matmuls) keep one session.
 BATCH_PARALLEL_FAMILIES = frozenset({"efficientnet-lite", "torchvision-cnn"})
+#: At most this many sessions (each holds its own copy of the weights); on more cores each gets cores / sessions
+#: intra-op threads. Measured only on 2 cores.
+MAX_REPLICAS = 4
 
 
 def session_options(threads: int | None = None) -> Any:
@@ -467,7 +470,7 @@ class OnnxRunner:
     """CPU ONNX Runtime sessions of one exported encoder: ``runner(pixels)`` -> ``(N, dim)`` float32 features.
 
     With ``replicas`` > 1 (the families of :data:`BATCH_PARALLEL_FAMILIES`, one per core) each replica is a
-    single-threaded session and a batch is split into that many consecutive slices run side by side (the calling
+    single-threaded session (``cores // replicas`` threads on more than :data:`MAX_REPLICAS` cores) and a batch is split into that many consecutive slices run side by side (the calling
     thread runs the first); otherwise one session runs with :func:`lens_threads` intra-op threads. The same graph
     either way, so the same features, bit for bit. Features are the module's raw output (not L2-normalised).
     Thread-safe (``InferenceSession.run`` is).
@@ -478,7 +481,7 @@ class OnnxRunner:
 
         self.key = key
         self.path = path
-        threads = 1 if replicas > 1 else None
+        threads = max(1, lens_threads() // replicas) if replicas > 1 else None
         self.sessions = [
             ort.InferenceSession(graph, session_options(threads), providers=["CPUExecutionProvider"])
             for _ in range(max(1, replicas))
@@ -506,8 +509,9 @@ class OnnxRunner:
 
 
 def _replicas(encoder: TorchImageEncoder) -> int:
-    """Sessions of ``encoder``'s CPU runner: one per core for :data:`BATCH_PARALLEL_FAMILIES`, else one."""
-    return lens_threads() if encoder.spec.family in BATCH_PARALLEL_FAMILIES else 1
+    """Sessions of ``encoder``'s CPU runner: one per core (at most :data:`MAX_REPLICAS`) for
+    :data:`BATCH_PARALLEL_FAMILIES`, else one."""
+    return min(lens_threads(), MAX_REPLICAS) if encoder.spec.family in BATCH_PARALLEL_FAMILIES else 1
 
 
 _SESSIONS: dict[str, OnnxRunner] = {}
