@@ -468,7 +468,7 @@ class TorchImageEncoder(Encoder):
     @property
     def batch_size(self) -> int:
         """Images per forward pass of the catalog pass when the caller does not say: 32 on the CPU, more on a GPU
-        (:data:`lens.encoders.gpu.GPU_BATCH`), where a small batch leaves the device idle between launches."""
+        (:data:`GPU_BATCH`), where a small batch leaves the device idle between launches."""
         return GPU_BATCH if self.device == "cuda" else CPU_BATCH
 
     def _embed_batch(self, images: Sequence[Image.Image]) -> np.ndarray:

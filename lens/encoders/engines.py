@@ -440,9 +440,10 @@ def _probe_batch(input_size: int, n: int = 4) -> torch.Tensor:
 #: Families whose CPU runner splits a batch over :func:`lens_threads` single-threaded sessions run side by side,
 #: instead of one session that parallelises every operator over the cores. An operator split over threads ends at
 #: a barrier, so a thread that the OS preempts (for the catalog pass's decode threads, or another process) stalls the
-#: others, and the CNNs' many small depthwise operators pay the fork/join each time. Measured on efficientnet-lite0,
-#: batch 32, interleaved rounds on the shared 2-core machine (load 5-6): 1.21x the images per second at 17 % less CPU
-#: per image, the same bits (max abs difference 0). Transformers (few, large matmuls) keep one session.
+#: others, and the CNNs' many small depthwise operators pay the fork/join each time. Measured side by side on 2 cores
+#: (320 catalog photos, batch 32, interleaved rounds, load 2-3), new / old: efficientnet-lite0 forward 1.28x, catalog
+#: pass 1.24x (20 % less CPU); mobilenet-v2 1.05x / 1.05x; efficientnet-lite2 1.04x / 1.04x; the same bits (max abs
+#: difference 0). Transformers (few, large matmuls) keep one session.
 BATCH_PARALLEL_FAMILIES = frozenset({"efficientnet-lite", "torchvision-cnn"})
 #: At most this many sessions (each holds its own copy of the weights); on more cores each gets cores / sessions
 #: intra-op threads. Measured only on 2 cores.
