@@ -260,6 +260,103 @@ def catalog_section(name: str, slice_catalog, reps: int, fwd: dict) -> dict:  # 
     return {"rates": rates, "quality": quality, "n": n, "times": times}
 
 
+# ------------------------------------------------------------------------------------------------------------ GPU
+
+
+def gpu_status() -> str | None:
+    """``None`` when lens would run on a GPU here (driver visible, torch with CUDA); else why not, in words."""
+    gpu_info = engines.visible_gpu()
+    if gpu_info is None:
+        return "no GPU (no NVIDIA driver visible, or LENS_DEVICE=cpu)"
+    if not torch.cuda.is_available():
+        return f"no GPU usable: {gpu_info.name} is visible but torch {torch.__version__} has no CUDA"
+    return None
+
+
+def gpu_section(name: str, photos: list, reps: int, pretrained: bool = True) -> list[dict]:
+    """GPU rows of the engines table: torch on CUDA fp32 (TF32 off, lens's candidate), torch on CUDA with TF32
+    (reference: its cosine says why it is off), ONNX Runtime's CUDA provider fp32 (lens's other candidate; a row
+    saying why when onnxruntime-gpu is missing), and what ``engine="auto"`` picks, with both figures lens measured.
+    Batch :data:`lens.encoders.gpu.GPU_BATCH`, modes interleaved, ``reps`` rounds, median img/s; cosine to torch
+    fp32 on the CPU, row by row."""
+    from lens.encoders import gpu
+    from lens.vectors import l2_normalize
+
+    cpu = create_encoder(name, engine="torch", precision="fp32", pretrained=pretrained)
+    assert isinstance(cpu, TorchImageEncoder)
+    spec_pre = cpu.spec.preprocess
+    tiles = (photos * (gpu.GPU_BATCH // max(len(photos), 1) + 1))[: gpu.GPU_BATCH]
+    batch = preprocess_images(tiles, spec_pre).numpy()
+    with torch.inference_mode():
+        reference = l2_normalize(cpu.model(torch.from_numpy(batch[:64])).float().reshape(64, -1).numpy())
+    modes: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    rows: list[dict] = []
+    builders = {
+        "torch cuda fp32 (TF32 off)": lambda: gpu.TorchCudaRunner(cpu),
+        "torch cuda TF32 (reference)": lambda: gpu.TorchCudaRunner(cpu, tf32=True),
+        "ONNX Runtime CUDA fp32": lambda: gpu.build_ort_cuda(cpu),
+    }
+    for label, build in builders.items():
+        try:
+            modes[label] = build()
+        except Exception as exc:  # a missing provider is a row with its reason, not a lost table
+            rows.append(
+                {"model": name, "mode": label, "img/s": float("nan"), "cos_min": float("nan"), "note": str(exc)}
+            )
+    for fn in modes.values():
+        for _ in range(gpu.WARMUP_CALLS):
+            fn(batch)
+    times: dict[str, list[float]] = {label: [] for label in modes}
+    for _ in range(reps):
+        for label, fn in modes.items():
+            times[label].append(timed(lambda fn=fn: fn(batch)))
+    for label, fn in modes.items():
+        cosine = (l2_normalize(fn(batch[:64])) * reference).sum(1)
+        rows.append(
+            {
+                "model": name,
+                "mode": label,
+                "img/s": median_rate(times[label], len(batch)),
+                "cos_min": float(cosine.min()),
+                "note": "",
+            }
+        )
+    auto = create_encoder(name, pretrained=pretrained)  # engine auto: lens measures both (or reads its record)
+    assert isinstance(auto, TorchImageEncoder)
+    auto.embed_tensor(batch[:2])
+    figures = ", ".join(f"{k} {v:.0f}" for k, v in sorted((auto.engine_figures or {}).items()))
+    rows.append(
+        {
+            "model": name,
+            "mode": f"lens picks: {auto.engine} on {auto.device}",
+            "img/s": (auto.engine_figures or {}).get(auto.engine, float("nan")),
+            "cos_min": float("nan"),
+            "note": f"lens's own measurement: {figures}" if figures else auto.engine_reason,
+        }
+    )
+    del modes
+    torch.cuda.empty_cache()
+    return rows
+
+
+def gpu_lines(rows: list[dict], status: str | None) -> list[str]:
+    """The report's GPU section: the table, or the line saying there is no GPU."""
+    import pandas as pd
+
+    from benchmarks.common import markdown_table
+
+    lines = ["## Engines on the GPU", ""]
+    if status is not None:
+        return [*lines, f"{status}: no GPU rows (torch cuda fp32, ONNX Runtime CUDA fp32, lens's pick).", ""]
+    return [
+        *lines,
+        f"{torch.cuda.get_device_name()}, batch 128, img/s:",
+        "",
+        markdown_table(pd.DataFrame(rows), ".3f"),
+        "",
+    ]
+
+
 # ---------------------------------------------------------------------------------------- python -m benchmarks
 
 #: A mode is a correct path when every row's cosine to torch fp32 eager is at least this (float rounding, not a
@@ -320,6 +417,17 @@ def bench_engines(catalog, models: list[str], *, reps: int = 3, slice_items: int
             f"engines {name}: fastest correct {fastest}; "
             + str({k: v for k, v in goal_rows[-1].items() if k != "model"})
         )
+        if gpu_status() is None:
+            for row in gpu_section(name, photos, reps):
+                mode_rows.append(
+                    {
+                        "model": name,
+                        "mode": f"GPU: {row['mode']}",
+                        "img/s": row["img/s"],
+                        "cos_min": row["cos_min"],
+                        "correct": row["cos_min"] >= CORRECT_COSINE,
+                    }
+                )
         engines.clear_sessions()
     return pd.DataFrame(mode_rows), pd.DataFrame(goal_rows)
 
@@ -341,6 +449,11 @@ def engines_lines(modes, goals, *, reps: int, slice_items: int) -> list[str]:  #
     ]
     if not len(modes):
         return [*lines, "(no CNN among the benchmarked models)", ""]
+    status = gpu_status()
+    lines += [
+        f"GPU: {status}." if status else "GPU rows (`GPU: ...`): batch 128, img/s, cosine to torch fp32 on the CPU.",
+        "",
+    ]
     lines += [
         markdown_table(modes, ".3f"),
         "",
@@ -425,6 +538,16 @@ def main() -> int:
         )
         write(args.out, lines + best_lines)
     lines += best_lines
+    status = gpu_status()
+    gpu_rows: list[dict] = []
+    if status is None:
+        for name, pretrained in names:
+            try:
+                gpu_rows += gpu_section(name, photos, args.reps, pretrained)
+            except Exception as exc:  # one encoder failing must not lose the others' figures
+                log(f"gpu {name}: FAILED {exc!r}")
+    lines += ["", *gpu_lines(gpu_rows, status)]
+    write(args.out, lines)
     if not args.no_catalog:
         lines += [
             "",

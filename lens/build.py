@@ -131,7 +131,7 @@ class BuildOptions:
     cache_dir: str | os.PathLike | None = None
     weights_dir: str | os.PathLike | None = None
     models_dir: str | os.PathLike | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     seed: int = 0
     ray_workers: int = 0
     ray_address: str | None = None

@@ -58,7 +58,7 @@ class RunOptions:
 
     cache_dir: str | None = None
     weights_dir: str | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     precision: Precision | None = None
     engine: str | None = None
 
@@ -204,25 +204,41 @@ def _write_table(table: pd.DataFrame, csv: str | None) -> None:
 # ---------------------------------------------------------------------------------------------------- commands
 
 
+def _gpu_figures(name: str, cache_dir: str | None) -> str:
+    """``torch 2400 / onnx 3100 -> onnx``: the recorded GPU decision of encoder ``name``, or when it is made."""
+    from lens.encoders.gpu import recorded_decision
+
+    decision = recorded_decision(name, cache_dir)
+    if decision is None:
+        return "measured on first use"
+    figures = " / ".join(f"{engine} {rate:.0f}" for engine, rate in sorted(decision.img_per_s.items()))
+    return f"{figures} -> {decision.chosen}"
+
+
 def cmd_encoders(args: argparse.Namespace) -> int:
     from lens.encoders import list_encoders
+    from lens.encoders.engines import visible_gpu
 
+    gpu = visible_gpu()
     rows = []
     for info in list_encoders(weights_dir=args.weights_dir, engine=args.engine):
         spec = info.spec
-        rows.append(
-            {
-                "name": spec.name,
-                "family": spec.family,
-                "dim": spec.dim,
-                "input": spec.preprocess.input_size,
-                "text": "yes" if spec.supports_text else "no",
-                "precision": spec.precision,
-                "engine": info.engine.label if info.engine else "torch",
-                "available": "yes" if info.available else "no",
-                "weights": info.status.where if info.available else f"unavailable: {info.status.remedy}",
-            }
-        )
+        on_gpu = info.engine is not None and info.engine.device == "cuda"
+        row = {
+            "name": spec.name,
+            "family": spec.family,
+            "dim": spec.dim,
+            "input": spec.preprocess.input_size,
+            "text": "yes" if spec.supports_text else "no",
+            "precision": spec.precision,
+            "engine": info.engine.label if info.engine else "torch",
+            "device": gpu.name if on_gpu and gpu is not None else "cpu",
+            "available": "yes" if info.available else "no",
+            "weights": info.status.where if info.available else f"unavailable: {info.status.remedy}",
+        }
+        if gpu is not None:  # torch and ONNX Runtime as measured on this GPU (recorded at the model's first batch)
+            row["gpu img/s"] = _gpu_figures(spec.name, args.cache_dir) if on_gpu else ""
+        rows.append(row)
     table = pd.DataFrame(rows)
     if args.csv:
         _write_table(table, args.csv)
@@ -777,8 +793,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             args.id_column,
             "--image-column",
             args.image_column,
-            "--batch-size",
-            str(args.batch_size),
+            *(["--batch-size", str(args.batch_size)] if args.batch_size is not None else []),
             "--seed",
             str(args.seed),
             *(["--skip-missing"] if args.skip_missing else []),
@@ -876,7 +891,9 @@ def shared_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     cat.add_argument(
         "--skip-missing", action="store_true", help="drop rows whose image file is missing instead of failing"
     )
-    cat.add_argument("--batch-size", type=int, default=32)
+    cat.add_argument(
+        "--batch-size", type=int, default=None, help="images per forward pass (default: 32 on the CPU, 128 on a GPU)"
+    )
     cat.add_argument(
         "--precision", choices=["fp32", "bf16"], default=None, help="override the encoder's default precision"
     )
@@ -1032,7 +1049,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "batch_size", 1) < 1:
+    if (getattr(args, "batch_size", None) or 1) < 1 or getattr(args, "batch_size", None) == 0:
         parser.error("--batch-size must be a positive integer")
     try:
         return int(args.func(args) or 0)

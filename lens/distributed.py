@@ -223,6 +223,16 @@ def _init(ray: Any, address: str | None, workers: int) -> None:
     context.print_on_execution_start = False
 
 
+def actor_gpus(resources: dict[str, Any], workers: int) -> float:
+    """GPUs each embedding actor asks for: 1 when the cluster has a GPU per actor, an equal share of fewer GPUs
+    (actors then share a device; Ray sets each one's ``CUDA_VISIBLE_DEVICES``), 0 on a CPU-only cluster (Ray then
+    hides every GPU from the actor, so its encoder runs on the CPU)."""
+    cluster_gpus = float(resources.get("GPU", 0) or 0)
+    if cluster_gpus <= 0:
+        return 0.0
+    return 1.0 if cluster_gpus >= workers else cluster_gpus / workers
+
+
 def _run(
     ray: Any,
     catalog: Catalog,
@@ -245,8 +255,7 @@ def _run(
         dataset = dataset.map_batches(
             _decode, fn_kwargs={"preprocess": preprocess}, batch_size=batch_size, batch_format="numpy"
         )
-    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
-    gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if cluster_gpus >= workers else 0.0)
+    gpus = gpus_per_worker if gpus_per_worker is not None else actor_gpus(ray.cluster_resources(), workers)
     threads = 1 if gpus == 0 else 4
     dataset = dataset.map_batches(
         EmbedActor,
@@ -294,7 +303,7 @@ def embed_catalog_ray(
     *,
     workers: int = 2,
     address: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     weights_dir: str | os.PathLike | None = None,
     engine: str | None = None,

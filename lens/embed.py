@@ -134,7 +134,7 @@ def embed_catalog(
     *,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: ProgressCallback | None = None,
     compute: Compute | None = None,
 ) -> EmbeddingSet:
@@ -148,7 +148,7 @@ def embed_catalog(
         encoder: any registered encoder.
         cache_dir: cache root (default ``$LENS_CACHE_DIR`` or ``~/.cache/lens``).
         use_cache: read and write the cache; ``False`` computes and writes nothing.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass; ``None``: :func:`default_batch_size` (32 on the CPU, 128 on a GPU).
         progress: ``progress(done, total)`` after each batch.
         compute: what embeds the files when the cache misses: ``compute(catalog, encoder, batch_size, progress)
             -> (vectors, kept ids, failed)``; default: this process (decoding in threads). ``lens.distributed``
@@ -195,9 +195,11 @@ def embed_catalog(
         ]
         vectors, kept, failed = _join_sets(part_sets, join)
     elif use_cache:  # only the images the per-item store has not seen (a catalog update costs what changed)
-        vectors, kept, failed = _embed_new_items(catalog, encoder, root, batch_size, progress, compute or embed_files)
+        size = batch_size or default_batch_size(encoder)
+        vectors, kept, failed = _embed_new_items(catalog, encoder, root, size, progress, compute or embed_files)
     else:
-        vectors, kept, failed = (compute or embed_files)(catalog, encoder, batch_size, progress)
+        size = batch_size or default_batch_size(encoder)
+        vectors, kept, failed = (compute or embed_files)(catalog, encoder, size, progress)
     result = EmbeddingSet(
         vectors=vectors,
         ids=kept,
@@ -212,6 +214,13 @@ def embed_catalog(
         save_embeddings(result, root)
         remember_identity(encoder, root)  # the next process finds these vectors without building the encoder
     return result
+
+
+def default_batch_size(encoder: Encoder) -> int:
+    """Images per forward pass when the caller does not say: the encoder's own (``TorchImageEncoder.batch_size``:
+    32 on the CPU, 128 on a GPU), else 32."""
+    size = getattr(encoder, "batch_size", None)
+    return size if isinstance(size, int) and size > 0 else 32
 
 
 def _embed_new_items(

@@ -33,6 +33,9 @@ def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
     cache = Path(os.environ.get("LENS_TEST_CACHE_DIR") or tmp_path_factory.mktemp("session-lens-cache"))
     patch = pytest.MonkeyPatch()
     patch.setenv("LENS_CACHE_DIR", str(cache))
+    # The default run tests the CPU paths on every machine; tests/test_gpu.py drives the GPU path with fakes and,
+    # where CUDA is present, for real (it removes this).
+    patch.setenv("LENS_DEVICE", "cpu")
     yield cache
     patch.undo()
 

@@ -327,3 +327,57 @@ def test_int8_tiny_is_calibrated_on_the_catalog_cached_and_keyed_apart(
         graph.unlink()
     with pytest.raises(LensError, match=r"embed --engine onnx-int8 --models tiny"):
         create_encoder("tiny", engine="onnx-int8").embed_images(_images())
+
+
+# ------------------------------------------------------------------------------------------------ the catalog pass
+
+
+@pytest.mark.parametrize(("batch_size", "sessions"), [(1, 1), (5, 1), (32, 1), (5, 3)])
+def test_catalog_pass_gives_each_row_its_own_vector_with_failures(
+    small_catalog_copy: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int, sessions: int
+) -> None:
+    """Decode threads run ahead of the forward pass: with unreadable files among the rows and batches of 1, 5 and
+    32, every row still gets its own image's vector, in catalog order (an oracle for any change to the pass)."""
+    from lens import embed
+    from lens.catalog import load_catalog
+
+    catalog = load_catalog(small_catalog_copy)
+    paths = catalog.image_paths()
+    for broken in (3, 4, 11):  # a truncated, an empty and a missing file
+        data = paths[broken].read_bytes()
+        paths[broken].write_bytes(data[: len(data) // 2] if broken == 3 else b"")
+    paths[11].unlink()
+    monkeypatch.setattr(embed, "_decode_threads", lambda: 3)
+    if sessions > 1:  # batches split over single-threaded ONNX Runtime sessions, as the CNNs run on the CPU
+        monkeypatch.setattr(engines, "BATCH_PARALLEL_FAMILIES", frozenset({"test"}))
+        monkeypatch.setenv(engines.THREADS_ENV, str(sessions))
+    encoder = create_encoder("tiny", engine="torch" if sessions == 1 else "onnx")
+    if sessions > 1:
+        assert len(encoder.onnx_runner().sessions) == sessions
+    progress: list[tuple[int, int]] = []
+    vectors, kept, failed = embed.embed_files(
+        catalog, encoder, batch_size=batch_size, progress=lambda d, t: progress.append((d, t))
+    )
+    assert progress[-1] == (len(catalog), len(catalog)) and progress == sorted(progress)
+    assert [item for item, _ in failed] == [catalog.ids[i] for i in (3, 4, 11)]
+    assert kept == [item for i, item in enumerate(catalog.ids) if i not in (3, 4, 11)]
+    one_by_one = np.concatenate([embed.embed_images(encoder, [paths[catalog.ids.index(item)]]) for item in kept])
+    np.testing.assert_allclose(vectors, one_by_one, atol=1e-5)  # float rounding of other batch sizes only
+
+
+def test_batch_split_over_single_threaded_sessions_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    encoder = create_encoder("tiny", engine="onnx")
+    graph = encoder.onnx_runner().path.read_bytes()
+    one = engines.OnnxRunner(graph)
+    split = engines.OnnxRunner(graph, replicas=3)
+    assert len(split.sessions) == 3 and split.sessions[0].get_session_options().intra_op_num_threads == 1
+    pixels = np.random.default_rng(0).standard_normal((7, 3, 32, 32), dtype=np.float32)
+    for n in (1, 2, 7):  # fewer rows than sessions, and a slice of 3, 2, 2
+        np.testing.assert_array_equal(split(pixels[:n]), one(pixels[:n]))
+    # the CNN families get one session per core, the rest one session on every core
+    monkeypatch.setenv(engines.THREADS_ENV, "2")
+    cnn = create_encoder("mobilenet-v2", pretrained=False, engine="torch")
+    assert engines._replicas(cnn) == 2 and engines._replicas(encoder) == 1
+    monkeypatch.setenv(engines.THREADS_ENV, "16")  # a big machine: 4 sessions of 4 threads
+    assert engines._replicas(cnn) == engines.MAX_REPLICAS == 4
+    assert engines.OnnxRunner(graph, replicas=4).sessions[0].get_session_options().intra_op_num_threads == 4

@@ -199,7 +199,9 @@ def create_encoder(
     spec, choice = _effective(entry.spec, engine, precision)
     # On torch the builder gets the caller's precision as before (None: its own default; a trained model's builder
     # then uses the precision its base was trained with); ONNX Runtime runs fp32.
-    build_precision: Precision | None = choice.precision if choice.engine == "onnx" else precision
+    build_precision: Precision | None = (
+        choice.precision if choice.engine == "onnx" or choice.device == "cuda" else precision
+    )
     stack = _building_stack()
     stack.append({})
     try:
@@ -353,7 +355,8 @@ def _fingerprint(
             "format": _IDENTITY_FORMAT,
             "pixels": PIXEL_PIPELINE,
             "spec": asdict(spec),
-            "engine": [choice.engine, choice.precision, choice.variant],
+            "engine": [choice.engine, choice.precision, choice.variant]
+            + ([choice.device, choice.measure] if choice.device != "cpu" else []),
             "weights": files,
             "torch": torch_version,
             "parts": inner,

@@ -37,6 +37,10 @@ RANDOM_WEIGHTS_ID = f"random-seed{RANDOM_INIT_SEED}"
 #: a box. Both move a few pixel values by one or two levels compared with the v0 pipeline (full decode, resize, then
 #: crop), so the vectors move slightly and every embedding cache key changed with this version.
 PIXEL_PIPELINE = "draft-box-v1"
+#: Images per forward pass of the catalog pass by default: on the CPU, and on a GPU (where a batch of 32 leaves the
+#: device idle between kernel launches; 128 keeps it busy at a few hundred MB of activations for the CNNs).
+CPU_BATCH = 32
+GPU_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -370,6 +374,10 @@ class TorchImageEncoder(Encoder):
     """``"torch"`` or ``"onnx"``: the engine that runs (or, before the first batch, will run) the forward pass."""
     engine_reason: str = ""
     """Why this engine, in words (``python -m lens encoders`` shows it)."""
+    device: str = "cpu"
+    """``"cpu"`` or ``"cuda"``: where the forward pass runs (on a GPU, set when the runner is built)."""
+    engine_figures: dict[str, float] | None = None
+    """On a GPU with ``engine="auto"``: images per second of each engine measured (or recorded) at the choice."""
     calibration: Callable[[], np.ndarray] | None = None
     """For an int8 encoder: returns ``(N, 3, S, S)`` float32 preprocessed catalog photos to quantize its graph on
     (set by ``lens.embed.embed_catalog``); ``None`` elsewhere."""
@@ -397,7 +405,7 @@ class TorchImageEncoder(Encoder):
             self.model = self.model.to(memory_format=torch.channels_last)
         self._engine_lock = threading.Lock()
         self._runner: Callable[[np.ndarray], np.ndarray] | None = None
-        self._runner_loader: Callable[[], Callable[[np.ndarray], np.ndarray]] | None = None
+        self._runner_loader: Callable[[], Callable[[np.ndarray], np.ndarray] | None] | None = None
         self._engine_strict = False
 
     def set_engine(
@@ -405,52 +413,74 @@ class TorchImageEncoder(Encoder):
         engine: str,
         reason: str,
         *,
-        loader: Callable[[], Callable[[np.ndarray], np.ndarray]] | None = None,
+        loader: Callable[[], Callable[[np.ndarray], np.ndarray] | None] | None = None,
         strict: bool = False,
+        device: str = "cpu",
     ) -> None:
-        """Run the forward pass on ``engine``; for ``"onnx"``, ``loader()`` builds the runner on the first batch.
+        """Run the forward pass on ``engine``; ``loader()`` builds the runner on the first batch.
 
         Args:
             engine: ``"torch"`` or ``"onnx"``.
             reason: why, in words.
-            loader: returns ``runner(pixels (N, 3, S, S) float32) -> (N, dim) float32 features``; raises
-                ``LensError`` when it cannot.
-            strict: raise the loader's error instead of falling back to torch.
+            loader: returns ``runner(pixels (N, 3, S, S) float32) -> (N, dim) float32 features``, or ``None`` for
+                this module on the CPU; raises ``LensError`` when it cannot. Required for ``"onnx"``; for
+                ``"torch"`` it builds the GPU runner (``device="cuda"``), whose loader may also switch the engine
+                (:func:`lens.encoders.gpu.gpu_runner`).
+            strict: raise the loader's error instead of falling back to torch on the CPU.
+            device: ``"cpu"`` or ``"cuda"`` (where the loader's runner will run).
         """
-        if engine not in ("torch", "onnx") or (engine == "onnx" and loader is None):
-            raise LensError(f"engine must be 'torch', or 'onnx' with a loader, got {engine!r}.")
+        if engine not in ("torch", "onnx") or (engine == "onnx" and loader is None) or device not in ("cpu", "cuda"):
+            raise LensError(f"engine must be 'torch', or 'onnx' with a loader, got {engine!r} on {device!r}.")
         with self._engine_lock:
-            self.engine, self.engine_reason = engine, reason
+            self.engine, self.engine_reason, self.device = engine, reason, device
             self._runner, self._runner_loader, self._engine_strict = None, loader, strict
+            self.engine_figures = None
+
+    def runner(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The runner of the forward pass (ONNX Runtime, or a GPU runner), built on first use; ``None`` when this
+        module runs on torch on the CPU. A loader that fails falls back to torch fp32 on the CPU (logged), unless
+        the engine was requested explicitly."""
+        if self._runner_loader is not None:
+            with self._engine_lock:
+                loader = self._runner_loader
+                if loader is not None:
+                    try:
+                        self._runner = loader()
+                    except LensError as exc:
+                        if self._engine_strict:
+                            raise
+                        _log.warning("encoder '%s' runs on torch fp32: %s", self.name, exc)
+                        self.engine, self.engine_reason, self.device = "torch", f"fallback: {exc}", "cpu"
+                        self._runner = None
+                    self._runner_loader = None
+        return self._runner
 
     def onnx_runner(self) -> Callable[[np.ndarray], np.ndarray] | None:
         """The ONNX Runtime runner of this encoder (built on first use), or ``None`` when it runs on torch.
 
         A trained model whose backbone is this encoder can feed it preprocessed batches and share its session.
         """
-        if self.engine != "onnx":
+        if self.engine != "onnx" and self.device != "cuda":
             return None
-        if self._runner is None:
-            with self._engine_lock:
-                if self._runner is None and self.engine == "onnx" and self._runner_loader is not None:
-                    try:
-                        self._runner = self._runner_loader()
-                    except LensError as exc:
-                        if self._engine_strict:
-                            raise
-                        _log.warning("encoder '%s' runs on torch fp32: %s", self.name, exc)
-                        self.engine, self.engine_reason = "torch", f"fallback: {exc}"
-        return self._runner
+        runner = self.runner()
+        return runner if self.engine == "onnx" else None
+
+    @property
+    def batch_size(self) -> int:
+        """Images per forward pass of the catalog pass when the caller does not say: 32 on the CPU, more on a GPU
+        (:data:`GPU_BATCH`), where a small batch leaves the device idle between launches."""
+        return GPU_BATCH if self.device == "cuda" else CPU_BATCH
 
     def _embed_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
         batch = preprocess_images(images, self.spec.preprocess)
         return self.embed_tensor(batch)
 
-    def embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
-        """Embed an already preprocessed ``(N, 3, S, S)`` batch; returns L2-normalised float32 ``(N, dim)``."""
+    def embed_tensor(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Embed an already preprocessed ``(N, 3, S, S)`` float32 batch (tensor or array; read, never kept);
+        returns L2-normalised float32 ``(N, dim)``."""
         import torch
 
-        runner = self.onnx_runner() if self.precision == "fp32" else None
+        runner = self.runner() if self.precision == "fp32" else None
         if runner is not None:
             features = runner(batch.numpy() if isinstance(batch, torch.Tensor) else batch)
         else:
