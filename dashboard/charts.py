@@ -199,10 +199,10 @@ def training_curves(history: pd.DataFrame, *, title: str) -> Any:
     if "val_p@5" in history and history["val_p@5"].notna().any():
         fig.add_trace(go.Scatter(x=x, y=history["val_p@5"], name="validation P@5", mode="lines+markers", yaxis="y2"))
     if "stage" in history and history["stage"].nunique() > 1:
-        for boundary in [
-            i + 0.5 for i in range(1, len(history)) if history["stage"].iloc[i] != history["stage"].iloc[i - 1]
-        ]:
-            fig.add_vline(x=boundary, line_dash="dot", annotation_text="stage 2")
+        stages = history["stage"].tolist()
+        for i in range(1, len(stages)):
+            if stages[i] != stages[i - 1]:  # label each boundary with the stage it starts (text-align has 8)
+                fig.add_vline(x=i + 0.5, line_dash="dot", annotation_text=f"stage {int(stages[i])}")
     fig.update_layout(
         title=title,
         height=320,

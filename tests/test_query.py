@@ -220,3 +220,13 @@ def test_selected_ids_from_a_selection_event() -> None:
     assert charts.selected_ids(event) == ["7", "3"]
     assert charts.selected_ids({"selection": {"points": []}}) == []
     assert charts.selected_ids(None) == []
+
+
+def test_training_curves_mark_each_stage_boundary_with_its_stage() -> None:
+    # text-align's shape: members trained one after another, each a stage of two epochs here.
+    history = pd.DataFrame({"loss": [4.0, 3.0, 4.1, 3.1, 4.2, 3.2], "stage": [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]})
+    figure = charts.training_curves(history, title="t")
+    lines = [(shape.x0, note.text) for shape, note in zip(figure.layout.shapes, figure.layout.annotations)]
+    assert lines == [(2.5, "stage 2"), (4.5, "stage 3")]
+    one_stage = charts.training_curves(history.assign(stage=1.0), title="t")
+    assert not one_stage.layout.shapes
