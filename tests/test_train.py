@@ -333,6 +333,9 @@ def test_proxy_ensemble_is_the_mean_cosine_of_its_members(
     # "proxy-tiny" is not saved: the ensemble trains it with its recipe's defaults first
     config = default_config("proxy-ensemble", members="proxy-tiny,ens-b")
     assert config.member_epochs(models) == 40 + 1  # the build's progress: the missing member's epochs + the join
+    from lens.train.checks import recipe_settings
+
+    assert [s.name for s in recipe_settings("proxy-ensemble")] == ["members"]  # no epochs / lr it would ignore
     result = train_recipe(train_catalog, config, RunContext(tmp_path / "run", models, cache, name="ens"), split)
     assert (models / "proxy-tiny" / "model.safetensors").is_file()
     assert 0 <= result.history[0]["val_p@5"] <= 1 and 0 <= result.metrics["precision@5"] <= 1

@@ -45,8 +45,15 @@ DEFAULT_MEMBERS = "proxy-mobilenet-v2,proxy-efficientnet-lite0,proxy-efficientne
 
 @dataclass
 class EnsembleConfig(TrainConfig):
-    """``proxy-ensemble`` settings."""
+    """``proxy-ensemble`` settings: its members. Nothing trains at the join, so the generic training settings are
+    plain fields here, not settings: neither ``python -m lens train proxy-ensemble`` nor the Train page offers
+    them (each member trains with its own recipe's defaults)."""
 
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.0
+    weight_decay: float = 0.0
+    steps_per_epoch: int | None = None
     members: str = setting(
         DEFAULT_MEMBERS,
         "comma-separated trained head models to join; a missing one is trained first by the recipe of the same "
