@@ -306,6 +306,35 @@ def write_manifest(
     )
 
 
+def _build_one_shard(
+    directory: Path,
+    embeddings: EmbeddingSet,
+    partition: Partition,
+    shard: int,
+    *,
+    n_trees: int,
+    search_k: int,
+    n_jobs: int,
+) -> None:
+    """Write shard ``shard`` of ``partition``: its rows (``<name>.rows.npy``) and its Annoy file (:func:`build_shard`);
+    the manifest is the caller's."""
+    rows = partition.rows(shard)
+    name = _shard_name(shard)
+    save_array(directory / f"{name}.rows.npy", rows, {"shard": shard, "embedding_key": embeddings.key})
+    build_shard(
+        directory / f"{name}.ann",
+        embeddings.vectors,
+        [embeddings.ids[r] for r in rows.tolist()],
+        rows=rows,
+        n_trees=n_trees,
+        search_k=search_k,
+        encoder=embeddings.encoder,
+        embedding_key=embeddings.key,
+        n_jobs=n_jobs,
+        extra={"shard": shard, "n_shards": partition.n_shards, "by": partition.by},
+    )
+
+
 def build_sharded(
     embeddings: EmbeddingSet,
     directory: str | os.PathLike,
@@ -334,21 +363,7 @@ def build_sharded(
         )
     todo = sorted(range(partition.n_shards) if only is None else only)
     for done, shard in enumerate(todo):
-        rows = partition.rows(shard)
-        name = _shard_name(shard)
-        save_array(directory / f"{name}.rows.npy", rows, {"shard": shard, "embedding_key": embeddings.key})
-        build_shard(
-            directory / f"{name}.ann",
-            embeddings.vectors,
-            [embeddings.ids[r] for r in rows],
-            rows=rows,
-            n_trees=n_trees,
-            search_k=search_k,
-            encoder=embeddings.encoder,
-            embedding_key=embeddings.key,
-            n_jobs=n_jobs,
-            extra={"shard": shard, "n_shards": partition.n_shards, "by": partition.by},
-        )
+        _build_one_shard(directory, embeddings, partition, shard, n_trees=n_trees, search_k=search_k, n_jobs=n_jobs)
         if progress is not None:
             progress(done + 1, len(todo))
     write_manifest(
@@ -845,21 +860,8 @@ def _publish_shard(
     """Build shard ``shard`` in full for ``embeddings``, then mark it so in the manifest, then drop its delta: the
     manifest goes on naming the older shard + delta until the new file is published, so a kill at any point
     leaves a shard that serves."""
-    rows = partition.rows(shard)
+    _build_one_shard(directory, embeddings, partition, shard, n_trees=n_trees, search_k=search_k, n_jobs=n_jobs)
     name = _shard_name(shard)
-    save_array(directory / f"{name}.rows.npy", rows, {"shard": shard, "embedding_key": embeddings.key})
-    build_shard(
-        directory / f"{name}.ann",
-        embeddings.vectors,
-        [embeddings.ids[r] for r in rows.tolist()],
-        rows=rows,
-        n_trees=n_trees,
-        search_k=search_k,
-        encoder=embeddings.encoder,
-        embedding_key=embeddings.key,
-        n_jobs=n_jobs,
-        extra={"shard": shard, "n_shards": partition.n_shards, "by": partition.by},
-    )
     with _manifest_lock:
         manifest = read_json(directory / MANIFEST)
         if manifest is not None:
