@@ -58,8 +58,8 @@ class EnsembleConfig(TrainConfig):
     steps_per_epoch: int | None = None
     members: str = setting(
         DEFAULT_MEMBERS,
-        "comma-separated trained head models to join; a missing one is trained first by the recipe of the same "
-        "name with its defaults",
+        "comma-separated trained models to join (heads on a frozen CNN, or fine-tuned ones: --trainable-blocks); a "
+        "missing one is trained first by the recipe of the same name with its defaults",
     )
 
     def backbones(self) -> tuple[str, ...]:
