@@ -47,7 +47,10 @@ def build_ensemble(arch: dict[str, Any]) -> nn.ModuleList:
 def model_part_encoder(part: dict[str, Any], module: nn.Module) -> Encoder:
     """A fine-tuned part (``type: "embedder"``, its trained weights in ``module``) as the encoder it was saved as:
     the member's name, weights hash, preprocessing and dimension, so its embedding-cache key is the member's own
-    (the catalog's vectors its training published are found, not recomputed), on the engine that runs it fastest."""
+    (the catalog's vectors its training published are found, not recomputed), on the engine that runs it fastest:
+    its backbone's family's (ONNX Runtime for EfficientNet-Lite / torchvision CNNs; the family is not part of the
+    cache key)."""
+    from lens.encoders import get_spec
     from lens.encoders.engines import attach_engine, choose_engine
 
     pre = dict(part["preprocess"])
@@ -55,7 +58,7 @@ def model_part_encoder(part: dict[str, Any], module: nn.Module) -> Encoder:
         pre[key] = tuple(float(v) for v in pre[key])
     spec = EncoderSpec(
         name=str(part["model"]),
-        family="trained",
+        family=get_spec(str(part["backbone"])).family,
         dim=int(part["dim"]),
         preprocess=Preprocess(**pre),
         weights=f"part of an ensemble (fine-tuned {part['backbone']})",
