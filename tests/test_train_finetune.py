@@ -107,3 +107,60 @@ def test_fine_tuned_proxy_model_merges_paired_classes_and_embeds_end_to_end(toy_
     published = embed_catalog(catalog, encoder, cache_dir=cache)  # computed from the cached stem maps
     assert published.from_cache
     np.testing.assert_allclose(published.vectors[::5][: len(direct)], direct, atol=2e-3)
+
+
+def test_proxy_ensemble_takes_a_fine_tuned_member(toy_catalog_dir: Path, models_env, monkeypatch) -> None:
+    """Known answer: an ensemble of a fine-tuned model (``--trainable-blocks``, served end to end) and a head on a
+    frozen encoder gives [a, b] / sqrt(2) of the members' unit vectors; its catalog vectors are rebuilt from the
+    members' cached vectors (the fine-tuned one's as its training published them: no image decoded), and it loads
+    from its own safetensors after both members are deleted."""
+    import shutil
+
+    import lens.embed as embed_module
+    from lens.catalog import load_catalog
+    from lens.embed import embed_catalog
+    from lens.encoders import create_encoder
+    from lens.encoders.trained import refresh_trained_models
+    from lens.images import open_image
+    from lens.train import RunContext, default_config, make_split, train_recipe
+
+    cache, models = models_env
+    catalog = load_catalog(toy_catalog_dir, label_column="pair")
+    split = make_split(catalog, seed=0, label_column="pair")
+
+    def run(name: str, **settings: object) -> None:
+        config = default_config("proxy-tiny", batch_size=16, hidden=32, lr=1e-2, **settings)
+        train_recipe(catalog, config, RunContext(cache / name, models_dir=models, cache_dir=cache, name=name), split)
+
+    run("ft", epochs=3, trainable_blocks=2, ft_epochs=1)
+    run("head", epochs=3, seed=1)
+    config = default_config("proxy-ensemble", members="ft,head")
+    assert config.backbones() == ("tiny",)
+    result = train_recipe(
+        catalog, config, RunContext(cache / "ens", models_dir=models, cache_dir=cache, name="ens"), split
+    )
+    saved = json.loads((result.model_dir / "config.json").read_text())
+    assert [p["type"] for p in saved["arch"]["parts"]] == ["embedder", "head"]
+    assert saved["arch"]["parts"][0]["weights_id"] == saved["members"]["ft"]
+
+    images = [open_image(catalog.image_path(i)) for i in range(0, len(catalog.ids), 6)]
+    a = create_encoder("ft").embed_images(images)
+    b = create_encoder("head").embed_images(images)
+    v = create_encoder("ens").embed_images(images)
+    np.testing.assert_allclose(v, np.concatenate([a, b], axis=1) / np.sqrt(2), atol=1e-5)
+    np.testing.assert_allclose(v @ v.T, (a @ a.T + b @ b.T) / 2, atol=1e-5)
+
+    def no_images(catalog, enc, *args):  # noqa: ANN001, ANN002, ANN202
+        raise AssertionError(f"{enc.name} decoded images although its vectors are cached")
+
+    shutil.rmtree(models / "ft")
+    shutil.rmtree(models / "head")
+    shutil.rmtree(cache / "embeddings" / "ens")  # the vectors training published: rebuilt from the members' caches
+    refresh_trained_models(models)
+    ens = create_encoder("ens")
+    with monkeypatch.context() as patch:
+        patch.setattr(embed_module, "embed_files", no_images)
+        catalog_set = embed_catalog(catalog, ens, cache_dir=cache)
+    assert not catalog_set.from_cache and catalog_set.ids == catalog.ids
+    np.testing.assert_allclose(catalog_set.vectors[::6], v, atol=2e-3)
+    np.testing.assert_allclose(ens.embed_images(images), v, atol=1e-5)

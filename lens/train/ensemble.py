@@ -1,11 +1,13 @@
 """``proxy-ensemble``: trained heads on different backbones, joined into one model served by one vector.
 
 The members are trained head models (``kind: "head"``; by default the Proxy-Anchor heads on mobilenet-v2,
-efficientnet-lite0 and efficientnet-lite2). A member that is not saved yet is first trained by its own recipe with
-that recipe's defaults, on the same split and seed (so in the default build, where ``proxy-efficientnet-lite2`` is
-already trained, this step trains the two others). The joined model copies every member's head weights into its own
-safetensors (:mod:`lens.encoders.trained.ensemble`): its vector is the members' unit vectors side by side over
-``sqrt(n)``, so the inner product is the mean of the members' cosines. Nothing is trained at the join.
+efficientnet-lite0 and efficientnet-lite2) or fine-tuned backbones (``proxy-<backbone> --trainable-blocks k``, an
+``embedder``: served end to end, its catalog vectors the ones its training published). A member that is not saved
+yet is first trained by its own recipe with that recipe's defaults, on the same split and seed (so in the default
+build, where ``proxy-efficientnet-lite2`` is already trained, this step trains the two others). The joined model
+copies every member's weights into its own safetensors (:mod:`lens.encoders.trained.ensemble`): its vector is the
+members' unit vectors side by side over ``sqrt(n)``, so the inner product is the mean of the members' cosines.
+Nothing is trained at the join.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from lens.catalog import Catalog
 from lens.embed import embed_catalog
 from lens.encoders import create_encoder
 from lens.encoders.trained import WEIGHTS_NAME, find_trained_models, read_model_config
-from lens.encoders.trained.ensemble import build_ensemble, join_parts
+from lens.encoders.trained.ensemble import MODEL_PART, build_ensemble, join_parts, model_part_encoder
 from lens.encoders.trained.heads import project_rows
 from lens.errors import LensError
 from lens.train.common import (
@@ -56,8 +58,8 @@ class EnsembleConfig(TrainConfig):
     steps_per_epoch: int | None = None
     members: str = setting(
         DEFAULT_MEMBERS,
-        "comma-separated trained head models to join; a missing one is trained first by the recipe of the same "
-        "name with its defaults",
+        "comma-separated trained models to join (heads on a frozen CNN, or fine-tuned ones: --trainable-blocks); a "
+        "missing one is trained first by the recipe of the same name with its defaults",
     )
 
     def backbones(self) -> tuple[str, ...]:
@@ -72,7 +74,9 @@ class EnsembleConfig(TrainConfig):
             backbone = None
             if name in saved:
                 try:
-                    backbone = read_model_config(saved[name]).get("arch", {}).get("base_encoder")
+                    member = read_model_config(saved[name])
+                    # a head names its base in arch; a fine-tuned model (embedder) in its config
+                    backbone = member.get("arch", {}).get("base_encoder") or member.get("base_encoder")
                 except LensError:
                     backbone = None
             if backbone is None:
@@ -152,10 +156,12 @@ def train_ensemble(catalog: Catalog, split: Split, config: EnsembleConfig, ctx: 
     member_configs, state, parts = [], {}, []
     for i, name in enumerate(names):
         member = read_model_config(folders[name])
-        if member.get("kind") != "head":
+        fine_tuned = member.get("kind") == "image" and member.get("arch", {}).get("type") == MODEL_PART
+        if member.get("kind") != "head" and not fine_tuned:
             raise LensError(
                 f"proxy-ensemble member {name!r} is a {member.get('kind')!r} model; members must be heads on a frozen "
-                "encoder (proxy-<backbone>, triplet-<backbone>)."
+                "encoder (proxy-<backbone>, triplet-<backbone>) or fine-tuned backbones (proxy-<backbone> "
+                "--trainable-blocks k)."
             )
         if not _same_split(member, catalog, split):
             # a member trained on another split may have trained on this split's held-out queries
@@ -164,22 +170,38 @@ def train_ensemble(catalog: Catalog, split: Split, config: EnsembleConfig, ctx: 
                 f"({catalog.name}); retrain it on this split or leave it out of --members."
             )
         member_configs.append(member)
-        parts.append(dict(member["arch"]))
+        part = dict(member["arch"])
+        if fine_tuned:  # served as the member was: its name + weights hash keep its cached catalog vectors usable
+            part.update(
+                model=name,
+                weights_id=str(member["weights_sha256"]),
+                preprocess=member["preprocess"],
+                dim=int(member["dim"]),
+                base_encoder=str(member.get("base_encoder", part["backbone"])),
+            )
+        parts.append(part)
         state.update({f"parts.{i}.{k}": v for k, v in load_file(str(folders[name] / WEIGHTS_NAME)).items()})
     arch = {"type": "ensemble", "parts": parts, "members": names}
     heads = build_ensemble(arch)
     heads.load_state_dict({k.removeprefix("parts."): v for k, v in state.items()}, strict=True)
 
-    # the catalog's vectors: every member's base vectors (cached), through its head, joined
+    # the catalog's vectors: every member's base vectors (cached), through its head, joined; a fine-tuned member's
+    # own (cached when its training published them), as they are
     base_sets = [
-        embed_catalog(catalog, create_encoder(part["base_encoder"]), cache_dir=ctx.cache_dir) for part in parts
+        embed_catalog(
+            catalog,
+            model_part_encoder(part, head) if part.get("type") == MODEL_PART else create_encoder(part["base_encoder"]),
+            cache_dir=ctx.cache_dir,
+        )
+        for part, head in zip(parts, heads, strict=True)
     ]
+    projections = [torch.nn.Identity() if p.get("type") == MODEL_PART else h for p, h in zip(parts, heads, strict=True)]
     rows = [{item_id: r for r, item_id in enumerate(s.ids)} for s in base_sets]
     ids = [i for i in base_sets[0].ids if all(i in row for row in rows[1:])]  # photos every base could read
     vectors = join_parts(
         [
             project_rows(head, torch.from_numpy(s.vectors[[row[i] for i in ids]]))
-            for head, s, row in zip(heads, base_sets, rows, strict=True)
+            for head, s, row in zip(projections, base_sets, rows, strict=True)
         ]
     )
     positions = split_positions(ids, split)
@@ -202,7 +224,10 @@ def train_ensemble(catalog: Catalog, split: Split, config: EnsembleConfig, ctx: 
         # each base preprocesses for itself; the largest input is recorded (informational, as for ``concat``)
         "preprocess": largest["preprocess"],
         "precision": "fp32",
-        "pooling": "mean cosine of trained heads on " + ", ".join(p["base_encoder"] for p in parts),
+        "pooling": "mean cosine of trained "
+        + ", ".join(
+            ("fine-tuned " if p.get("type") == MODEL_PART else "head on ") + str(p["base_encoder"]) for p in parts
+        ),
         "description": f"{' + '.join(names)}: unit vectors side by side (inner product = mean cosine), "
         f"trained on {catalog.name}",
         "license": "as the base weights",
