@@ -379,6 +379,7 @@ def bench_ten_million(
     reuse: bool = False,
     fanout_queries: int = 20,
     fanout_budget_s: float = 600.0,
+    fanout_search_ks: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The 10M run (see the module docstring); ``deadline`` is a ``time.time()`` no shard build may end after
     (judged by the slowest shard built so far); ``jobs`` shards are built at a time
@@ -468,6 +469,7 @@ def bench_ten_million(
         search_ks=search_ks,
         fanout_queries=fanout_queries,
         fanout_budget_s=fanout_budget_s,
+        fanout_search_ks=fanout_search_ks,
     )
     return {
         "items": n,
@@ -498,6 +500,7 @@ def evaluate_shards(
     search_ks: Sequence[int],
     fanout_queries: int = 20,
     fanout_budget_s: float = 600.0,
+    fanout_search_ks: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Recall and latency of the built shards, shard by shard, then of the fan-out.
 
@@ -506,7 +509,8 @@ def evaluate_shards(
     what the fan-out does (:meth:`lens.sharded.ShardedIndex.search_rows`), so recall over all items needs no
     query-major pass over every shard. That matters at 10M: 16 shards are 26 GiB of index, more than this machine's
     RAM, and a query-major pass would fault pages in from disk for each query. The fan-out itself is then timed on
-    ``fanout_queries`` queries (stopping after ``fanout_budget_s``), as one host serving every shard would run it.
+    ``fanout_queries`` queries (stopping after ``fanout_budget_s``; at each of ``fanout_search_ks``, default all), as
+    one host serving every shard would run it.
 
     Returns:
         ``per_shard`` rows (recall@10 against that shard's exact top 10, p50/p99 ms, CPU ms per query),
@@ -568,7 +572,10 @@ def evaluate_shards(
         if global_truth is not None:
             row["recall@10 (all items)"] = overlap_recall(global_truth, merged)
         fan_out.append(row)
+        print(json.dumps(row), flush=True)
     for row in fan_out:  # the fan-out as one host serves it: every shard opened, each query in threads over all
+        if fanout_search_ks is not None and row["search_k"] not in fanout_search_ks:
+            continue
         index.search_k = int(row["search_k"])
         timed: list[tuple[float, float]] = []  # (wall ms, CPU ms) per query
         budget = time.perf_counter() + fanout_budget_s
@@ -606,6 +613,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="10m: keep --work (the shards) for a later --reuse")
     parser.add_argument("--reuse", action="store_true", help="10m: measure the shards a --keep run left in --work")
     parser.add_argument("--fanout-queries", type=int, default=20, help="10m: queries timed on the 16-shard fan-out")
+    parser.add_argument(
+        "--fanout-budget", type=float, default=600.0, help="10m: seconds of fan-out timing per search_k"
+    )
+    parser.add_argument(
+        "--fanout-search-ks", default=None, help="10m: comma-separated search_k the fan-out is timed at"
+    )
     args = parser.parse_args(argv)
     work = Path(args.work)
     out = Path(args.out)
@@ -637,6 +650,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 jobs=args.jobs,
                 reuse=args.reuse,
                 fanout_queries=args.fanout_queries,
+                fanout_budget_s=args.fanout_budget,
+                fanout_search_ks=[int(k) for k in args.fanout_search_ks.split(",")] if args.fanout_search_ks else None,
             )
             (out / "shards-10m.json").write_text(json.dumps(result, indent=1))
             for name in ("built", "per_shard", "fan_out"):
