@@ -12,8 +12,11 @@ at a time, keeps the exact top 10 of each query over all 10M rows and over each 
 rows to one raw float32 file per hash shard. Then the shards are built ``--jobs`` at a time (2: one per core; each in a
 fresh process with one Annoy thread, reading its vectors by memory map, ``on_disk_build``; a built shard's raw file is
 deleted at once) until the time box runs out; the report gives each built shard's build
-time, memory, size, recall@10 against that shard's exact top 10 and latency, the fan-out over the built shards, and,
-when every shard was built, recall over all 10M. Everything written under ``--work`` is deleted at the end.
+wall and CPU time, memory and size; recall@10 against that shard's exact top 10 and latency, measured shard by shard
+(:func:`evaluate_shards`: 16 shards are 26 GiB of index, more than this machine's RAM); when every shard was built,
+recall over all 10M of the shards' answers merged as the fan-out merges them; and the fan-out's own latency on a few
+queries. Everything written under ``--work`` is deleted at the end, unless ``--keep`` (then ``--reuse`` measures the
+kept shards again without building them).
 
 Not part of the test run; the figures go to docs/scale.md ("Sharded serving").
 """
