@@ -9,10 +9,14 @@ can drop), index size, recall@10 against exact search over all 1M vectors and p5
 
 ``python -m benchmarks.shards --size 10m``: 10M vectors never held in memory. One streaming pass generates them a block
 at a time, keeps the exact top 10 of each query over all 10M rows and over each shard's rows, and appends each block's
-rows to one raw float32 file per hash shard. Then shards are built one after another (each in a fresh process, reading
-its vectors by memory map, ``on_disk_build``) until the time box runs out; the report gives each built shard's build
-time, memory, size, recall@10 against that shard's exact top 10 and latency, the fan-out over the built shards, and,
-when every shard was built, recall over all 10M. Everything written under ``--work`` is deleted at the end.
+rows to one raw float32 file per hash shard. Then the shards are built ``--jobs`` at a time (2: one per core; each in a
+fresh process with one Annoy thread, reading its vectors by memory map, ``on_disk_build``; a built shard's raw file is
+deleted at once) until the time box runs out; the report gives each built shard's build
+wall and CPU time, memory and size; recall@10 against that shard's exact top 10 and latency, measured shard by shard
+(:func:`evaluate_shards`: 16 shards are 26 GiB of index, more than this machine's RAM); when every shard was built,
+recall over all 10M of the shards' answers merged as the fan-out merges them; and the fan-out's own latency on a few
+queries. Everything written under ``--work`` is deleted at the end, unless ``--keep`` (then ``--reuse`` measures the
+kept shards again without building them).
 
 Not part of the test run; the figures go to docs/scale.md ("Sharded serving").
 """
@@ -271,12 +275,14 @@ def bench_catalog(
 
 
 def _shard_worker(vec_path: str, rows_path: str, shard: int, dim: int, n_trees: int, out: str, queue: Any) -> None:
+    import resource
+
     from lens.sharded import build_shard
 
     rows = np.load(rows_path)
     vectors = np.memmap(vec_path, dtype=np.float32, mode="r", shape=(len(rows), dim))
     with MemorySampler() as mem:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         build_shard(
             Path(out),
             vectors,
@@ -287,8 +293,78 @@ def _shard_worker(vec_path: str, rows_path: str, shard: int, dim: int, n_trees: 
             embedding_key="synthetic-10m",
             extra={"shard": shard},
         )
-        build_s = time.perf_counter() - started
-    queue.put({"build_s": build_s, "peak_rss_mib": mem.hwm_mib, "peak_anon_mib": mem.anon_mib})
+        build_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    queue.put(
+        {
+            "build_s": build_s,
+            "cpu_s": cpu_s,  # the build's own CPU time: what survives a loaded machine
+            "process_cpu_s": usage.ru_utime + usage.ru_stime,  # the worker's whole life, imports included
+            "peak_rss_mib": mem.hwm_mib,
+            "peak_anon_mib": mem.anon_mib,
+        }
+    )
+
+
+def build_shards_in_parallel(
+    work: Path,
+    shard_rows: Sequence[np.ndarray],
+    *,
+    dim: int,
+    n_trees: int,
+    jobs: int,
+    deadline: float = float("inf"),
+    keep_vectors: bool = False,
+) -> list[dict[str, Any]]:
+    """Build the shards whose raw vectors ``work/vectors-NNN.f32`` were written, ``jobs`` at a time, each in a fresh
+    process with one Annoy thread (one process per core: Annoy's build threads share one Python add loop and one
+    checksum, so separate processes use the cores better). A shard starts only if the slowest build so far, plus
+    10 %, still ends before ``deadline``. A built shard's raw vectors are deleted (unless ``keep_vectors``), so the
+    raw files and the index never need the disk together.
+
+    Returns:
+        One dict per built shard, in shard order: ``shard``, ``items``, ``build_s`` (wall), ``cpu_s``,
+        ``process_cpu_s``, ``index_mib``, ``peak_rss_mib``, ``peak_anon_mib``, ``started_s`` / ``ended_s`` (from the
+        first start).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    lock = threading.Lock()
+    built: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+
+    def one(s: int) -> dict[str, Any] | None:
+        with lock:
+            slowest = max((b["build_s"] for b in built), default=0.0)
+        if built and time.time() + slowest * 1.1 > deadline:
+            print(f"time box: shard {s} not started", flush=True)
+            return None
+        rows_path = work / f"rows-{s:03d}.npy"
+        np.save(rows_path, shard_rows[s])
+        out = work / f"shard-{s:03d}.ann"
+        started = time.perf_counter() - t0
+        result = run_in_fresh_process(
+            _shard_worker, str(work / f"vectors-{s:03d}.f32"), str(rows_path), s, dim, n_trees, str(out)
+        )
+        result.update(
+            shard=s,
+            items=len(shard_rows[s]),
+            index_mib=out.stat().st_size / 2**20,
+            started_s=started,
+            ended_s=time.perf_counter() - t0,
+        )
+        rows_path.unlink()
+        if not keep_vectors:
+            (work / f"vectors-{s:03d}.f32").unlink()
+        free_gib = shutil.disk_usage(work).free / 2**30
+        print(json.dumps(result | {"disk_free_gib": round(free_gib, 1)}), flush=True)
+        with lock:
+            built.append(result)
+        return result
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = list(pool.map(one, range(len(shard_rows))))
+    return [r for r in results if r is not None]
 
 
 def bench_ten_million(
@@ -302,20 +378,35 @@ def bench_ten_million(
     n_queries: int = 200,
     deadline: float = float("inf"),
     keep_vectors: bool = False,
+    jobs: int = 2,
+    reuse: bool = False,
+    fanout_queries: int = 20,
+    fanout_budget_s: float = 600.0,
+    fanout_search_ks: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The 10M run (see the module docstring); ``deadline`` is a ``time.time()`` no shard build may end after
-    (judged by the previous shard's build time)."""
-    from lens.sharded import MANIFEST, Partition, ShardedIndex, hash_shard, write_manifest
-    from lens.store import save_array
+    (judged by the slowest shard built so far); ``jobs`` shards are built at a time
+    (:func:`build_shards_in_parallel`).
+
+    With ``reuse``, ``work`` already holds every shard of an earlier run with the same arguments (``--keep``): the
+    streaming pass only recomputes the exact top 10 (the generator is seeded, so the rows are the same; each shard's
+    row list is checked against the one on disk) and nothing is built."""
+    from lens.sharded import MANIFEST, Partition, hash_shard, write_manifest
+    from lens.store import load_array, save_array
 
     work.mkdir(parents=True, exist_ok=True)
-    files = [open(work / f"vectors-{s:03d}.f32", "wb") for s in range(n_shards)]  # noqa: SIM115
+    if reuse:
+        missing = [s for s in range(n_shards) if not (work / f"shard-{s:03d}.ann").exists()]
+        if missing or not (work / MANIFEST).exists():
+            raise SystemExit(f"--reuse: {work} lacks the manifest or shards {missing}; run without --reuse.")
+    files = [] if reuse else [open(work / f"vectors-{s:03d}.f32", "wb") for s in range(n_shards)]  # noqa: SIM115
     shard_rows: list[list[np.ndarray]] = [[] for _ in range(n_shards)]
     shard_of = np.empty(n, dtype=np.int64)
     global_top: TopK | None = None
     shard_top: list[TopK] = []
-    queries = query_rows = np.empty(0)
-    started = time.perf_counter()
+    queries: np.ndarray = np.empty((0, dim), dtype=np.float32)
+    query_rows: np.ndarray = np.empty(0, dtype=np.int64)
+    started, cpu = time.perf_counter(), time.process_time()
     with MemorySampler() as mem:
         for start, block in clustered_blocks(n, dim):
             m = len(block)
@@ -335,76 +426,180 @@ def bench_ten_million(
             for s in range(n_shards):
                 mine = np.flatnonzero(shards == s)
                 shard_top[s].add(scores[:, mine], rows[mine])
-                files[s].write(np.ascontiguousarray(block[mine]).tobytes())
+                if files:
+                    files[s].write(np.ascontiguousarray(block[mine]).tobytes())
                 shard_rows[s].append(rows[mine])
             if start % 1_000_000 == 0:
                 print(f"generated {start + m:,} rows in {time.perf_counter() - started:.0f}s", flush=True)
     for fh in files:
         fh.close()
-    stream_s = time.perf_counter() - started
+    stream_s, stream_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     stream_mem = {"peak_rss_mib": mem.hwm_mib, "peak_anon_mib": mem.anon_mib}
-    print(f"stream: {stream_s:.0f}s, {stream_mem}", flush=True)
+    print(f"stream: {stream_s:.0f}s wall, {stream_cpu_s:.0f}s CPU, {stream_mem}", flush=True)
     assert global_top is not None
-    partition = Partition("hash", shard_of, [[] for _ in range(n_shards)])
-    write_manifest(
-        work, partition, dim=dim, n_items=n, n_trees=n_trees, search_k=search_ks[0], embedding_key="synthetic-10m"
-    )
-
+    rows_of = [np.concatenate(shard_rows[s]) for s in range(n_shards)]
     built: list[dict[str, Any]] = []
-    for s in range(n_shards):
-        rows = np.concatenate(shard_rows[s])
-        rows_path = work / f"rows-{s:03d}.npy"
-        np.save(rows_path, rows)
-        save_array(work / f"shard-{s:03d}.rows.npy", rows, {"shard": s})
-        if built and time.time() + built[-1]["build_s"] * 1.1 > deadline:
-            print(f"time box: stop before shard {s}", flush=True)
-            break
-        out = work / f"shard-{s:03d}.ann"
-        result = run_in_fresh_process(
-            _shard_worker, str(work / f"vectors-{s:03d}.f32"), str(rows_path), s, dim, n_trees, str(out)
+    build_wall_s = 0.0
+    if reuse:
+        for s in range(n_shards):
+            loaded = load_array(work / f"shard-{s:03d}.rows.npy", expect={"shard": s})
+            if loaded is None or not np.array_equal(loaded[0], rows_of[s]):
+                raise SystemExit(f"--reuse: shard {s} of {work} holds other rows (other --items or --shards?).")
+    else:
+        partition = Partition("hash", shard_of, [[] for _ in range(n_shards)])
+        write_manifest(
+            work, partition, dim=dim, n_items=n, n_trees=n_trees, search_k=search_ks[0], embedding_key="synthetic-10m"
         )
-        result.update(shard=s, items=len(rows), index_mib=out.stat().st_size / 2**20)
-        built.append(result)
-        if not keep_vectors:
-            (work / f"vectors-{s:03d}.f32").unlink()
-        print(json.dumps(result), flush=True)
+        for s in range(n_shards):
+            save_array(work / f"shard-{s:03d}.rows.npy", rows_of[s], {"shard": s})
+        started = time.perf_counter()
+        built = build_shards_in_parallel(
+            work, rows_of, dim=dim, n_trees=n_trees, jobs=jobs, deadline=deadline, keep_vectors=keep_vectors
+        )
+        build_wall_s = time.perf_counter() - started
+        print(f"shards: {len(built)} of {n_shards} built in {build_wall_s:.0f}s of wall, {jobs} at a time", flush=True)
 
     manifest = json.loads((work / MANIFEST).read_text())
-    done = [b["shard"] for b in built]
-    index = ShardedIndex(work, manifest, done)
+    done = [b["shard"] for b in built] if not reuse else list(range(n_shards))
+    evaluation = evaluate_shards(
+        work,
+        manifest,
+        done,
+        queries,
+        query_rows,
+        [t.rows for t in shard_top],
+        global_top.rows if len(done) == n_shards else None,
+        search_ks=search_ks,
+        fanout_queries=fanout_queries,
+        fanout_budget_s=fanout_budget_s,
+        fanout_search_ks=fanout_search_ks,
+    )
+    return {
+        "items": n,
+        "stream_s": stream_s,
+        "stream_cpu_s": stream_cpu_s,
+        "stream_mem": stream_mem,
+        "build_wall_s": build_wall_s,
+        "build_cpu_s": sum(b["cpu_s"] for b in built),
+        "jobs": jobs,
+        "reused_shards": reuse,
+        "built": built,
+        "index_gib": sum((work / f"shard-{s:03d}.ann").stat().st_size for s in done) / 2**30,
+        "ram_gib": (read_proc_mib("/proc/meminfo", "MemTotal") or float("nan")) / 1024,
+        "query_rows": query_rows.tolist(),
+        **evaluation,
+    }
+
+
+def evaluate_shards(
+    work: Path,
+    manifest: dict[str, Any],
+    done: Sequence[int],
+    queries: np.ndarray,
+    query_rows: np.ndarray,
+    shard_truth: Sequence[np.ndarray],
+    global_truth: np.ndarray | None,
+    *,
+    search_ks: Sequence[int],
+    fanout_queries: int = 20,
+    fanout_budget_s: float = 600.0,
+    fanout_search_ks: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Recall and latency of the built shards, shard by shard, then of the fan-out.
+
+    Shard-major: each shard answers every query at every search_k while it is the one in page cache, and each
+    query's per-shard top 10 (rows and cosines) is kept; merging them by cosine (ties to the lower row) is exactly
+    what the fan-out does (:meth:`lens.sharded.ShardedIndex.search_rows`), so recall over all items needs no
+    query-major pass over every shard. That matters at 10M: 16 shards are 26 GiB of index, more than this machine's
+    RAM, and a query-major pass would fault pages in from disk for each query. The fan-out itself is then timed on
+    ``fanout_queries`` queries (stopping after ``fanout_budget_s``; at each of ``fanout_search_ks``, default all), as
+    one host serving every shard would run it.
+
+    Returns:
+        ``per_shard`` rows (recall@10 against that shard's exact top 10, p50/p99 ms, CPU ms per query),
+        ``fan_out`` rows (recall@10 over all items when every shard was built, the summed CPU ms of one query over
+        the shards, and the fan-out's measured p50/p99/CPU ms) and ``merged_rows`` (search_k -> ``(Q, 10)`` rows).
+    """
+    from lens.sharded import ShardedIndex
+
+    n_queries = len(queries)
+    index = ShardedIndex(work, manifest, list(done))
+    candidates = {sk: (np.full((n_queries, 0), -1, np.int64), np.full((n_queries, 0), -np.inf)) for sk in search_ks}
     per_shard: list[dict[str, Any]] = []
-    fan_out: list[dict[str, Any]] = []
-    for search_k in search_ks:
-        index.search_k = search_k
-        for s in done:
-            shard = index.shard(s)
-            rows_s = index._rows[s]
+    for s in done:
+        opened = time.perf_counter()
+        shard = index.shard(s)  # verified (SHA-256 of the file) and mapped
+        open_s = time.perf_counter() - opened
+        rows_s = index._rows[s]
+        for search_k in search_ks:
+            index.search_k = search_k
             found = np.full((n_queries, K), -1, dtype=np.int64)
+            scores = np.full((n_queries, K), -np.inf)
             for q, vector in enumerate(queries):
-                local, _ = shard._search_rows(vector, K + 1)
-                kept = [r for r in rows_s[local].tolist() if r != query_rows[q]][:K]
-                found[q, : len(kept)] = kept
+                local, sims = shard._search_rows(vector, K + 1)
+                keep = rows_s[local] != query_rows[q]
+                got_rows, got_sims = rows_s[local][keep][:K], sims[keep][:K]
+                found[q, : len(got_rows)] = got_rows
+                scores[q, : len(got_rows)] = got_sims
+            rows_c, scores_c = candidates[search_k]
+            candidates[search_k] = (np.hstack([rows_c, found]), np.hstack([scores_c, scores]))
+            cpu = time.process_time()
             lat = latencies_ms(functools.partial(shard.search, k=K), queries)
-            per_shard.append(
-                {"shard": s, "search_k": search_k, "recall@10": overlap_recall(shard_top[s].rows, found)}
-                | _latency_row(lat)
-            )
-        lat = latencies_ms(functools.partial(index.search, k=K), queries)
-        row: dict[str, Any] = {"shards searched": len(done), "search_k": search_k, **_latency_row(lat)}
-        if len(done) == n_shards:
-            row["recall@10 (all items)"] = overlap_recall(
-                global_top.rows, index.search_rows(queries, K, exclude_rows=query_rows.tolist())
-            )
+            row = {
+                "shard": s,
+                "search_k": search_k,
+                "recall@10": overlap_recall(shard_truth[s], found),
+                **_latency_row(lat),
+                "cpu_ms_mean": (time.process_time() - cpu) * 1000 / n_queries,
+                "open_s": open_s,
+            }
+            per_shard.append(row)
+            print(json.dumps(row), flush=True)
+    fan_out: list[dict[str, Any]] = []
+    merged_rows: dict[int, list[list[int]]] = {}
+    for search_k in search_ks:
+        rows_c, scores_c = candidates[search_k]
+        merged = np.full((n_queries, K), -1, dtype=np.int64)
+        for q in range(n_queries):
+            valid = rows_c[q] >= 0
+            order = np.lexsort((rows_c[q][valid], -scores_c[q][valid]))[:K]
+            merged[q, : len(order)] = rows_c[q][valid][order]
+        merged_rows[search_k] = merged.tolist()
+        mine = [r for r in per_shard if r["search_k"] == search_k]
+        row = {
+            "shards searched": len(done),
+            "search_k": search_k,
+            "shard CPU ms summed": sum(r["cpu_ms_mean"] for r in mine),
+            "slowest shard p50_ms": max(r["p50_ms"] for r in mine),
+        }
+        if global_truth is not None:
+            row["recall@10 (all items)"] = overlap_recall(global_truth, merged)
         fan_out.append(row)
         print(json.dumps(row), flush=True)
+    for row in fan_out:  # the fan-out as one host serves it: every shard opened, each query in threads over all
+        if fanout_search_ks is not None and row["search_k"] not in fanout_search_ks:
+            continue
+        index.search_k = int(row["search_k"])
+        timed: list[tuple[float, float]] = []  # (wall ms, CPU ms) per query
+        budget = time.perf_counter() + fanout_budget_s
+        for vector in queries[:fanout_queries]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            index.search(vector, K)
+            timed.append(((time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000))
+            if time.perf_counter() > budget:
+                break
+        wall_ms = np.array([t[0] for t in timed])
+        row.update(
+            {
+                "fan-out queries timed": len(timed),
+                "fan-out p50_ms": float(np.percentile(wall_ms, 50)),
+                "fan-out p99_ms": float(np.percentile(wall_ms, 99)),
+                "fan-out cpu_ms_mean": float(np.mean([t[1] for t in timed])),
+            }
+        )
+        print(json.dumps(row), flush=True)
     index.unload()
-    return {
-        "stream_s": stream_s,
-        "stream_mem": stream_mem,
-        "built": built,
-        "per_shard": per_shard,
-        "fan_out": fan_out,
-    }
+    return {"per_shard": per_shard, "fan_out": fan_out, "merged_rows": merged_rows}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -417,6 +612,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shards", default=None, help="1m: comma-separated shard counts (1,4,16); 10m: one count")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--until", default=None, help="10m: UTC HH:MM by which shard builds must end")
+    parser.add_argument("--jobs", type=int, default=2, help="10m: shards built at a time (one process each)")
+    parser.add_argument("--keep", action="store_true", help="10m: keep --work (the shards) for a later --reuse")
+    parser.add_argument("--reuse", action="store_true", help="10m: measure the shards a --keep run left in --work")
+    parser.add_argument("--fanout-queries", type=int, default=20, help="10m: queries timed on the 16-shard fan-out")
+    parser.add_argument(
+        "--fanout-budget", type=float, default=600.0, help="10m: seconds of fan-out timing per search_k"
+    )
+    parser.add_argument(
+        "--fanout-search-ks", default=None, help="10m: comma-separated search_k the fan-out is timed at"
+    )
     args = parser.parse_args(argv)
     work = Path(args.work)
     out = Path(args.out)
@@ -445,12 +650,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 n_shards=int(args.shards or 16),
                 n_queries=args.queries,
                 deadline=deadline,
+                jobs=args.jobs,
+                reuse=args.reuse,
+                fanout_queries=args.fanout_queries,
+                fanout_budget_s=args.fanout_budget,
+                fanout_search_ks=[int(k) for k in args.fanout_search_ks.split(",")] if args.fanout_search_ks else None,
             )
             (out / "shards-10m.json").write_text(json.dumps(result, indent=1))
             for name in ("built", "per_shard", "fan_out"):
-                print(markdown_table(pd.DataFrame(result[name])))
+                if result[name]:
+                    print(markdown_table(pd.DataFrame(result[name])))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not (args.size == "10m" and args.keep):
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

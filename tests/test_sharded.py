@@ -195,3 +195,49 @@ def test_benchmark_streaming_truth_equals_exact_search() -> None:
     got = exact_truth(blocks, queries, query_rows)
     want = ExactIndex.from_embeddings(embeddings).search_rows(queries, 10, exclude_rows=query_rows.tolist())
     np.testing.assert_array_equal(got, want)
+
+
+def test_benchmark_ten_million_path_builds_every_shard_in_parallel_and_finds_the_exact_top_10(tmp_path: Path) -> None:
+    """The 10M path of benchmarks.shards on 600 rows in 3 shards, 2 built at a time: every shard is built once, the
+    raw vector files are gone, and with an exhaustive search_k the fan-out finds the exact top 10 over all rows."""
+    from benchmarks.scale import clustered_blocks
+    from benchmarks.shards import bench_ten_million
+    from lens.sharded import load_sharded
+
+    result = bench_ten_million(
+        tmp_path, n=600, dim=16, n_shards=3, n_trees=4, search_ks=(EXACT_SEARCH_K, 30), n_queries=8, jobs=2
+    )
+    built = result["built"]
+    assert [b["shard"] for b in built] == [0, 1, 2]
+    assert sum(b["items"] for b in built) == 600
+    assert all(b["cpu_s"] > 0 and b["index_mib"] > 0 for b in built)
+    assert result["build_cpu_s"] == pytest.approx(sum(b["cpu_s"] for b in built))
+    assert not list(tmp_path.glob("vectors-*.f32")) and not list(tmp_path.glob("rows-*.npy"))
+    exhaustive, partial = result["fan_out"]
+    assert exhaustive["shards searched"] == 3 and exhaustive["fan-out queries timed"] == 8
+    assert exhaustive["recall@10 (all items)"] == 1.0
+    assert [r["recall@10"] for r in result["per_shard"] if r["search_k"] == EXACT_SEARCH_K] == [1.0, 1.0, 1.0]
+    # the shard-by-shard merge is the fan-out's answer: the same rows as ShardedIndex.search_rows at a search_k that
+    # leaves neighbours out
+    query_rows = np.array(result["query_rows"])
+    _, block = next(clustered_blocks(600, 16))
+    index = load_sharded(tmp_path)
+    index.search_k = 30
+    want = index.search_rows(block[query_rows], 10, exclude_rows=query_rows.tolist())
+    np.testing.assert_array_equal(np.array(result["merged_rows"][30]), want)
+    assert partial["recall@10 (all items)"] < 1.0
+
+
+def test_benchmark_shard_builds_stop_at_the_time_box(tmp_path: Path) -> None:
+    """A deadline already past: the first shard is built (nothing measured yet to judge by), the others are not
+    started and keep their raw vectors."""
+    from benchmarks.shards import build_shards_in_parallel
+
+    embeddings = _random_set(90, 8, seed=5)
+    rows = [np.arange(s, 90, 3) for s in range(3)]
+    for s, mine in enumerate(rows):
+        (tmp_path / f"vectors-{s:03d}.f32").write_bytes(embeddings.vectors[mine].tobytes())
+    built = build_shards_in_parallel(tmp_path, rows, dim=8, n_trees=2, jobs=1, deadline=0.0)
+    assert [b["shard"] for b in built] == [0]
+    assert (tmp_path / "shard-000.ann").exists() and not (tmp_path / "vectors-000.f32").exists()
+    assert (tmp_path / "vectors-001.f32").exists() and not (tmp_path / "shard-001.ann").exists()
