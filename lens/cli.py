@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -360,32 +360,22 @@ def _sharding(args: argparse.Namespace, catalog: Catalog) -> bool:
 def _index_sharded(args: argparse.Namespace, catalog: Catalog, run: RunOptions, trees: int, search_k: int) -> int:
     from lens.sharded import build_sharded_index, update_sharded_index
 
+    layout: dict[str, Any] = {
+        "by": args.by or "hash",
+        "cache_dir": run.cache_dir,
+        "n_trees": trees,
+        "search_k": search_k,
+    }
     for model in _parse_models(args.models, run):
         _, embeddings = _embed(catalog, model, run, args.quiet)
         started = time.perf_counter()
         if args.update:  # each shard of the older catalog's sharded index + its own delta and tombstones
             update = update_sharded_index(
-                catalog,
-                embeddings,
-                args.shards,
-                by=args.by or "hash",
-                cache_dir=run.cache_dir,
-                n_trees=trees,
-                search_k=search_k,
-                rebuild="never" if args.no_rebuild else "now",
+                catalog, embeddings, args.shards, **layout, rebuild="never" if args.no_rebuild else "now"
             )
             print(f"{model}: {update.describe()}")
             continue
-        index, built = build_sharded_index(
-            catalog,
-            embeddings,
-            args.shards,
-            by=args.by or "hash",
-            cache_dir=run.cache_dir,
-            n_trees=trees,
-            search_k=search_k,
-            rebuild=args.rebuild,
-        )
+        index, built = build_sharded_index(catalog, embeddings, args.shards, **layout, rebuild=args.rebuild)
         size = sum(p.stat().st_size for p in index.directory.glob("*.ann")) / 2**20
         how = "loaded" if not built else f"built {len(built)} of {index.n_shards} shards"
         print(

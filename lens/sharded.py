@@ -178,6 +178,17 @@ def _rows_digest(ids: Sequence[str], vectors: Any, rows: np.ndarray | None) -> s
     return digest.hexdigest()
 
 
+def _manifest_fields(embeddings: EmbeddingSet) -> dict[str, Any]:
+    """What a sharded index's manifest records of the embeddings it indexes (:func:`write_manifest`'s arguments)."""
+    return {
+        "dim": embeddings.dim,
+        "n_items": len(embeddings),
+        "encoder": embeddings.encoder,
+        "embedding_key": embeddings.key,
+        "rows_sha256": _embeddings_rows_sha256(embeddings),
+    }
+
+
 def _embeddings_rows_sha256(embeddings: EmbeddingSet) -> str:
     """:func:`lens.index.rows_sha256` of a whole embedding set, computed in slices (the one-shot version copies
     every vector into one ``bytes``: 2 GB more at 1M x 512) and kept on the set, where lens.index keeps it too."""
@@ -366,17 +377,7 @@ def build_sharded(
         _build_one_shard(directory, embeddings, partition, shard, n_trees=n_trees, search_k=search_k, n_jobs=n_jobs)
         if progress is not None:
             progress(done + 1, len(todo))
-    write_manifest(
-        directory,
-        partition,
-        dim=embeddings.dim,
-        n_items=len(embeddings),
-        n_trees=n_trees,
-        search_k=search_k,
-        encoder=embeddings.encoder,
-        embedding_key=embeddings.key,
-        rows_sha256=_embeddings_rows_sha256(embeddings),
-    )
+    write_manifest(directory, partition, n_trees=n_trees, search_k=search_k, **_manifest_fields(embeddings))
     return load_sharded(directory, expect_key=embeddings.key, expect_dim=embeddings.dim)
 
 
@@ -1007,13 +1008,9 @@ def update_sharded_index(
         write_manifest(
             directory,
             partition,
-            dim=embeddings.dim,
-            n_items=len(embeddings),
             n_trees=n_trees,
             search_k=search_k,
-            encoder=embeddings.encoder,
-            embedding_key=embeddings.key,
-            rows_sha256=_embeddings_rows_sha256(embeddings),
+            **_manifest_fields(embeddings),
             shard_fields=fields,
             fields={"updated_from": candidates[0][0].name},
         )
